@@ -1,0 +1,1 @@
+"""Site data: reading inputs, linking the cohort, preprocessing, the site store, synthesis."""

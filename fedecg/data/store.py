@@ -1,0 +1,269 @@
+"""The site store: what ``fedecg prepare`` writes once and every training reads.
+
+A store is a folder holding
+
+* ``waveforms.npy``: one memory-mapped array ``[records, 12, samples]`` in mV, leads in
+  ``CANONICAL_LEADS`` order, at the manifest's ``fs``;
+* ``cohort.parquet``: one row per record, in the same order (ids, time, features, labels, fold);
+* ``manifest.json``: schema version, leads, rate, names of features and labels, lab panel,
+  diagnosis set, windows, preprocessing, provenance, counts and prevalence;
+* ``rejects.csv`` (optional): inputs skipped on request, with the reason for each.
+
+It is written into a temporary sibling folder and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, ValidationError
+from torch.utils.data import Dataset
+
+from fedecg import __version__
+from fedecg.config.base import StrictModel
+from fedecg.data.diagnoses import DiagnosisLabel
+from fedecg.data.labs import LabDefinition
+from fedecg.data.leads import CANONICAL_LEADS
+from fedecg.errors import StoreError
+from fedecg.io import atomic_directory, atomic_write_json
+
+SCHEMA_VERSION = 1
+WAVEFORMS_FILE = "waveforms.npy"
+COHORT_FILE = "cohort.parquet"
+MANIFEST_FILE = "manifest.json"
+REJECTS_FILE = "rejects.csv"
+
+LAB_FEATURE_PREFIX = "lab_"
+LAB_LABEL_PREFIX = "abn_"
+DIAGNOSIS_PREFIX = "dx_"
+SPLITS = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+
+
+class StoreManifest(StrictModel):
+    """What a store holds and how it was made (``manifest.json``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    fedecg_version: str = __version__
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    site_name: str
+    n_records: int
+    fs: float
+    n_samples: int
+    lead_order: list[str] = Field(default_factory=lambda: list(CANONICAL_LEADS))
+    dtype: str = "float16"
+    clinical_features: list[str]
+    lab_labels: list[str]
+    diagnosis_labels: list[str]
+    lab_panel: list[LabDefinition]
+    diagnosis_set: list[DiagnosisLabel]
+    feature_window_hours: float
+    label_window_hours: float
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    counts: dict[str, int] = Field(default_factory=dict)
+    prevalence: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @property
+    def lab_label_columns(self) -> list[str]:
+        """Cohort columns of the lab-abnormality labels (1, 0 or NaN for unknown)."""
+        return [LAB_LABEL_PREFIX + name for name in self.lab_labels]
+
+    @property
+    def diagnosis_columns(self) -> list[str]:
+        """Cohort columns of the diagnosis labels (1, 0 or NaN for unknown)."""
+        return [DIAGNOSIS_PREFIX + name for name in self.diagnosis_labels]
+
+    def incompatibilities(self, other: StoreManifest) -> list[str]:
+        """What differs from ``other`` in ways that stop two stores training one model."""
+        problems = []
+        for field in ("fs", "n_samples", "lead_order", "clinical_features", "lab_labels",
+                      "diagnosis_labels"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                problems.append(f"{field}: {_short(mine)} vs {_short(theirs)}")
+        return problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def label_prevalence(cohort: pd.DataFrame, columns: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per label column: records with a known value, positives, and prevalence among known."""
+    result = {}
+    for column in columns:
+        values = cohort[column]
+        known = int(values.notna().sum())
+        positive = int((values == 1).sum())
+        result[column] = {"known": known, "positive": positive,
+                          "prevalence": positive / known if known else float("nan")}
+    return result
+
+
+class StoreWriter:
+    """Write a store atomically; use as a context manager.
+
+    ``write(i, signal)`` fills record ``i``; ``finish(...)`` writes the cohort and manifest and
+    drops records not in ``keep``. Leaving the block with an exception leaves no store behind.
+    """
+
+    def __init__(self, out: Path, n_records: int, n_samples: int, dtype: str = "float16",
+                 overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self.shape = (n_records, len(CANONICAL_LEADS), n_samples)
+        self.dtype = dtype
+        self.overwrite = overwrite
+        self._stack = ExitStack()
+        self._finished = False
+        self.staging: Path | None = None
+        self.waveforms: np.memmap | None = None
+
+    def __enter__(self) -> StoreWriter:
+        self.staging = self._stack.enter_context(atomic_directory(self.out, self.overwrite))
+        self.waveforms = np.lib.format.open_memmap(
+            self.staging / WAVEFORMS_FILE, mode="w+", dtype=self.dtype, shape=self.shape)
+        return self
+
+    def write(self, index: int, signal: np.ndarray) -> None:
+        """Store one preprocessed ``[12, samples]`` signal at row ``index``."""
+        assert self.waveforms is not None, "use StoreWriter as a context manager"
+        self.waveforms[index] = signal
+
+    def finish(self, cohort: pd.DataFrame, manifest: StoreManifest,
+               keep: np.ndarray | None = None, rejects: pd.DataFrame | None = None) -> None:
+        """Compact to the ``keep`` rows, then write cohort, manifest and rejects."""
+        assert self.staging is not None and self.waveforms is not None
+        if keep is not None and not bool(np.all(keep)):
+            self._compact(np.flatnonzero(keep))
+        self.waveforms.flush()
+        self.waveforms = None
+        cohort.reset_index(drop=True).to_parquet(self.staging / COHORT_FILE, index=False)
+        if rejects is not None and len(rejects):
+            rejects.to_csv(self.staging / REJECTS_FILE, index=False)
+        atomic_write_json(self.staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
+        self._finished = True
+
+    def _compact(self, rows: np.ndarray, chunk: int = 4096) -> None:
+        assert self.staging is not None and self.waveforms is not None
+        source = self.waveforms
+        target = np.lib.format.open_memmap(
+            self.staging / (WAVEFORMS_FILE + ".compact"), mode="w+", dtype=self.dtype,
+            shape=(len(rows), *self.shape[1:]))
+        for start in range(0, len(rows), chunk):
+            target[start:start + chunk] = source[rows[start:start + chunk]]
+        target.flush()
+        del source
+        (self.staging / (WAVEFORMS_FILE + ".compact")).replace(self.staging / WAVEFORMS_FILE)
+        self.waveforms = target
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.waveforms = None
+        if exc_type is None and not self._finished:
+            exc = StoreError(f"{self.out}: store writer closed before finish(); nothing written")
+            self._stack.__exit__(type(exc), exc, None)
+            raise exc
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+class SiteStore:
+    """A prepared site store, opened read-only."""
+
+    def __init__(self, path: Path, manifest: StoreManifest, cohort: pd.DataFrame,
+                 waveforms: np.ndarray) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.cohort = cohort
+        self.waveforms = waveforms
+
+    @classmethod
+    def open(cls, path: Path) -> SiteStore:
+        """Open a store, checking that its files exist and agree with each other."""
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(f"{path}: not a site store folder (run `fedecg prepare` to make one)")
+        for name in (MANIFEST_FILE, COHORT_FILE, WAVEFORMS_FILE):
+            if not (path / name).is_file():
+                raise StoreError(f"{path}: missing {name}; the store is incomplete, prepare again")
+        try:
+            manifest = StoreManifest.model_validate(json.loads((path / MANIFEST_FILE).read_text()))
+        except (ValidationError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path / MANIFEST_FILE}: not a valid manifest: {exc}") from None
+        if manifest.schema_version != SCHEMA_VERSION:
+            raise StoreError(f"{path}: store schema {manifest.schema_version}, this fedecg reads "
+                             f"{SCHEMA_VERSION}; prepare the store again")
+        cohort = pd.read_parquet(path / COHORT_FILE)
+        waveforms = np.load(path / WAVEFORMS_FILE, mmap_mode="r")
+        expected = (manifest.n_records, len(manifest.lead_order), manifest.n_samples)
+        if waveforms.shape != expected or len(cohort) != manifest.n_records:
+            raise StoreError(f"{path}: waveforms {waveforms.shape} and cohort rows {len(cohort)} "
+                             f"do not match the manifest {expected}; prepare the store again")
+        return cls(path, manifest, cohort, waveforms)
+
+    def __len__(self) -> int:
+        return self.manifest.n_records
+
+    def indices(self, split: Split | None = None) -> np.ndarray:
+        """Row indices of one split (``train``, ``val``, ``test``), or of all rows."""
+        if split is None:
+            return np.arange(len(self))
+        if split not in SPLITS:
+            raise StoreError(f"split {split!r}: expected one of {list(SPLITS)}")
+        return np.flatnonzero(self.cohort["split"].to_numpy() == split)
+
+    def clinical(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Clinical feature matrix ``[rows, features]`` (float32, NaN where missing)."""
+        return self._matrix(self.manifest.clinical_features, rows)
+
+    def lab_labels(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Lab-abnormality labels ``[rows, labels]`` (1, 0, NaN for unknown)."""
+        return self._matrix(self.manifest.lab_label_columns, rows)
+
+    def diagnosis_labels(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Diagnosis labels ``[rows, labels]`` (1, 0, NaN for unknown)."""
+        return self._matrix(self.manifest.diagnosis_columns, rows)
+
+    def _matrix(self, columns: list[str], rows: np.ndarray | None) -> np.ndarray:
+        frame = self.cohort[columns] if rows is None else self.cohort[columns].iloc[rows]
+        return frame.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+class EcgDataset(Dataset):
+    """Records of a store as tensors: ``ecg`` ``[12, T]``, ``clinical``, ``lab``, ``dx``.
+
+    ``crop_samples`` takes a window of that length: random when ``random_crop``, else centred.
+    Labels keep NaN for unknown; losses mask them.
+    """
+
+    def __init__(self, store: SiteStore, rows: np.ndarray, crop_samples: int | None = None,
+                 random_crop: bool = False, seed: int = 0) -> None:
+        self.store = store
+        self.rows = np.asarray(rows)
+        self.crop = crop_samples
+        self.random_crop = random_crop
+        self.rng = np.random.default_rng(seed)
+        self.clinical = torch.from_numpy(store.clinical(self.rows))
+        self.lab = torch.from_numpy(store.lab_labels(self.rows))
+        self.dx = torch.from_numpy(store.diagnosis_labels(self.rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        signal = np.asarray(self.store.waveforms[self.rows[item]], dtype=np.float32)
+        if self.crop is not None and self.crop < signal.shape[-1]:
+            span = signal.shape[-1] - self.crop
+            start = int(self.rng.integers(0, span + 1)) if self.random_crop else span // 2
+            signal = signal[:, start:start + self.crop]
+        return {"ecg": torch.from_numpy(np.ascontiguousarray(signal)),
+                "clinical": self.clinical[item], "lab": self.lab[item], "dx": self.dx[item],
+                "row": torch.tensor(int(self.rows[item]))}

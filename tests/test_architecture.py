@@ -1,0 +1,51 @@
+"""The package's layers import downward only (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fedecg"
+# Lower index = lower layer. A module may import its own layer or any lower one.
+LAYERS = ["errors", "io", "config", "data", "models", "training", "federated", "privacy",
+          "explain", "report", "cli"]
+SAME_RANK = {"explain": "report"}  # explain and report sit side by side
+
+
+def _layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "fedecg" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def _rank(layer: str) -> int:
+    return LAYERS.index(SAME_RANK.get(layer, layer))
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_every_module_imports_only_its_own_or_lower_layers():
+    violations = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        own = _layer_of(".".join(relative.parts))
+        if own is None or own == "__init__" or own == "__main__":
+            continue
+        own = own if own in LAYERS else None
+        if own is None:
+            continue
+        for imported in _imports(path):
+            target = _layer_of(imported)
+            if target in LAYERS and _rank(target) > _rank(own):
+                violations.append(f"{relative}: {own} imports {imported}")
+    assert violations == []
