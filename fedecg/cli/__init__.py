@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "synth_commands",
     "data_commands",
     "train_commands",
+    "inference_commands",
     "federated_commands",
     "privacy_commands",
 )
