@@ -234,7 +234,7 @@ class SiteStore:
 
     def _matrix(self, columns: list[str], rows: np.ndarray | None) -> np.ndarray:
         frame = self.cohort[columns] if rows is None else self.cohort[columns].iloc[rows]
-        return frame.to_numpy(dtype=np.float32, na_value=np.nan)
+        return np.array(frame.to_numpy(dtype=np.float32, na_value=np.nan))
 
 
 class EcgDataset(Dataset):

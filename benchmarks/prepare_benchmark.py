@@ -1,0 +1,198 @@
+"""Benchmark of ``fedecg prepare`` and of reading a store (JSON out; not a timed test).
+
+Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 layout):
+
+* prepare throughput: end to end and for the waveform stage alone, in ECG/s on one core;
+* peak memory of prepare at two dataset sizes, each in its own subprocess: the peak resident
+  set during prepare above the resident set just before it (the kernel's peak mark is reset
+  after imports), and the ``tracemalloc`` peak of the prepare call; it must stay flat;
+* store read throughput for random training batches versus one training step of the default
+  ECG encoder (``EncoderConfig`` defaults) with a linear head, as a ratio.
+
+Speeds depend on the machine; read them as ratios. Example:
+    python benchmarks/prepare_benchmark.py --patients 60 240 --out benchmarks/prepare.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fedecg.config.data import PrepareConfig
+from fedecg.config.train import EncoderConfig
+from fedecg.data.prepare import MimicInput, load_input, prepare_store, stream_records
+from fedecg.data.store import EcgDataset, SiteStore, StoreWriter
+from fedecg.data.synth import generate_twin
+from fedecg.data.tables import Rejects
+from fedecg.models.encoders import EcgEncoder
+
+
+def _status_mib(field: str) -> float:
+    """``VmRSS``/``VmHWM`` of this process from /proc (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) so imports do not hide prepare's peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+class AnonPeak(threading.Thread):
+    """Samples ``RssAnon`` (heap, not the file-backed pages of the memory map) every 5 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = _status_mib("RssAnon")
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, _status_mib("RssAnon"))
+
+
+def child_prepare(twin: Path, out: Path, trace: bool) -> dict:
+    """Prepare ``twin`` into ``out`` on one core; timings, memory peaks, tracemalloc peak."""
+    torch.set_num_threads(1)
+    config = PrepareConfig(on_error="skip", workers=1)
+    _reset_peak()
+    baseline, anon = _status_mib("VmRSS"), AnonPeak()
+    anon_before = anon.peak
+    if trace:
+        tracemalloc.start()
+    anon.start()
+    start = time.perf_counter()
+    result = prepare_store(MimicInput(twin, twin), out, config, overwrite=True)
+    seconds = time.perf_counter() - start
+    anon.done.set()
+    anon.join()
+    report = {"ecgs": result.manifest.n_records, "seconds": seconds,
+              "ecg_per_s": result.manifest.n_records / seconds,
+              "rss_before_mib": baseline, "rss_peak_mib": _status_mib("VmHWM"),
+              "anon_growth_mib": anon.peak - anon_before}
+    report["rss_growth_mib"] = report["rss_peak_mib"] - baseline
+    if trace:
+        report["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return report
+
+
+class Discard(Exception):
+    """Raised to leave a ``StoreWriter`` block so that it deletes what it wrote."""
+
+
+def child_waveforms(twin: Path, out: Path) -> dict:
+    """The waveform stage alone on one core: stream every record of ``twin`` into a store
+    writer (tables read beforehand, not measured); throughput and heap growth."""
+    config = PrepareConfig(on_error="skip", workers=1)
+    paths = load_input(MimicInput(twin, twin), config, Rejects("skip")).ecgs["record_path"]
+    anon = AnonPeak()
+    anon_before = anon.peak
+    anon.start()
+    start = time.perf_counter()
+    try:
+        with StoreWriter(out, len(paths), config.waveform.n_samples, overwrite=True) as writer:
+            for index, signal, _, _ in stream_records(paths.tolist(), config):
+                if signal is not None:
+                    writer.write(index, signal)
+            raise Discard
+    except Discard:
+        seconds = time.perf_counter() - start
+    anon.done.set()
+    anon.join()
+    return {"records": len(paths), "seconds": seconds, "ecg_per_s": len(paths) / seconds,
+            "anon_growth_mib": anon.peak - anon_before}
+
+
+def _run_child(*args: str) -> dict:
+    command = [sys.executable, __file__, "--child", *args]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def read_versus_step(store_path: Path, batch: int = 64, batches: int = 20) -> dict:
+    """Seconds per random batch read from the store vs. per training step of the encoder."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    store = SiteStore.open(store_path)
+    dataset = EcgDataset(store, store.indices())
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    start, count = time.perf_counter(), 0
+    while count < batches:
+        for _ in loader:
+            count += 1
+            if count == batches:
+                break
+    read = (time.perf_counter() - start) / batches
+    encoder = EcgEncoder(**EncoderConfig().model_dump())
+    head = torch.nn.Linear(encoder.embedding_dim, len(store.manifest.diagnosis_labels))
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3)
+    x = torch.randn(batch, 12, store.manifest.n_samples)
+    y = torch.randint(0, 2, (batch, head.out_features)).float()
+    steps = []
+    for _ in range(4):
+        begin = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(encoder(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps.append(time.perf_counter() - begin)
+    step = float(np.median(steps[1:]))
+    return {"batch": batch, "read_s_per_batch": read, "train_step_s": step,
+            "read_batches_per_train_step": step / read, "read_ecg_per_s": batch / read}
+
+
+def main() -> None:
+    """Generate twins, run the measurements, write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, nargs=2, default=[60, 240])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/prepare_benchmark.json"))
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        result = (child_waveforms(Path(rest[0]), Path(rest[1])) if kind == "waveforms" else
+                  child_prepare(Path(rest[0]), Path(rest[1]), trace=kind == "trace"))
+        print(json.dumps(result))
+        return
+    report: dict = {"sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for patients in args.patients:
+            twin, out = Path(tmp) / f"twin{patients}", Path(tmp) / f"store{patients}"
+            generate_twin(twin, patients=patients, sites=2, seed=0)
+            report["sizes"][str(patients)] = {
+                "prepare": _run_child("time", str(twin), str(out)),
+                "prepare_tracemalloc": _run_child("trace", str(twin), str(out)),
+                "waveform_stage": _run_child("waveforms", str(twin), str(out) + "-w")}
+        report["store_read"] = read_versus_step(Path(tmp) / f"store{args.patients[-1]}")
+    small, large = (report["sizes"][str(p)] for p in args.patients)
+    report["memory_ratio_large_to_small"] = {
+        "ecgs": large["prepare"]["ecgs"] / small["prepare"]["ecgs"],
+        "rss_growth": large["prepare"]["rss_growth_mib"] / small["prepare"]["rss_growth_mib"],
+        "anon_growth": large["prepare"]["anon_growth_mib"] / small["prepare"]["anon_growth_mib"],
+        "waveform_stage_anon_growth": (large["waveform_stage"]["anon_growth_mib"]
+                                       / small["waveform_stage"]["anon_growth_mib"]),
+        "tracemalloc_peak": (large["prepare_tracemalloc"]["tracemalloc_peak_mib"]
+                             / small["prepare_tracemalloc"]["tracemalloc_peak_mib"])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""``fedecg synth``: write a synthetic MIMIC twin, or waveforms for real clinical tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedecg.cli.common import console, friendly_errors
+from fedecg.data.synth import generate_twin, synthesize_from_clinical
+from fedecg.errors import ConfigError
+
+
+@friendly_errors
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write (must not exist unless "
+                             "--overwrite)."),
+    patients: int = typer.Option(1000, "--patients", help="Number of synthetic patients."),
+    sites: int = typer.Option(3, "--sites", help="Number of virtual hospitals."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    workers: int = typer.Option(1, "--workers", help="Processes writing waveforms."),
+    clinical_from: Path | None = typer.Option(
+        None, "--clinical-from", help="A MIMIC-IV root holding hosp/: keep its real tables and "
+        "synthesize only waveforms."),
+    record_list: Path | None = typer.Option(
+        None, "--record-list", help="With --clinical-from: the real record_list.csv whose "
+        "ECG times and paths to keep."),
+) -> None:
+    """Write a synthetic MIMIC-IV-ECG + MIMIC-IV hosp dataset (or waveforms for real tables)."""
+    if clinical_from is None:
+        if record_list is not None:
+            raise ConfigError("synth: --record-list was given without --clinical-from; "
+                              "pass both, or neither for a fully synthetic twin")
+        summary = generate_twin(out, patients=patients, sites=sites, seed=seed,
+                                overwrite=overwrite, workers=workers)
+        console.print(f"wrote {summary.ecgs} ECGs of {summary.patients} patients "
+                      f"({summary.admissions} admissions, {summary.lab_events} lab events, "
+                      f"{len(summary.sites)} hospitals) to {summary.out} in "
+                      f"{summary.seconds:.1f} s")
+        return
+    if record_list is None:
+        raise ConfigError("synth: --clinical-from needs --record-list RECORD_LIST (the real "
+                          "MIMIC-IV-ECG record_list.csv)")
+    summary = synthesize_from_clinical(clinical_from, record_list, out, seed=seed,
+                                       overwrite=overwrite, workers=workers)
+    console.print(f"wrote {summary.ecgs} synthetic waveforms for the real records of "
+                  f"{summary.patients} patients to {summary.out} in {summary.seconds:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``synth`` to the ``fedecg`` command."""
+    app.command("synth")(synth)

@@ -1,0 +1,285 @@
+"""Linking: one cohort row per ECG with demographics, biometrics, vitals, labs, labels and fold.
+
+Every input layout (MIMIC, generic) is first mapped to ``ClinicalTables`` (canonical long
+frames), so there is one linking implementation. Linking is vectorized with ``merge_asof``
+by subject; nothing loops over ECGs in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fedecg.config.base import validate_config
+from fedecg.config.data import CohortConfig
+from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS, DiagnosisLabel
+from fedecg.data.labs import DEFAULT_LAB_PANEL, LabDefinition
+from fedecg.data.store import DIAGNOSIS_PREFIX, LAB_FEATURE_PREFIX, LAB_LABEL_PREFIX
+from fedecg.errors import ConfigError, TableError
+
+BIOMETRICS = ("weight_kg", "height_cm", "bmi")
+VITALS = ("heart_rate", "sbp", "dbp", "resp_rate", "o2sat", "temperature")
+MEASUREMENT_NAMES = BIOMETRICS + VITALS
+DEMOGRAPHICS = ("age", "sex_male")
+NEAREST_LAB_HOURS = "nearest_lab_hours"
+"""Cohort column: |hours| from the ECG to its nearest panel lab (NaN beyond the feature window)."""
+ECG_COLUMNS = ("study_id", "subject_id", "ecg_time", "record_path")
+US = "datetime64[us]"
+
+
+@dataclass
+class ClinicalTables:
+    """A site's clinical record in canonical long form (what every layout reader returns).
+
+    * ``patients``: ``subject_id, sex ('M'/'F'/NA), birth_time``
+    * ``labs``: ``subject_id, time, lab (panel name), value, ref_low, ref_high, flag`` where
+      ``flag`` is 1.0 when the source marks the value abnormal, 0.0 when it marks it normal,
+      NaN when it says nothing
+    * ``stays``: ``subject_id, stay_id (str), start, end, kind ('admission' | 'ed')``
+    * ``diagnoses``: ``stay_id, icd_code, icd_version (9 | 10)``
+    * ``measurements``: ``subject_id, time, name (one of MEASUREMENT_NAMES), value``
+    """
+
+    patients: pd.DataFrame
+    labs: pd.DataFrame
+    stays: pd.DataFrame
+    diagnoses: pd.DataFrame
+    measurements: pd.DataFrame
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:
+    """The configured lab panel, validated (default ``DEFAULT_LAB_PANEL``)."""
+    if config.lab_panel is None:
+        return DEFAULT_LAB_PANEL
+    panel = tuple(validate_config(LabDefinition, item, f"cohort.lab_panel[{i}]")
+                  for i, item in enumerate(config.lab_panel))
+    _check_unique([lab.name for lab in panel], "cohort.lab_panel", "lab name")
+    _check_unique([i for lab in panel for i in lab.itemids], "cohort.lab_panel", "itemid")
+    return panel
+
+
+def resolve_diagnosis_set(config: CohortConfig) -> tuple[DiagnosisLabel, ...]:
+    """The configured diagnosis labels, validated (default ``DEFAULT_DIAGNOSIS_LABELS``)."""
+    if config.diagnosis_labels is None:
+        return DEFAULT_DIAGNOSIS_LABELS
+    labels = tuple(validate_config(DiagnosisLabel, item, f"cohort.diagnosis_labels[{i}]")
+                   for i, item in enumerate(config.diagnosis_labels))
+    _check_unique([label.name for label in labels], "cohort.diagnosis_labels", "name")
+    return labels
+
+
+def _check_unique(values: Sequence[object], where: str, what: str) -> None:
+    seen = pd.Series(values)
+    repeated = sorted(set(seen[seen.duplicated()]), key=str)
+    if repeated:
+        raise ConfigError(f"{where}: {what}(s) {repeated} appear more than once; each must be "
+                          "unique")
+
+
+def clinical_feature_names(panel: Sequence[LabDefinition]) -> list[str]:
+    """Clinical encoder inputs: demographics, biometrics, vitals, then ``lab_<name>``."""
+    return [*DEMOGRAPHICS, *MEASUREMENT_NAMES, *(LAB_FEATURE_PREFIX + lab.name for lab in panel)]
+
+
+def nearest_events(ecgs: pd.DataFrame, events: pd.DataFrame, window: pd.Timedelta,
+                   columns: Sequence[str] = (), *, time: str = "time",
+                   ecg_time: str = "ecg_time", by: str = "subject_id") -> pd.DataFrame:
+    """For each ECG, the ``columns`` of the same subject's event nearest in time.
+
+    Events further than ``window`` (either side) do not count. Returns a frame aligned with
+    ``ecgs`` holding ``columns`` and ``offset_hours`` (event time minus ECG time; NaN and NaN
+    values where no event is in the window). Ties in distance go to the earlier event; events at
+    the same time are ordered by their values, so the result does not depend on row order.
+    """
+    if events.empty:
+        return pd.DataFrame({c: np.full(len(ecgs), np.nan) for c in [*columns, "offset_hours"]},
+                            index=ecgs.index)
+    left = pd.DataFrame({by: ecgs[by].to_numpy(), "_t": ecgs[ecg_time].astype(US).to_numpy(),
+                         "_row": np.arange(len(ecgs))}).sort_values("_t", kind="stable")
+    right = events[[by, time, *columns]].rename(columns={time: "_event_time"})
+    right["_event_time"] = right["_event_time"].astype(US)
+    right = right.sort_values(["_event_time", *columns], kind="stable")
+    merged = pd.merge_asof(left, right, left_on="_t", right_on="_event_time", by=by,
+                           direction="nearest", tolerance=window)
+    merged = merged.sort_values("_row")
+    out = merged[list(columns)].set_axis(ecgs.index)
+    out["offset_hours"] = ((merged["_event_time"] - merged["_t"]).to_numpy()
+                           / np.timedelta64(1, "h"))
+    return out
+
+
+def nearest_lab_values(ecgs: pd.DataFrame, labs: pd.DataFrame,
+                       panel: Sequence[LabDefinition], window_hours: float,
+                       columns: Sequence[str] = ("value",)) -> dict[str, pd.DataFrame]:
+    """Per panel lab name, ``nearest_events`` of that lab within ±``window_hours``.
+
+    ``ecgs`` needs ``subject_id, ecg_time``; ``labs`` is ``ClinicalTables.labs`` (or any frame
+    with ``subject_id, time, lab`` and ``columns``). Reusable outside prepare, e.g. to condition
+    synthetic waveforms on each ECG's nearest real labs.
+    """
+    window = pd.Timedelta(hours=window_hours)
+    groups = dict(tuple(labs.groupby("lab", sort=False, observed=True)))
+    empty = labs.iloc[:0]
+    return {lab.name: nearest_events(ecgs, groups.get(lab.name, empty), window, columns)
+            for lab in panel}
+
+
+def abnormality_labels(nearest: pd.DataFrame, lab: LabDefinition) -> pd.DataFrame:
+    """``abn_<lab>_<direction>`` (1.0, 0.0, NaN when no value) from a lab's nearest rows.
+
+    Abnormal means outside the row's own reference range; a row without a range uses the
+    source's abnormal flag (direction from the side of the panel range's midpoint) and, without
+    a flag, the panel's default range.
+    """
+    value = nearest["value"]
+    has_range = nearest["ref_low"].notna() | nearest["ref_high"].notna()
+    low = nearest["ref_low"].fillna(lab.ref_low)
+    high = nearest["ref_high"].fillna(lab.ref_high)
+    above, below = value > high, value < low
+    flagged = ~has_range & (nearest["flag"] == 1) & ~above & ~below
+    upper_half = value >= (lab.ref_low + lab.ref_high) / 2
+    hits = {"high": above | (flagged & upper_half), "low": below | (flagged & ~upper_half)}
+    known = value.notna()
+    return pd.DataFrame({LAB_LABEL_PREFIX + f"{lab.name}_{d}": hits[d].astype("float32")
+                         .where(known) for d in lab.directions}, index=nearest.index)
+
+
+def containing_stay(ecgs: pd.DataFrame, stays: pd.DataFrame) -> pd.DataFrame:
+    """``stay_id`` and ``stay_kind`` of the stay whose [start, end] holds each ECG (else NA).
+
+    Hospital admissions come first; an ED stay is used when no admission holds the ECG.
+    """
+    result = pd.DataFrame({"stay_id": pd.Series(pd.NA, index=ecgs.index, dtype="str"),
+                           "stay_kind": pd.Series(pd.NA, index=ecgs.index, dtype="str")})
+    for kind in ("admission", "ed"):
+        of_kind = stays[stays["kind"] == kind]
+        found = nearest_backward(ecgs, of_kind, "start", ["stay_id", "end"])
+        inside = found["end"].notna() & (ecgs["ecg_time"] <= found["end"])
+        fill = inside & result["stay_id"].isna()
+        result.loc[fill, "stay_id"] = found.loc[fill, "stay_id"].astype("str")
+        result.loc[fill, "stay_kind"] = kind
+    return result
+
+
+def nearest_backward(ecgs: pd.DataFrame, events: pd.DataFrame, time: str,
+                     columns: Sequence[str]) -> pd.DataFrame:
+    """For each ECG, ``columns`` of the subject's latest event at or before the ECG."""
+    left = pd.DataFrame({"subject_id": ecgs["subject_id"].to_numpy(),
+                         "_t": ecgs["ecg_time"].to_numpy(), "_row": np.arange(len(ecgs))})
+    right = events[["subject_id", time, *columns]].sort_values([time], kind="stable")
+    merged = pd.merge_asof(left.sort_values("_t", kind="stable"), right, left_on="_t",
+                           right_on=time, by="subject_id", direction="backward")
+    return merged.sort_values("_row")[list(columns)].set_axis(ecgs.index)
+
+
+def diagnosis_matrix(diagnoses: pd.DataFrame, labels: Sequence[DiagnosisLabel]) -> pd.DataFrame:
+    """``dx_<name>`` per ``stay_id`` (1.0/0.0) from ICD codes matched by version and prefix."""
+    code = diagnoses["icd_code"].astype("str").str.strip().str.upper().str.replace(
+        ".", "", regex=False)
+    version = pd.to_numeric(diagnoses["icd_version"], errors="coerce")
+    hits = {}
+    for label in labels:
+        hit = pd.Series(False, index=diagnoses.index)
+        for ver, prefixes in ((10, label.icd10), (9, label.icd9)):
+            if prefixes:
+                hit |= (version == ver) & code.str.startswith(tuple(prefixes))
+        hits[DIAGNOSIS_PREFIX + label.name] = hit
+    frame = pd.DataFrame(hits, index=diagnoses.index).astype("float32")
+    frame["stay_id"] = diagnoses["stay_id"].astype("str").to_numpy()
+    return frame.groupby("stay_id").max()
+
+
+def patient_folds(subjects: pd.Series, n_folds: int, seed: int) -> np.ndarray:
+    """Fold 0..n_folds-1 of each row from a seeded hash of its subject (patient-grouped)."""
+    keys = subjects.astype("str")
+    fold_of = {key: int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8)
+                                   .digest(), "big") % n_folds for key in keys.unique()}
+    return keys.map(fold_of).to_numpy(dtype=np.int64)
+
+
+def split_of_folds(folds: np.ndarray, config: CohortConfig) -> np.ndarray:
+    """``train``/``val``/``test`` for each fold number."""
+    split = np.full(len(folds), "train", dtype=object)
+    split[np.isin(folds, config.val_folds)] = "val"
+    split[np.isin(folds, config.test_folds)] = "test"
+    return split
+
+
+def _demographics(ecgs: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
+    found = ecgs[["subject_id"]].merge(patients[["subject_id", "sex", "birth_time"]],
+                                       on="subject_id", how="left", validate="many_to_one")
+    age = (ecgs["ecg_time"].to_numpy() - found["birth_time"].to_numpy()) / np.timedelta64(1, "D")
+    sex = found["sex"].to_numpy()
+    male = np.where(sex == "M", 1.0, np.where(sex == "F", 0.0, np.nan))
+    return pd.DataFrame({"sex": found["sex"].to_numpy(), "age": age / 365.2425,
+                         "sex_male": male}, index=ecgs.index)
+
+
+def _measurements(ecgs: pd.DataFrame, measurements: pd.DataFrame,
+                  config: CohortConfig) -> pd.DataFrame:
+    groups = dict(tuple(measurements.groupby("name", sort=False)))
+    out = {}
+    for name in MEASUREMENT_NAMES:
+        window = (pd.Timedelta(days=config.biometrics_window_days) if name in BIOMETRICS
+                  else pd.Timedelta(hours=config.vitals_window_hours))
+        events = groups.get(name, measurements.iloc[:0])
+        out[name] = nearest_events(ecgs, events, window, ["value"])["value"].astype("float32")
+    frame = pd.DataFrame(out, index=ecgs.index)
+    derived = frame["weight_kg"] / (frame["height_cm"] / 100) ** 2
+    frame["bmi"] = frame["bmi"].fillna(derived.astype("float32"))
+    return frame
+
+
+def _labs(ecgs: pd.DataFrame, labs: pd.DataFrame, panel: Sequence[LabDefinition],
+          config: CohortConfig) -> pd.DataFrame:
+    # The nearest event within the wider window is also the nearest within the narrower one
+    # whenever it lies inside it, so one search serves both windows.
+    feature, label = config.feature_window_hours, config.label_window_hours
+    nearest = nearest_lab_values(ecgs, labs, panel, max(feature, label),
+                                 ("value", "ref_low", "ref_high", "flag"))
+    hours = {name: near["offset_hours"].abs() for name, near in nearest.items()}
+    parts = [pd.DataFrame({LAB_FEATURE_PREFIX + name: near["value"].where(hours[name] <= feature)
+                           .astype("float32") for name, near in nearest.items()},
+                          index=ecgs.index)]
+    parts += [abnormality_labels(nearest[lab.name].where(hours[lab.name] <= label), lab)
+              for lab in panel]
+    within = pd.concat([h.where(h <= feature) for h in hours.values()], axis=1)
+    parts.append(within.min(axis=1).rename(NEAREST_LAB_HOURS).to_frame())
+    return pd.concat(parts, axis=1)
+
+
+def _diagnoses(ecgs: pd.DataFrame, tables: ClinicalTables,
+               labels: Sequence[DiagnosisLabel]) -> pd.DataFrame:
+    stay = containing_stay(ecgs, tables.stays)
+    matrix = diagnosis_matrix(tables.diagnoses, labels)
+    dx = matrix.reindex(stay["stay_id"].to_numpy()).set_axis(ecgs.index)
+    return pd.concat([stay, dx], axis=1)
+
+
+def build_cohort(ecgs: pd.DataFrame, tables: ClinicalTables,
+                 config: CohortConfig) -> pd.DataFrame:
+    """One row per ECG (DESIGN.md §3), in the order of ``ecgs``.
+
+    ``ecgs`` needs ``study_id, subject_id, ecg_time, record_path`` (extra columns such as
+    ``cart_id`` are kept). Adds ``sex, age, sex_male``, biometrics and vitals, ``lab_<name>``
+    (nearest within the feature window), ``nearest_lab_hours``, ``abn_<lab>_<dir>`` (nearest
+    within the label window; NaN when none), ``stay_id, stay_kind, dx_<name>`` (NaN outside any
+    stay or for a stay without codes), ``fold`` and ``split``.
+    """
+    missing = [c for c in ECG_COLUMNS if c not in ecgs]
+    if missing:
+        raise TableError(f"ECG index: missing column(s) {missing}; found {list(ecgs.columns)}")
+    panel, labels = resolve_panel(config), resolve_diagnosis_set(config)
+    ecgs = ecgs.reset_index(drop=True)
+    parts = [ecgs, _demographics(ecgs, tables.patients),
+             _measurements(ecgs, tables.measurements, config),
+             _labs(ecgs, tables.labs, panel, config), _diagnoses(ecgs, tables, labels)]
+    cohort = pd.concat(parts, axis=1)
+    cohort["fold"] = patient_folds(cohort["subject_id"], config.n_folds, config.fold_seed)
+    cohort["split"] = split_of_folds(cohort["fold"].to_numpy(), config)
+    return cohort

@@ -1,0 +1,219 @@
+"""``fedecg prepare``: a site's inputs (MIMIC or generic layout) → a site store.
+
+The cohort is built first (tables only); waveforms are then streamed record by record into the
+store's memory-mapped array, in chunks over a process pool, so memory stays flat in the number
+of ECGs. A bad record raises a ``RecordError`` (and the atomic writer leaves no store), or with
+``on_error='skip'`` is dropped and listed in ``rejects.csv``.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fedecg import __version__
+from fedecg.config.data import PrepareConfig, WaveformConfig
+from fedecg.data.cohort import (
+    ClinicalTables,
+    build_cohort,
+    clinical_feature_names,
+    resolve_diagnosis_set,
+    resolve_panel,
+)
+from fedecg.data.generic import read_site_ecgs, read_site_tables
+from fedecg.data.labs import panel_label_names
+from fedecg.data.mimic import read_mimic_tables, read_record_list
+from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
+from fedecg.data.tables import Rejects
+from fedecg.data.waveform import preprocess, read_ecg
+from fedecg.errors import RecordError, TableError
+
+
+@dataclass(frozen=True)
+class MimicInput:
+    """MIMIC layout: the MIMIC-IV-ECG folder and the MIMIC-IV folder holding ``hosp/``."""
+
+    ecg_root: Path
+    mimic_root: Path
+
+    @property
+    def name(self) -> str:
+        """Default site name."""
+        return Path(self.ecg_root).resolve().name
+
+
+@dataclass(frozen=True)
+class SiteInput:
+    """Generic hospital layout (``client/README.md``)."""
+
+    site_dir: Path
+
+    @property
+    def name(self) -> str:
+        """Default site name."""
+        return Path(self.site_dir).resolve().name
+
+
+PrepareInput = MimicInput | SiteInput
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """ECG index and clinical tables of an input, read with checks."""
+
+    ecgs: pd.DataFrame
+    tables: ClinicalTables
+    layout: str
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What ``prepare_store`` wrote."""
+
+    path: Path
+    manifest: StoreManifest
+    n_rejected_records: int
+    n_rejected_rows: int
+    seconds: float
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        m = self.manifest
+        rate = m.n_records / self.seconds if self.seconds > 0 else float("nan")
+        return (f"{self.path}: {m.n_records} ECGs of {m.counts.get('patients', 0)} patients, "
+                f"{m.fs:g} Hz x {m.n_samples} samples; rejected {self.n_rejected_records} "
+                f"records and {self.n_rejected_rows} table rows; {self.seconds:.1f} s "
+                f"({rate:.0f} ECG/s)")
+
+
+def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) -> LoadedInput:
+    """Read an input's ECG index and clinical tables (bad rows raise or go to ``rejects``)."""
+    panel = resolve_panel(config.cohort)
+    if isinstance(inputs, MimicInput):
+        ecgs = read_record_list(Path(inputs.ecg_root), rejects)
+        tables = read_mimic_tables(Path(inputs.mimic_root), ecgs["subject_id"].unique(), panel,
+                                   rejects, config.table_chunk_rows)
+        layout = "mimic"
+    else:
+        ecgs = read_site_ecgs(Path(inputs.site_dir), rejects)
+        tables = read_site_tables(Path(inputs.site_dir), panel, rejects)
+        layout = "generic"
+    if ecgs.empty:
+        raise TableError(f"{inputs}: no usable ECG rows in the ECG index; expected at least one")
+    return LoadedInput(ecgs=ecgs, tables=tables, layout=layout)
+
+
+def _process(task: tuple[int, str], waveform: WaveformConfig
+             ) -> tuple[int, np.ndarray | None, float, str | None]:
+    index, path = task
+    try:
+        record = read_ecg(Path(path))
+    except RecordError as exc:
+        return index, None, float("nan"), str(exc)
+    signal = preprocess(record, waveform.fs, waveform.clip_mv, waveform.n_samples)
+    return index, signal.astype(waveform.dtype), record.fs, None
+
+
+def stream_records(paths: list[str], config: PrepareConfig
+                   ) -> Iterator[tuple[int, np.ndarray | None, float, str | None]]:
+    """Yield ``(index, signal or None, source fs, error or None)`` for each path, in order."""
+    work = functools.partial(_process, waveform=config.waveform)
+    tasks = list(enumerate(paths))
+    if config.workers == 1:
+        yield from map(work, tasks)
+        return
+    with multiprocessing.get_context("fork").Pool(config.workers) as pool:
+        yield from pool.imap(work, tasks, chunksize=config.chunk_size)
+
+
+def _progress(console: Console | None) -> Progress | nullcontext:
+    if console is None:
+        return nullcontext()
+    return Progress(TextColumn("[bold]prepare[/]"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+                    transient=True)
+
+
+def _write_waveforms(writer: StoreWriter, cohort: pd.DataFrame, config: PrepareConfig,
+                     rejects: Rejects, console: Console | None) -> tuple[np.ndarray, Counter]:
+    keep = np.ones(len(cohort), dtype=bool)
+    source_fs: Counter = Counter()
+    paths = cohort["record_path"].astype("str").tolist()
+    start = time.perf_counter()
+    with _progress(console) as bar, closing(stream_records(paths, config)) as results:
+        task = bar.add_task("records", total=len(paths), rate="") if bar else None
+        for done, (index, signal, fs, error) in enumerate(results, 1):
+            if error is None:
+                writer.write(index, signal)
+                source_fs[f"{fs:g}"] += 1
+            else:
+                keep[index] = False
+                rejects.handle(RecordError(error), paths[index], None,
+                               cohort["study_id"].iloc[index])
+            if bar and (done % 64 == 0 or done == len(paths)):
+                rate = f"{done / max(time.perf_counter() - start, 1e-9):.0f} ECG/s"
+                bar.update(task, completed=done, rate=rate)
+    return keep, source_fs
+
+
+def _manifest(cohort: pd.DataFrame, config: PrepareConfig, inputs: PrepareInput,
+              loaded: LoadedInput, source_fs: Counter, rejects: dict[str, int]) -> StoreManifest:
+    panel, labels = resolve_panel(config.cohort), resolve_diagnosis_set(config.cohort)
+    lab_labels = panel_label_names(panel)
+    columns = [f"abn_{n}" for n in lab_labels] + [f"dx_{d.name}" for d in labels]
+    counts = {"records": len(cohort), "patients": int(cohort["subject_id"].nunique()),
+              "stays": int(cohort["stay_id"].nunique()), "ecgs_listed": len(loaded.ecgs),
+              **{f"split_{s}": int((cohort["split"] == s).sum()) for s in ("train", "val", "test")},
+              **{f"rejected_{k}": v for k, v in rejects.items()}}
+    return StoreManifest(
+        site_name=config.site_name or inputs.name, n_records=len(cohort), fs=config.waveform.fs,
+        n_samples=config.waveform.n_samples, dtype=config.waveform.dtype,
+        clinical_features=clinical_feature_names(panel), lab_labels=lab_labels,
+        diagnosis_labels=[d.name for d in labels], lab_panel=list(panel),
+        diagnosis_set=list(labels), feature_window_hours=config.cohort.feature_window_hours,
+        label_window_hours=config.cohort.label_window_hours,
+        preprocessing={"nan": "linear interpolation per lead", "resample":
+                       "scipy.signal.resample_poly", "clip_mv": config.waveform.clip_mv,
+                       "length": "trimmed or zero-padded at the end",
+                       "duration_s": config.waveform.duration_s, "source_fs": dict(source_fs)},
+        provenance={"layout": loaded.layout, "inputs": {k: str(v) for k, v in vars(inputs)
+                    .items()}, "tables": loaded.tables.sources, "fedecg_version": __version__,
+                    "config": config.model_dump(mode="json")},
+        counts=counts, prevalence=label_prevalence(cohort, columns))
+
+
+def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
+                  overwrite: bool = False, console: Console | None = None) -> PrepareResult:
+    """Build the cohort of ``inputs`` and write the store at ``out`` atomically.
+
+    With ``console`` a progress bar is drawn there. Returns counts and timing.
+    """
+    start = time.perf_counter()
+    rejects = Rejects(config.on_error)
+    loaded = load_input(inputs, config, rejects)
+    rejected_rows = len(rejects)
+    cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
+    with StoreWriter(Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
+                     overwrite=overwrite) as writer:
+        keep, source_fs = _write_waveforms(writer, cohort, config, rejects, console)
+        if not keep.any():
+            reasons = "; ".join(rejects.frame()["reason"].tail(3))
+            raise RecordError(f"{inputs}: none of the {len(cohort)} records could be read, "
+                              f"nothing written; last reasons: {reasons}")
+        kept = cohort.loc[keep].reset_index(drop=True)
+        counts = {"records": int((~keep).sum()), "rows": rejected_rows}
+        manifest = _manifest(kept, config, inputs, loaded, source_fs, counts)
+        writer.finish(kept, manifest, keep=keep, rejects=rejects.frame())
+    return PrepareResult(path=Path(out), manifest=manifest, n_rejected_records=counts["records"],
+                         n_rejected_rows=rejected_rows, seconds=time.perf_counter() - start)

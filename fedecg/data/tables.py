@@ -1,0 +1,193 @@
+"""Reading CSV tables with checks whose errors name the file, line, column and value.
+
+A table may be ``NAME.csv`` or ``NAME.csv.gz``. Every parsed frame carries a ``_line`` column
+(the line number in the file, header = line 1) so later checks can still point at the row.
+Bad rows either raise a ``TableError`` or, with ``on_error='skip'``, go to ``Rejects``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedecg.config.data import OnError
+from fedecg.errors import FedecgError, InputFileError, TableError
+
+LINE = "_line"
+REJECT_COLUMNS = ("path", "line", "study_id", "reason")
+SKIP_HINT = "fix it, or pass --on-error skip to leave such rows out (listed in rejects.csv)"
+
+
+class Rejects:
+    """Inputs left out with ``on_error='skip'``; with ``'raise'`` the first problem is raised."""
+
+    def __init__(self, on_error: OnError) -> None:
+        self.on_error = on_error
+        self._rows: list[dict[str, object]] = []
+
+    def handle(self, error: FedecgError, path: Path | str, line: int | None = None,
+               study_id: object = None, reason: str | None = None) -> None:
+        """Raise ``error``, or record a reject of ``path`` (and ``line``/``study_id``) whose
+        reason is ``reason`` (default: the error's message)."""
+        if self.on_error == "raise":
+            raise error
+        self._rows.append({"path": str(path), "line": line, "study_id": study_id,
+                           "reason": reason or str(error)})
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def frame(self) -> pd.DataFrame:
+        """All rejects so far, one row each (columns ``path, line, study_id, reason``)."""
+        frame = pd.DataFrame(self._rows, columns=list(REJECT_COLUMNS))
+        frame["line"] = frame["line"].astype("Int64")
+        return frame
+
+
+def find_table(folder: Path, name: str) -> Path:
+    """``folder/name.csv`` or ``folder/name.csv.gz``, whichever exists."""
+    candidates = [Path(folder) / f"{name}.csv", Path(folder) / f"{name}.csv.gz"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise InputFileError(f"table {name!r} not found: expected {candidates[0]} or "
+                         f"{candidates[1]}; check the folder given on the command line")
+
+
+def has_table(folder: Path, name: str) -> bool:
+    """True when ``folder`` holds ``name.csv`` or ``name.csv.gz``."""
+    return any((Path(folder) / f"{name}{ext}").is_file() for ext in (".csv", ".csv.gz"))
+
+
+def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str] = (),
+                     dtype: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read the ``required`` (+ present ``optional``) columns as text, with a ``_line`` column."""
+    header = _header(path)
+    _check_columns(path, header, required)
+    usecols = list(required) + [c for c in optional if c in header and c not in required]
+    dtypes = {c: "str" for c in usecols} | (dtype or {})
+    try:
+        frame = pd.read_csv(path, usecols=usecols, dtype=dtypes, keep_default_na=False,
+                            na_values=[""])
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise TableError(f"{path}: cannot be read as CSV: {exc}") from None
+    frame[LINE] = np.arange(2, len(frame) + 2)
+    return frame
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        return list(pd.read_csv(path, nrows=0).columns)
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+        raise TableError(f"{path}: cannot be read as CSV: {exc}") from None
+
+
+def _check_columns(path: Path, header: Collection[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {missing}; found {list(header)}; "
+                         f"expected at least {list(required)}")
+
+
+def parse_times(frame: pd.DataFrame, column: str, path: Path, rejects: Rejects,
+                study_column: str | None = None) -> pd.DataFrame:
+    """Parse ``column`` as ISO date-times; empty or unparseable values are bad rows."""
+    raw = frame[column]
+    parsed = pd.to_datetime(raw, format="ISO8601", errors="coerce")
+    frame = frame.assign(**{column: parsed.astype("datetime64[us]")})
+    bad = parsed.isna().to_numpy()
+    return drop_bad_rows(frame, bad, path, column, "a date-time like 2180-07-23 08:44:24",
+                         rejects, study_column, original=raw)
+
+
+def parse_numbers(frame: pd.DataFrame, column: str, path: Path, rejects: Rejects,
+                  required: bool = True, study_column: str | None = None,
+                  what: str = "a number") -> pd.DataFrame:
+    """Parse ``column`` as float; text is a bad row, and so is an empty cell when ``required``."""
+    raw = frame[column]
+    parsed = pd.to_numeric(raw, errors="coerce")
+    bad = parsed.isna() & (raw.notna() | required)
+    frame = frame.assign(**{column: parsed.astype("float64")})
+    return drop_bad_rows(frame, bad.to_numpy(), path, column, what, rejects, study_column,
+                         original=raw)
+
+
+def drop_bad_rows(frame: pd.DataFrame, bad: np.ndarray, path: Path, column: str, expected: str,
+                  rejects: Rejects, study_column: str | None = None,
+                  original: pd.Series | None = None,
+                  reasons: pd.Series | None = None) -> pd.DataFrame:
+    """Raise for the first bad row, or record every bad row in ``rejects`` and drop them.
+
+    The message says ``VALUE is not EXPECTED``, or the row's own text from ``reasons``.
+    """
+    if not bad.any():
+        return frame
+    shown = frame[column] if original is None else original
+    for position in np.flatnonzero(bad):
+        value = shown.iloc[position]
+        value_text = "empty" if pd.isna(value) else repr(value)
+        why = reasons.iloc[position] if reasons is not None else f"{value_text} is not {expected}"
+        line = int(frame[LINE].iloc[position])
+        study = frame[study_column].iloc[position] if study_column else None
+        more = int(bad.sum()) - 1
+        extra = f" ({more} more such row(s))" if more and rejects.on_error == "raise" else ""
+        error = TableError(f"{path}: line {line}, column {column!r}: {why}{extra}; {SKIP_HINT}")
+        rejects.handle(error, path, line, study, reason=f"column {column!r}: {why}")
+    return frame.loc[~bad].reset_index(drop=True)
+
+
+def drop_duplicates(frame: pd.DataFrame, column: str, path: Path,
+                    rejects: Rejects) -> pd.DataFrame:
+    """Keep the first row of each ``column`` value; later repeats are bad rows."""
+    repeated = frame.duplicated(column, keep="first").to_numpy()
+    if not repeated.any():
+        return frame
+    first_line = frame.drop_duplicates(column).set_index(column)[LINE]
+    for position in np.flatnonzero(repeated):
+        value = frame[column].iloc[position]
+        reason = f"duplicate {column} '{value}' (first at line {int(first_line[value])})"
+        line = int(frame[LINE].iloc[position])
+        error = TableError(f"{path}: line {line}, column {column!r}: {reason}; each {column} "
+                           f"must appear once; {SKIP_HINT}")
+        rejects.handle(error, path, line, value, reason=f"column {column!r}: {reason}")
+    return frame.loc[~repeated].reset_index(drop=True)
+
+
+LABEVENT_COLUMNS = ("subject_id", "itemid", "charttime", "valuenum")
+LABEVENT_OPTIONAL = ("value", "valueuom", "ref_range_lower", "ref_range_upper", "flag")
+
+
+def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[int],
+                   rejects: Rejects, chunk_rows: int = 1_000_000) -> pd.DataFrame:
+    """MIMIC ``labevents`` rows of panel ``itemids`` and ``subjects``, read in chunks.
+
+    Only the needed columns are read and rows are filtered per chunk, so memory follows the
+    kept rows, not the 118M rows of the full table. Times and values are checked on kept rows.
+    """
+    header = _header(path)
+    _check_columns(path, header, LABEVENT_COLUMNS)
+    usecols = list(LABEVENT_COLUMNS) + [c for c in LABEVENT_OPTIONAL if c in header]
+    dtype = {c: "str" for c in usecols} | {"subject_id": "int64", "itemid": "int64"}
+    items, people = np.asarray(sorted(itemids)), np.asarray(sorted(subjects), dtype=np.int64)
+    kept, offset = [], 2
+    try:
+        reader = pd.read_csv(path, usecols=usecols, dtype=dtype, chunksize=chunk_rows,
+                             keep_default_na=False, na_values=[""])
+        for chunk in reader:
+            lines = np.arange(offset, offset + len(chunk))
+            offset += len(chunk)
+            mask = (np.isin(chunk["itemid"].to_numpy(), items)
+                    & np.isin(chunk["subject_id"].to_numpy(), people))
+            if mask.any():
+                kept.append(chunk.loc[mask].assign(**{LINE: lines[mask]}))
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise TableError(f"{path}: cannot be read near line {offset}: {exc}; expected integer "
+                         "subject_id and itemid columns") from None
+    frame = (pd.concat(kept, ignore_index=True) if kept
+             else pd.DataFrame({c: pd.Series(dtype="str") for c in usecols} | {LINE: []}))
+    frame = parse_times(frame, "charttime", path, rejects)
+    return parse_numbers(frame, "valuenum", path, rejects, required=True,
+                         what="a numeric lab value (a lab without a numeric value)")

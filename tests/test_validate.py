@@ -1,0 +1,96 @@
+"""``fedecg validate``: reports on stores and raw inputs, and non-zero exits on fatal problems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ECG_DEMO_RECORD_LIST, MIMIC_DEMO
+from fixtures.builders import make_generic_site, make_mimic_site, record_path, write_table
+from typer.testing import CliRunner
+
+from fedecg.cli import app
+from fedecg.config.data import PrepareConfig
+from fedecg.data.prepare import MimicInput, SiteInput, prepare_store
+from fedecg.data.validate import report_input, report_store
+
+runner = CliRunner()
+
+
+def test_report_on_raw_mimic_counts_linkage_and_prevalence(tmp_path: Path) -> None:
+    ecg_root, mimic_root = make_mimic_site(tmp_path)
+    report = report_input(MimicInput(ecg_root, mimic_root), PrepareConfig())
+    assert report.ok and report.kind == "mimic"
+    assert {k: report.counts[k] for k in ("ecgs", "patients", "stays", "ecgs_in_a_stay")} == {
+        "ecgs": 4, "patients": 3, "stays": 1, "ecgs_in_a_stay": 1}
+    # ECG 1: potassium 1 h away; ECG 3: hemoglobin 1 h away; ECGs 2 and 4: nothing
+    assert report.linkage == {1.0: 0.5, 6.0: 0.5, 24.0: 0.5}
+    assert report.prevalence["abn_potassium_high"]["known"] == 1
+    assert report.missingness["age"] == 0 and report.missingness["lab_potassium"] == 0.75
+
+
+def test_store_report_equals_raw_report(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    raw = report_input(SiteInput(site), PrepareConfig())
+    prepare_store(SiteInput(site), tmp_path / "store", PrepareConfig())
+    stored = report_store(tmp_path / "store")
+    assert stored.ok and stored.linkage == raw.linkage
+    pd.testing.assert_frame_equal(pd.DataFrame(stored.prevalence), pd.DataFrame(raw.prevalence))
+    assert stored.missingness == raw.missingness
+    assert stored.counts["ecgs"] == raw.counts["ecgs"] == 3
+
+
+def test_real_demo_tables_linkage(shared_data: Path, tmp_path: Path) -> None:
+    # the demo has no waveforms: check the tables only
+    report = report_input(MimicInput(ECG_DEMO_RECORD_LIST.parent, MIMIC_DEMO), PrepareConfig(),
+                          check_records=False)
+    assert report.counts["ecgs"] == 659 and report.counts["patients"] == 92
+    assert report.linkage[24.0] == pytest.approx(556 / 659)  # any panel lab with a number
+    assert report.counts["rejected_rows"] == len(report.rejects) > 0
+
+
+def test_cli_reports_unreadable_records_and_still_succeeds(tmp_path: Path) -> None:
+    ecg_root, mimic_root = make_mimic_site(tmp_path)
+    (ecg_root / (record_path(10000001, 40000002, "v1") + ".dat")).unlink()
+    result = runner.invoke(app, ["validate", str(ecg_root), "--mimic-root", str(mimic_root)])
+    assert result.exit_code == 0, result.output
+    assert "1 of 4 records are unreadable" in result.output
+    assert "signal file not found" in result.output
+
+
+def test_cli_exits_non_zero_when_every_record_is_unreadable(tmp_path: Path) -> None:
+    ecg_root, mimic_root = make_mimic_site(tmp_path)
+    for dat in ecg_root.rglob("*.dat"):
+        dat.write_bytes(b"\x00")
+    result = runner.invoke(app, ["validate", str(ecg_root), "--mimic-root", str(mimic_root)])
+    assert result.exit_code == 1
+    assert "fatal: all 4 records are unreadable" in result.output
+
+
+def test_cli_exits_non_zero_on_missing_table_and_empty_index(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    (site / "labs.csv").unlink()
+    missing = runner.invoke(app, ["validate", str(site)])
+    assert missing.exit_code == 1 and "table 'labs' not found" in missing.output
+    empty = make_generic_site(tmp_path / "b")
+    write_table(empty, "ecgs", "ecg_id,patient_id,record_path,ecg_time\n")
+    result = runner.invoke(app, ["validate", str(empty)])
+    assert result.exit_code == 1 and "no usable ECG rows" in result.output
+
+
+def test_cli_flags_sites_whose_labs_do_not_link(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    labs = (site / "labs.csv").read_text().replace("2024-", "2019-")
+    (site / "labs.csv").write_text(labs)
+    result = runner.invoke(app, ["validate", str(site)])
+    assert result.exit_code == 1 and "no ECG has any panel lab" in result.output
+
+
+def test_cli_store_and_unknown_folder(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    prepare_store(SiteInput(site), tmp_path / "store", PrepareConfig())
+    result = runner.invoke(app, ["validate", str(tmp_path / "store")])
+    assert result.exit_code == 0 and "label prevalence" in result.output
+    unknown = runner.invoke(app, ["validate", str(tmp_path)])
+    assert unknown.exit_code == 1 and "not a site store" in unknown.output
