@@ -1,1 +1,17 @@
-"""fedecg.training."""
+"""fedecg.training: the three stages, the loop, metrics and the centralized pipeline.
+
+Public API (federated training reuses it unchanged):
+
+* ``stages``: ``Stage`` protocol (``name``, ``targets``, ``trainable``, ``shared_keys``,
+  ``loss``), ``PretrainStage``, ``LabHeadStage``, ``DiagnosisStage``,
+  ``build_stages(config, pretrained)``;
+* ``trainer``: ``activate(model, stage)``, ``make_optimizer``, ``warmup_cosine``,
+  ``train_epoch(model, stage, loader, optimizer, extra_loss=...)``, ``train_epochs``;
+* ``data``: ``CropDataset`` (seeded per ``(seed, epoch, item)``), ``epoch_loader``,
+  ``rows_with_targets``;
+* ``runner``: ``TrainingData`` (pooled stores), ``build_model``, ``fit_model``,
+  ``derive_seed``, ``stage_config``; ``checkpoint``: ``save_checkpoint``/``load_checkpoint``;
+* ``evaluate``: ``predict``, ``evaluate``, ``validate``, ``flatten``; ``metrics``:
+  ``label_metrics``, ``bootstrap_macro``; ``losses``: ``masked_bce``, ``infonce``, ``siglip``;
+* ``pipeline``: ``train_models(stores, config, out, models=None, seed=None)`` (``fedecg train``).
+"""

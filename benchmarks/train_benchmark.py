@@ -1,0 +1,121 @@
+"""Training throughput per stage for the default encoder, data-wait share and peak memory.
+
+Usage::
+
+    python benchmarks/train_benchmark.py --store STORE [--steps 30] [--threads 1] [--out B.json]
+
+Without ``--store`` a store of random signals (512 records, 100 Hz, 10 s, the default panel)
+is written to a temporary folder first. For each stage (pretrain, lab, diagnosis) it trains
+the default ``TrainConfig`` model for ``--steps`` steps after ``--warmup`` steps and reports
+ECG/s (training examples over forward+backward+update time), the share of step time spent
+waiting for the loader (target < 10%), and evaluation throughput with crop aggregation.
+Peak memory is the process's maximum resident set (and CUDA peak when on a GPU). Speeds depend
+on the machine and its load: compare them only as ratios taken on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedecg.config.train import TrainConfig
+from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
+from fedecg.data.labs import DEFAULT_LAB_PANEL, panel_label_names
+from fedecg.data.store import StoreManifest, StoreWriter
+from fedecg.training.data import epoch_loader
+from fedecg.training.evaluate import predict
+from fedecg.training.pipeline import open_stores
+from fedecg.training.runner import build_model
+from fedecg.training.stages import build_stages
+from fedecg.training.trainer import activate, make_optimizer, train_epoch
+
+
+def random_store(path: Path, n: int = 512, samples: int = 1000) -> Path:
+    """A store of random signals and labels with the default panel and diagnosis set."""
+    rng = np.random.default_rng(0)
+    labs = panel_label_names(DEFAULT_LAB_PANEL)
+    dx = [d.name for d in DEFAULT_DIAGNOSIS_LABELS]
+    features = ["age"] + [f"lab_{lab.name}" for lab in DEFAULT_LAB_PANEL]
+    cohort = pd.DataFrame({f: rng.normal(size=n) for f in features})
+    for name in labs:
+        cohort[f"abn_{name}"] = (rng.random(n) < 0.2).astype(float)
+    for name in dx:
+        cohort[f"dx_{name}"] = (rng.random(n) < 0.2).astype(float)
+    cohort["split"] = np.where(np.arange(n) % 10 < 8, "train", "test")
+    manifest = StoreManifest(
+        site_name="random", n_records=n, fs=100.0, n_samples=samples,
+        clinical_features=features, lab_labels=labs, diagnosis_labels=dx,
+        lab_panel=list(DEFAULT_LAB_PANEL), diagnosis_set=list(DEFAULT_DIAGNOSIS_LABELS),
+        feature_window_hours=24.0, label_window_hours=6.0)
+    with StoreWriter(path, n, samples) as writer:
+        for i in range(n):
+            writer.write(i, rng.normal(0, 0.3, (12, samples)))
+        writer.finish(cohort, manifest)
+    return path
+
+
+def bench_stage(stage, model, data, config: TrainConfig, steps: int, warmup: int) -> dict:
+    """ECG/s and data-wait share of ``steps`` training steps of ``stage``."""
+    dataset = data.dataset("train", stage.targets, config.crop_samples, True, config, seed=0)
+    optimizer = make_optimizer(activate(model, stage), 1e-4)
+    loader = epoch_loader(dataset, config.batch_size, 0, True, 0, config.num_workers)
+    train_epoch(model, stage, loader, optimizer, max_steps=warmup)
+    logs: dict[str, float] = {"steps": 0, "examples": 0, "data_seconds": 0, "step_seconds": 0}
+    epoch = 1
+    while logs["steps"] < steps:
+        loader = epoch_loader(dataset, config.batch_size, epoch, True, 0, config.num_workers)
+        part = train_epoch(model, stage, loader, optimizer, max_steps=steps - logs["steps"])
+        for key in logs:
+            logs[key] += part[key]
+        epoch += 1
+    total = logs["data_seconds"] + logs["step_seconds"]
+    return {"ecg_per_second": logs["examples"] / logs["step_seconds"],
+            "data_wait_share": logs["data_seconds"] / total, "steps": int(logs["steps"]),
+            "batch_size": config.batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store or random_store(Path(tmp) / "store")
+        data = open_stores([store])
+        config = TrainConfig()
+        model = build_model("transfer", config, data)
+        result: dict = {"store": str(store), "threads": args.threads,
+                        "encoder": config.encoder.model_dump(), "crop_samples": config.crop_samples,
+                        "parameters": sum(p.numel() for p in model.classifier.parameters()),
+                        "stages": {}}
+        for stage in build_stages(config, pretrained=True):
+            result["stages"][stage.name] = bench_stage(stage, model, data, config, args.steps,
+                                                      args.warmup)
+        test = data.dataset("test", ("dx", "lab"), None, False, config)
+        start = time.perf_counter()
+        predict(model, test, config.crop_samples, config.eval.crops, config.eval.batch_size)
+        result["eval_ecg_per_second"] = len(test) / (time.perf_counter() - start)
+        result["eval_crops"] = config.eval.crops
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

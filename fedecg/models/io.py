@@ -1,0 +1,121 @@
+"""Saving and loading the inference-only ECG model with its model card.
+
+A model folder holds ``model.pt`` (``{"format": 1, "architecture": {...}, "state_dict": {...}}``,
+rebuilt with ``EcgClassifier(**architecture)``), ``model_card.json`` (``ModelCard``) and a
+human-readable ``model_card.md``. The folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, ValidationError
+
+from fedecg import __version__
+from fedecg.config.base import StrictModel
+from fedecg.errors import StoreError
+from fedecg.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from fedecg.models.classifier import EcgClassifier
+
+MODEL_FILE = "model.pt"
+CARD_FILE = "model_card.json"
+CARD_MARKDOWN = "model_card.md"
+MODEL_FORMAT = 1
+
+
+class ModelCard(StrictModel):
+    """What a model predicts, from what input, trained on what, and how well."""
+
+    model_name: str
+    diagnosis_labels: list[str]
+    lab_labels: list[str]
+    lab_panel: list[dict[str, Any]] = Field(default_factory=list)
+    lead_order: list[str]
+    fs: float
+    crop_samples: int
+    eval_crops: int = 1
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    data_summary: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    privacy: dict[str, Any] | None = None
+    created_at: str = Field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    fedecg_version: str = __version__
+    architecture: dict[str, Any] = Field(default_factory=dict)
+
+
+def save_inference_model(directory: Path, model: EcgClassifier, card: ModelCard,
+                         overwrite: bool = True) -> None:
+    """Write ``model`` and ``card`` into ``directory`` atomically."""
+    card = card.model_copy(update={"architecture": model.architecture})
+    _check_card(card, model, Path(directory))
+    buffer = io.BytesIO()
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save({"format": MODEL_FORMAT, "architecture": model.architecture,
+                "state_dict": state}, buffer)
+    with atomic_directory(Path(directory), overwrite=overwrite) as staging:
+        atomic_write_bytes(staging / MODEL_FILE, buffer.getvalue())
+        atomic_write_json(staging / CARD_FILE, card.model_dump(mode="json"))
+        atomic_write_text(staging / CARD_MARKDOWN, card_markdown(card))
+
+
+def _check_card(card: ModelCard, model: EcgClassifier, where: Path) -> None:
+    for field, size in (("diagnosis_labels", model.dx_head.out_features),
+                        ("lab_labels", model.lab_head.out_features)):
+        if len(getattr(card, field)) != size:
+            raise StoreError(f"{where}: model card {field} has {len(getattr(card, field))} "
+                             f"names but the model's head has {size} outputs")
+
+
+def load_inference_model(directory: Path) -> tuple[EcgClassifier, ModelCard]:
+    """Load a model folder written by ``save_inference_model``; the model is in eval mode."""
+    directory = Path(directory)
+    for name in (MODEL_FILE, CARD_FILE):
+        if not (directory / name).is_file():
+            raise StoreError(f"{directory}: missing {name}; expected a model folder written by "
+                             "`fedecg train` (RUN/model)")
+    try:
+        card = ModelCard.model_validate(json.loads((directory / CARD_FILE).read_text()))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{directory / CARD_FILE}: not a valid model card: {exc}") from None
+    try:
+        payload = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        model = EcgClassifier(**payload["architecture"])
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # any unpickling/shape error means the file is unusable
+        raise StoreError(f"{directory / MODEL_FILE}: cannot load the model ({exc}); "
+                         "train again or restore the file") from None
+    _check_card(card, model, directory)
+    model.eval()
+    return model, card
+
+
+def card_markdown(card: ModelCard) -> str:
+    """A short human-readable rendering of ``card``."""
+    metrics = "\n".join(f"- {k}: {_fmt(v)}" for k, v in card.metrics.items()
+                        if not isinstance(v, dict))
+    data = "\n".join(f"- {k}: {_fmt(v)}" for k, v in card.data_summary.items())
+    privacy = json.dumps(card.privacy) if card.privacy else "none (no differential privacy)"
+    return (
+        f"# fedecg model card: {card.model_name}\n\n"
+        f"Created {card.created_at} with fedecg {card.fedecg_version}, seed {card.seed}.\n\n"
+        f"## Input\n12-lead ECG, leads {', '.join(card.lead_order)}, {card.fs:g} Hz, "
+        f"scored on {card.eval_crops} crop(s) of {card.crop_samples} samples; "
+        f"preprocessing {json.dumps(card.preprocessing)}.\n\n"
+        f"## Outputs\nDiagnoses ({len(card.diagnosis_labels)}): "
+        f"{', '.join(card.diagnosis_labels)}.\n\n"
+        f"Lab abnormalities ({len(card.lab_labels)}): {', '.join(card.lab_labels)}.\n\n"
+        f"## Training data\n{data or '- (not recorded)'}\n\n"
+        f"## Test metrics\n{metrics or '- (not recorded)'}\n\n"
+        f"## Privacy\n{privacy}\n"
+    )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else json.dumps(value, default=str)

@@ -1,0 +1,177 @@
+"""Centralized training of several models on pooled stores: what ``fedecg train`` runs.
+
+``train_models(stores, config, out)`` writes into ``out``:
+
+* ``config.yaml``: the resolved ``TrainConfig``; ``run.json``: the stores and models;
+* ``metrics.jsonl``: one record per model, stage and epoch (train and validation metrics);
+* ``checkpoints/``: ``MODEL.pt`` after every epoch and ``MODEL.test.json`` once tested; rerunning
+  the same command on an unfinished ``out`` resumes from them;
+* ``summary.json``: per model name (and ``naive``, the prevalence baseline) the flat metrics of
+  ``fedecg.training.evaluate.flatten`` on the pooled test split, plus ``per_store``;
+  top-level ``seed``, ``stores``, ``models``;
+* ``model/``: the inference-only ECG model (``transfer``, else ``signal-only``) and its card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedecg.config.base import dump_config, read_yaml, validate_config
+from fedecg.config.train import TrainConfig
+from fedecg.data.store import SiteStore
+from fedecg.errors import OutputExistsError, StoreError
+from fedecg.io import atomic_write_json
+from fedecg.models.io import ModelCard, save_inference_model
+from fedecg.models.joint import JointModel
+from fedecg.training.evaluate import evaluate, flatten, score
+from fedecg.training.metrics import naive_scores
+from fedecg.training.runner import MetricsLog, OnStep, TrainingData, fit_model
+
+logger = logging.getLogger(__name__)
+EXPORT_ORDER = ("transfer", "signal-only")
+
+
+def open_stores(paths: list[Path]) -> TrainingData:
+    """Open stores and check that they can train one model together."""
+    if not paths:
+        raise StoreError("no store given; pass --store STORE (one or more)")
+    stores = [SiteStore.open(Path(p)) for p in paths]
+    first = stores[0]
+    for other in stores[1:]:
+        problems = first.manifest.incompatibilities(other.manifest)
+        if problems:
+            raise StoreError(f"stores {first.path} and {other.path} cannot train one model: "
+                             + "; ".join(problems) + ". Prepare them with the same settings")
+    return TrainingData(stores)
+
+
+def prepare_run_dir(out: Path, config: TrainConfig, stores: list[Path],
+                    overwrite: bool) -> None:
+    """Create ``out``, or accept it to resume an unfinished run with the same settings."""
+    out = Path(out)
+    run_info = {"stores": [str(Path(p).resolve()) for p in stores], "models": config.models}
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()):
+        if (out / "summary.json").is_file():
+            raise OutputExistsError(f"{out}: holds a finished run; choose another --out or "
+                                    "pass --overwrite")
+        _check_resumable(out, config, run_info)
+        logger.info("%s: resuming an unfinished run from its checkpoints", out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "config.yaml")
+    atomic_write_json(out / "run.json", run_info)
+
+
+def _check_resumable(out: Path, config: TrainConfig, run_info: dict[str, Any]) -> None:
+    if not (out / "config.yaml").is_file() or not (out / "run.json").is_file():
+        raise OutputExistsError(f"{out}: exists and is not a fedecg run; choose another --out "
+                                "or pass --overwrite")
+    previous = read_yaml(out / "config.yaml")
+    current = config.model_dump(mode="json")
+    changed = [key for key in sorted(set(previous) | set(current))
+               if previous.get(key) != current.get(key)]
+    saved = json.loads((out / "run.json").read_text())
+    changed += [key for key in run_info if saved.get(key) != run_info[key]]
+    if changed:
+        raise OutputExistsError(f"{out}: holds an unfinished run whose {', '.join(changed)} "
+                                "differ from this one; rerun with the same settings to resume, "
+                                "or pass --overwrite to start again")
+
+
+def evaluate_on_test(name: str, model: JointModel, data: TrainingData, config: TrainConfig,
+                 cache: Path) -> dict[str, Any]:
+    """Pooled and per-store test metrics of a trained model (cached in ``cache``)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    targets = ("dx", "lab")
+    pooled = data.dataset("test", targets, None, False, config)
+    entry = flatten(evaluate(model, pooled, data.names, config.crop_samples, config.eval,
+                             config.seed))
+    entry["per_store"] = _per_store(data, config, lambda ds: flatten(evaluate(
+        model, ds, data.names, config.crop_samples, config.eval, config.seed)), entry)
+    atomic_write_json(cache, entry)
+    return entry
+
+
+def _per_store(data: TrainingData, config: TrainConfig, scorer, pooled: dict[str, Any]
+               ) -> dict[str, Any]:
+    if len(data.stores) == 1:
+        return {data.manifest.site_name: {k: v for k, v in pooled.items() if k != "per_store"}}
+    return {store.manifest.site_name: scorer(data.dataset("test", ("dx", "lab"), None, False,
+                                                          config, stores=[k]))
+            for k, store in enumerate(data.stores)}
+
+
+def naive_results(data: TrainingData, config: TrainConfig) -> dict[str, Any]:
+    """The prevalence baseline: every test row scored with the training prevalence."""
+    train = data.dataset("train", ("dx", "lab"), None, False, config)
+
+    def scorer(dataset) -> dict[str, Any]:
+        probabilities = {key: naive_scores(getattr(train, key).numpy(), len(dataset))
+                         for key in ("dx", "lab")}
+        return flatten(score(probabilities, dataset, data.names, config.eval, config.seed))
+
+    entry = scorer(data.dataset("test", ("dx", "lab"), None, False, config))
+    entry["per_store"] = _per_store(data, config, scorer, entry)
+    return entry
+
+
+def export_model(out: Path, name: str, model: JointModel, data: TrainingData,
+                 config: TrainConfig, results: dict[str, Any]) -> None:
+    """Write ``out/model``: the inference-only ECG classifier of ``name`` and its card."""
+    manifest = data.manifest
+    keys = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
+            "lab_macro_auroc_ci", "diagnosis_macro_auprc", "lab_macro_auprc", "n_test")
+    card = ModelCard(
+        model_name=name, diagnosis_labels=manifest.diagnosis_labels,
+        lab_labels=manifest.lab_labels,
+        lab_panel=[lab.model_dump(mode="json") for lab in manifest.lab_panel],
+        lead_order=manifest.lead_order, fs=manifest.fs, crop_samples=config.crop_samples,
+        eval_crops=config.eval.crops,
+        preprocessing={"fs": manifest.fs, **manifest.preprocessing},
+        data_summary={"stores": [s.manifest.site_name for s in data.stores],
+                      "records": sum(s.manifest.n_records for s in data.stores),
+                      "train_records": sum(len(s.indices("train")) for s in data.stores)},
+        seed=config.seed, metrics={k: results.get(k) for k in keys})
+    save_inference_model(out / "model", model.classifier, card)
+
+
+def train_models(stores: list[Path], config: TrainConfig, out: Path,
+                 models: list[str] | None = None, seed: int | None = None,
+                 overwrite: bool = False, on_step: OnStep | None = None) -> dict[str, Any]:
+    """Train every model of ``config.models`` on the pooled ``stores``; return the summary.
+
+    ``models`` and ``seed``, when given, replace the config's (as ``--models``/``--seed`` do).
+    """
+    changes = {k: v for k, v in (("models", models), ("seed", seed)) if v is not None}
+    if changes:
+        config = validate_config(TrainConfig, {**config.model_dump(), **changes}, "arguments")
+    data = open_stores(stores)
+    prepare_run_dir(out, config, stores, overwrite)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    log = MetricsLog(Path(out) / "metrics.jsonl")
+    summary: dict[str, Any] = {}
+    exported = False
+    for name in config.models:
+        model = fit_model(name, data, config, Path(out) / "checkpoints" / f"{name}.pt", log,
+                          on_step)
+        summary[name] = evaluate_on_test(name, model, data, config,
+                                     Path(out) / "checkpoints" / f"{name}.test.json")
+        export = next((m for m in EXPORT_ORDER if m in config.models), None)
+        if name == export and not exported:
+            export_model(Path(out), name, model, data, config, summary[name])
+            exported = True
+    summary["naive"] = naive_results(data, config)
+    summary.update(seed=config.seed, models=list(config.models),
+                   stores=[{"path": str(s.path), "site": s.manifest.site_name}
+                           for s in data.stores])
+    atomic_write_json(Path(out) / "summary.json", summary)
+    return summary

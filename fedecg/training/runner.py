@@ -1,0 +1,196 @@
+"""Training one model through its stages, with per-epoch metrics and resumable checkpoints.
+
+``TrainingData`` pools the splits of one or more compatible stores. ``fit_model`` builds the
+``JointModel`` of a model name (``signal-only``, ``transfer``, ``multimodal``), fits the clinical
+standardization on training rows, runs its stages (``build_stages``), appends one
+``metrics.jsonl`` record per epoch and writes a checkpoint after each, resuming from the last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedecg.config.train import MODEL_NAMES, StageConfig, TrainConfig
+from fedecg.data.store import SiteStore, Split, StoreManifest
+from fedecg.errors import TrainingError
+from fedecg.io import atomic_write_text
+from fedecg.models.joint import JointModel
+from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
+from fedecg.training.data import CropDataset, epoch_loader, rows_with_targets
+from fedecg.training.evaluate import validate
+from fedecg.training.stages import Stage, build_stages
+from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+
+OnStep = Callable[[str, int, int], None]
+"""Progress callback ``(description, steps done, steps total)``."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed derived from integers (different parts give independent streams)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+@dataclass
+class TrainingData:
+    """Compatible stores trained as one pool."""
+
+    stores: list[SiteStore]
+
+    @property
+    def manifest(self) -> StoreManifest:
+        """The first store's manifest (all pooled stores agree on labels and features)."""
+        return self.stores[0].manifest
+
+    @property
+    def names(self) -> dict[str, list[str]]:
+        """Label names per task: ``{"diagnosis": [...], "lab": [...]}``."""
+        return {"diagnosis": list(self.manifest.diagnosis_labels),
+                "lab": list(self.manifest.lab_labels)}
+
+    def dataset(self, split: Split, targets: tuple[str, ...], crop: int | None, train: bool,
+                config: TrainConfig, seed: int = 0, stores: list[int] | None = None
+                ) -> CropDataset:
+        """Rows of ``split`` with a known value of any ``targets``, pooled over stores."""
+        chosen = [self.stores[k] for k in (stores or range(len(self.stores)))]
+        sources = [(store, rows_with_targets(store, split, targets)) for store in chosen]
+        return CropDataset(sources, crop, train, config.augment, seed)
+
+    def train_clinical(self) -> np.ndarray:
+        """Clinical features of all training rows (what the standardization is fit on)."""
+        return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per line, truncated to a checkpoint's count on resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.lines = self.path.read_text().splitlines() if self.path.is_file() else []
+
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` records (those a checkpoint vouches for)."""
+        self._write(self.lines[:count])
+
+    def drop_model(self, name: str) -> None:
+        """Remove the records of model ``name`` (left by a run killed before its checkpoint)."""
+        self._write([line for line in self.lines if json.loads(line).get("model") != name])
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add a record and rewrite the file atomically."""
+        self._write([*self.lines, json.dumps(record, default=float)])
+
+    def _write(self, lines: list[str]) -> None:
+        self.lines = lines
+        atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+
+
+def build_model(name: str, config: TrainConfig, data: TrainingData) -> JointModel:
+    """The untrained ``JointModel`` of model ``name``, seeded by ``config.seed`` and the name."""
+    torch.manual_seed(derive_seed(config.seed, MODEL_NAMES.index(name)))
+    manifest = data.manifest
+    model = JointModel(
+        n_lab=len(manifest.lab_labels), n_dx=len(manifest.diagnosis_labels),
+        n_clinical=len(manifest.clinical_features), encoder=config.encoder.model_dump(),
+        clinical=config.clinical.model_dump(), projection_dim=config.pretrain.projection_dim,
+        temperature=config.pretrain.temperature,
+        learnable_temperature=config.pretrain.learnable_temperature,
+        fuse_clinical=name == "multimodal")
+    model.clinical.fit_normalization(data.train_clinical())
+    return model.to(resolve_device(config.device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; other names as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stage_config(config: TrainConfig, stage: Stage) -> StageConfig:
+    """The config section of ``stage`` (``pretrain``, ``lab`` or ``diagnosis``)."""
+    return getattr(config, stage.name)
+
+
+def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Path,
+              log: MetricsLog, on_step: OnStep | None = None) -> JointModel:
+    """Train model ``name`` through its stages, resuming from ``checkpoint`` if it exists."""
+    model = build_model(name, config, data)
+    stages = build_stages(config, pretrained=name == "transfer")
+    saved = load_checkpoint(checkpoint)
+    if saved is None:
+        log.drop_model(name)
+    position = Position(metric_lines=len(log.lines))
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as exc:  # shapes differ: labels or features changed since
+            raise TrainingError(
+                f"{checkpoint}: does not fit model {name!r} built for the store(s) "
+                f"{[str(s.path) for s in data.stores]} ({str(exc).splitlines()[-1].strip()}); "
+                "their labels or features changed since; pass --overwrite to start again"
+            ) from None
+        position = saved["position"]
+        log.truncate(position.metric_lines)
+    if position.done:
+        return model
+    for index in range(position.stage_index, len(stages)):
+        resume = saved if index == position.stage_index and position.epoch > 0 else None
+        _run_stage(name, index, stages[index], model, data, config, checkpoint, log,
+                   resume, on_step)
+    save_checkpoint(checkpoint, Position(len(stages), 0, len(log.lines), done=True), model)
+    return model
+
+
+def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: TrainingData,
+               config: TrainConfig, checkpoint: Path, log: MetricsLog,
+               resume: dict[str, Any] | None, on_step: OnStep | None) -> None:
+    settings = stage_config(config, stage)
+    if settings.epochs == 0:
+        return
+    seed = derive_seed(config.seed, MODEL_NAMES.index(name), index)
+    train = data.dataset("train", stage.targets, config.crop_samples, True, config, seed)
+    if len(train) < 2:
+        raise TrainingError(f"model {name!r}, stage {stage.name!r}: {len(train)} training "
+                            f"row(s) with known {'/'.join(stage.targets)} in the store(s) "
+                            f"{[str(s.path) for s in data.stores]}; expected at least 2")
+    val = data.dataset("val", stage.targets, config.crop_samples, False, config)
+    optimizer = make_optimizer(activate(model, stage), settings.lr, settings.weight_decay)
+    steps = len(epoch_loader(train, config.batch_size, 0, True, seed))
+    scheduler = warmup_cosine(optimizer, settings.epochs * steps, settings.warmup_fraction)
+    first = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        first = resume["position"].epoch
+    for epoch in range(first, settings.epochs):
+        torch.manual_seed(derive_seed(seed, epoch))
+        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
+        label = f"{name} · {stage.name} {epoch + 1}/{settings.epochs}"
+        start = time.perf_counter()
+        logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
+                           max_grad_norm=config.max_grad_norm,
+                           on_step=_bind(on_step, label, steps))
+        seconds = time.perf_counter() - start
+        record = {"model": name, "stage": stage.name, "epoch": epoch + 1,
+                  "epochs": settings.epochs, "lr": scheduler.get_last_lr()[0],
+                  **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
+                  "examples_per_second": logs["examples"] / max(seconds, 1e-9)}
+        record.update(validate(model, stage, val, data.names, config.eval.batch_size))
+        log.append(record)
+        save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
+                        optimizer, scheduler)
+
+
+def _bind(on_step: OnStep | None, label: str, total: int) -> Callable[[int], None] | None:
+    """``on_step`` with its description and total fixed, or None."""
+    if on_step is None:
+        return None
+    return lambda done: on_step(label, done, total)

@@ -1,0 +1,102 @@
+"""``fedecg train`` through typer's CliRunner: outputs, exit codes and messages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from helpers_train import TINY_CONFIG, make_store
+from typer.testing import CliRunner
+
+from fedecg.cli import app
+from fedecg.models.io import load_inference_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("stores") / "site-a", n=80)
+
+
+def _args(store, out, *extra: str) -> list[str]:
+    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    return ["train", "--store", str(store), "--out", str(out), *sets, *extra]
+
+
+def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("eval:\n  bootstrap: 10\n")
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--config", str(config),
+                                      "--models", "signal-only,transfer", "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["models"] == ["signal-only", "transfer"] and summary["seed"] == 3
+    for name in ("signal-only", "transfer", "naive"):
+        assert {"diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
+                "lab_macro_auroc_ci", "diagnosis_auroc", "lab_auroc"} <= set(summary[name])
+    assert "multimodal" not in summary
+    assert "seed: 3" in (run / "config.yaml").read_text()
+    stages = [json.loads(x)["stage"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["lab", "diagnosis", "pretrain", "lab", "diagnosis"]
+    model, card = load_inference_model(run / "model")
+    assert model.dx_head.out_features == 2
+    assert card.model_name == "transfer" and card.seed == 3
+    assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure"]
+    assert "transfer: dx" in result.output and "naive: dx 0.500" in result.output
+    if importlib.util.find_spec("fedecg.report.run_report") is not None:
+        assert (run / "report.html").is_file()
+
+
+def test_a_finished_run_is_not_overwritten_without_the_flag(store, tmp_path):
+    args = _args(store, tmp_path / "run", "--models", "signal-only")
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1
+    assert "finished run" in again.output and "--overwrite" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_an_unknown_config_key_is_named(store, tmp_path):
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--set", "encoder.widthz=[8]"))
+    assert result.exit_code == 1
+    assert "encoder.widthz" in result.output and "unknown key" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_ill_typed_value_and_an_unknown_model_are_named(store, tmp_path):
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--set", "batch_size=many"))
+    assert result.exit_code == 1 and "batch_size" in result.output and "many" in result.output
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--models", "transfer,magic"))
+    assert result.exit_code == 1 and "models" in result.output and "magic" in result.output
+
+
+def test_a_missing_store_and_incompatible_stores_fail_clearly(store, tmp_path):
+    result = runner.invoke(app, _args(tmp_path / "nope", tmp_path / "run"))
+    assert result.exit_code == 1 and "nope" in result.output
+    other = make_store(tmp_path / "site-b", n=20, site="site-b", lab_names=("potassium",))
+    result = runner.invoke(app, [*_args(store, tmp_path / "run"), "--store", str(other)])
+    assert result.exit_code == 1
+    assert "site-b" in result.output and "lab_labels" in result.output
+
+
+def test_an_unfinished_run_resumes_only_with_the_same_settings(store, tmp_path):
+    run = tmp_path / "run"
+    args = _args(store, run, "--models", "signal-only")
+    assert runner.invoke(app, args).exit_code == 0
+    (run / "summary.json").unlink()  # as if killed before the end
+    result = runner.invoke(app, [*args, "--seed", "9"])
+    assert result.exit_code == 1 and "seed" in result.output and "--overwrite" in result.output
+    assert runner.invoke(app, args).exit_code == 0  # same settings: resumes and finishes
+    assert (run / "summary.json").is_file()
+
+
+def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stray.txt").write_text("x")
+    result = runner.invoke(app, _args(store, run))
+    assert result.exit_code == 1 and "not a fedecg run" in result.output
+    assert [p.name for p in run.iterdir()] == ["stray.txt"]
