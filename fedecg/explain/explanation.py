@@ -1,0 +1,170 @@
+"""An explanation of one ECG: top diagnoses, the lab abnormalities supporting each, attributions.
+
+``explain_record`` computes it; ``write_explanation`` writes ``explanation.json`` and
+``explanation.png`` (the 12-lead ECG shaded by the attribution of the top diagnosis, beside the
+lead shares and the supporting lab abnormalities of each top diagnosis).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from fedecg.explain.attribution import Method, attribute_diagnosis
+from fedecg.explain.inference import predict_signal
+from fedecg.explain.support import SUPPORT_RULE, LabSupport, head_cosines, supporting_labs
+from fedecg.io import atomic_write_bytes, atomic_write_json
+from fedecg.models.classifier import EcgClassifier
+from fedecg.models.io import ModelCard
+from fedecg.report.ecg_plot import plot_12lead
+
+JSON_FILE = "explanation.json"
+PNG_FILE = "explanation.png"
+_DPI = 110
+_MIN_BAR_SLOTS = 4
+
+
+@dataclass(frozen=True)
+class DiagnosisExplanation:
+    """One top diagnosis: its probability, supporting labs, and per-lead attribution shares."""
+
+    label: str
+    probability: float
+    supporting_labs: list[LabSupport]
+    lead_shares: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Everything ``explain`` reports about one record (``attribution_map`` is not in the JSON)."""
+
+    model_name: str
+    source: str
+    fs: float
+    leads: list[str]
+    n_crops: int
+    attribution_method: str
+    support_rule: str
+    diagnoses: dict[str, float]
+    lab_abnormalities: dict[str, float]
+    top: list[DiagnosisExplanation]
+    attribution_map: np.ndarray = field(repr=False)  # [12, T] in [0, 1], of top[0]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: every field but ``attribution_map``; probabilities sorted."""
+        payload = asdict(self)
+        del payload["attribution_map"]
+        for key in ("diagnoses", "lab_abnormalities"):
+            payload[key] = dict(sorted(payload[key].items(), key=lambda kv: -kv[1]))
+        return payload
+
+
+def explain_record(model: EcgClassifier, card: ModelCard, signal: np.ndarray, source: str = "",
+                   top_diagnoses: int = 3, method: Method = "integrated_gradients",
+                   min_probability: float = 0.5, min_cosine: float = 0.1,
+                   top_labs: int = 5) -> Explanation:
+    """Explain a prepared ``[12, T]`` signal (``inference.prepare_record``) for ``model``.
+
+    The ``top_diagnoses`` most probable diagnoses are explained each by its supporting lab
+    abnormalities (``support.supporting_labs``) and the lead shares of its attribution.
+    """
+    prediction = predict_signal(model, card, signal)
+    cosines = head_cosines(model)  # [n_dx, n_lab]
+    ranked = [int(i) for i in np.argsort([-p for p in prediction.diagnoses.values()],
+                                         kind="stable")[:top_diagnoses]]
+    attributions = [attribute_diagnosis(model, card, signal, i, method=method) for i in ranked]
+    top = [DiagnosisExplanation(
+        label=card.diagnosis_labels[i], probability=prediction.diagnoses[card.diagnosis_labels[i]],
+        supporting_labs=supporting_labs(cosines[i], prediction.lab_abnormalities,
+                                        min_probability, min_cosine, top_labs),
+        lead_shares=attribution.lead_shares) for i, attribution in zip(ranked, attributions,
+                                                                       strict=True)]
+    rule = SUPPORT_RULE.format(min_probability=min_probability, min_cosine=min_cosine,
+                               top_k=top_labs)
+    return Explanation(model_name=card.model_name, source=source, fs=card.fs,
+                       leads=list(card.lead_order), n_crops=prediction.n_crops,
+                       attribution_method=method, support_rule=rule,
+                       diagnoses=prediction.diagnoses,
+                       lab_abnormalities=prediction.lab_abnormalities, top=top,
+                       attribution_map=attributions[0].map if attributions
+                       else np.zeros_like(signal))
+
+
+def write_explanation(explanation: Explanation, signal: np.ndarray, out_dir: Path,
+                      ) -> tuple[Path, Path]:
+    """Write ``explanation.json`` and ``explanation.png`` into ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / JSON_FILE, out_dir / PNG_FILE
+    atomic_write_json(json_path, explanation.to_json())
+    figure = explanation_figure(explanation, signal)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    atomic_write_bytes(png_path, buffer.getvalue())
+    return json_path, png_path
+
+
+def explanation_figure(explanation: Explanation, signal: np.ndarray) -> Figure:
+    """The 12-lead plot shaded by attribution (left) beside lead shares and lab support bars."""
+    figure = Figure(figsize=(21, 10.5), layout="constrained")
+    left, right = figure.add_gridspec(1, 2, width_ratios=(3.3, 1), wspace=0.03)
+    leads = left.subgridspec(6, 2, wspace=0.01, hspace=0.02)
+    ecg_axes = [figure.add_subplot(leads[row, col]) for col in range(2) for row in range(6)]
+    first = explanation.top[0] if explanation.top else None
+    shading = np.sqrt(explanation.attribution_map)  # lifts moderate attributions into view
+    plot_12lead(signal, explanation.fs, explanation.leads, attribution=shading, ax_grid=ecg_axes)
+    figure.suptitle(_title(explanation), fontsize=13)
+    if first is None:
+        return figure
+    side = right.subgridspec(1 + len(explanation.top), 1,
+                             height_ratios=(1.6, *[1] * len(explanation.top)), hspace=0.08)
+    _draw_lead_shares(figure.add_subplot(side[0]), first)
+    for row, item in enumerate(explanation.top, start=1):
+        _draw_support(figure.add_subplot(side[row]), item)
+    return figure
+
+
+def _title(explanation: Explanation) -> str:
+    source = explanation.source or "ECG"
+    if not explanation.top:
+        return source
+    first = explanation.top[0]
+    return (f"{source} ({explanation.model_name} model) — orange shading: √ of the "
+            f"{explanation.attribution_method.replace('_', ' ')} attribution of "
+            f"{first.label} (p = {first.probability:.2f})")
+
+
+def _draw_lead_shares(ax: Axes, item: DiagnosisExplanation) -> None:
+    leads, shares = list(item.lead_shares), list(item.lead_shares.values())
+    ax.barh(range(len(leads)), shares, color="#d62728", alpha=0.7)
+    ax.set_yticks(range(len(leads)), leads, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"lead shares of the attribution\n({item.label})", fontsize=9)
+    ax.set_xlabel("share", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def _draw_support(ax: Axes, item: DiagnosisExplanation) -> None:
+    ax.set_title(f"{item.label} (p={item.probability:.2f}):\nsupporting lab abnormalities",
+                 fontsize=9)
+    ax.tick_params(labelsize=7)
+    if not item.supporting_labs:
+        ax.text(0.5, 0.5, "none predicted abnormal\nand aligned with this diagnosis",
+                ha="center", va="center", fontsize=8, color="#555", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    labs = item.supporting_labs
+    ax.barh(range(len(labs)), [s.score for s in labs], height=0.6, color="#1f77b4")
+    ax.set_yticks(range(len(labs)), [s.label for s in labs], fontsize=8)
+    ax.set_ylim(max(len(labs), _MIN_BAR_SLOTS) - 0.5, -0.5)  # same bar height in every panel
+    for position, support in enumerate(labs):
+        ax.text(support.score, position, f" p={support.probability:.2f} cos={support.cosine:.2f}",
+                va="center", fontsize=7)
+    ax.set_xlim(0, 1.6 * max(s.score for s in labs))
+    ax.set_xlabel("support = cos(w_dx, w_lab) × p(lab abnormal)", fontsize=8)

@@ -1,0 +1,261 @@
+"""``RUN/report.html`` from a training run folder: the three-model table, AUROC charts, curves.
+
+Reads ``summary.json`` (required), and when present ``metrics.jsonl``, ``config.yaml`` and the
+model card in ``model/``. A missing optional part becomes a note on the page, not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedecg.errors import InputFileError, TableError
+from fedecg.models.io import CARD_FILE, ModelCard
+from fedecg.report.html import HtmlPage
+from fedecg.report.plots import metric_table, plot_curve_grid, plot_grouped_bars
+
+logger = logging.getLogger(__name__)
+
+MODEL_ORDER = ("naive", "signal-only", "transfer", "multimodal")
+"""Models shown first, in this order; any other model in the summary follows."""
+
+MODEL_COLORS = {"naive": "#9e9e9e", "signal-only": "#1f77b4", "transfer": "#d62728",
+                "multimodal": "#2ca02c"}
+"""One colour per model, the same in every figure of the report."""
+
+_MACRO_COLUMNS = (
+    ("diagnosis_macro_auroc", "diagnosis macro AUROC [95% CI]"),
+    ("lab_macro_auroc", "lab-abnormality macro AUROC [95% CI]"),
+    ("diagnosis_macro_auprc", "diagnosis macro AUPRC [95% CI]"),
+    ("lab_macro_auprc", "lab-abnormality macro AUPRC [95% CI]"),
+)
+_MODEL_KEYS = ("diagnosis_macro_auroc", "lab_macro_auroc")
+_X_CANDIDATES = ("epoch", "round", "step")
+_MAX_PER_ROW = 3
+
+
+def load_summary(path: Path) -> dict[str, dict[str, Any]]:
+    """The per-model entries of ``summary.json``: ``{model: {metric: value}}``.
+
+    An entry is any object holding ``diagnosis_macro_auroc`` or ``lab_macro_auroc``, at the top
+    level or under ``"models"``. Raises ``InputFileError`` if the file is missing and
+    ``TableError`` if it is not JSON or holds no model entry.
+    """
+    if not path.is_file():
+        raise InputFileError(f"{path}: summary.json not found; a run report needs the summary "
+                             "that `fedecg train` writes at the end of a run (was the run "
+                             "interrupted? train again with the same --out)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path}: not valid JSON ({exc}); expected an object mapping each "
+                         "model name to its metrics") from exc
+    if isinstance(data, dict) and isinstance(data.get("models"), dict):
+        data = data["models"]
+    models = {name: entry for name, entry in (data.items() if isinstance(data, dict) else [])
+              if isinstance(entry, dict) and any(key in entry for key in _MODEL_KEYS)}
+    if not models:
+        raise TableError(f"{path}: no model entry found; expected an object like "
+                         '{"transfer": {"diagnosis_macro_auroc": 0.8, ...}, ...} with keys '
+                         f"{list(_MODEL_KEYS)}")
+    return models
+
+
+def order_models(names: list[str]) -> list[str]:
+    """Known models first in ``MODEL_ORDER``, then the rest in file order."""
+    known = [name for name in MODEL_ORDER if name in names]
+    return known + [name for name in names if name not in known]
+
+
+def load_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl``; a missing file gives ``[]`` and bad lines are skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: not a JSON object; line skipped in the report", path, number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def gap_closed(models: Mapping[str, Mapping[str, Any]], key: str = "diagnosis_macro_auroc",
+               ) -> float | None:
+    """Share of the signal-only → multimodal gap in ``key`` that transfer closes, or None."""
+    try:
+        low, mid, high = (float(models[m][key]) for m in ("signal-only", "transfer", "multimodal"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in (low, mid, high)) or high <= low:
+        return None
+    return (mid - low) / (high - low)
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` and return its path (see the module docstring)."""
+    run_dir = Path(run_dir)
+    models = load_summary(run_dir / "summary.json")
+    names = order_models(list(models))
+    page = HtmlPage(f"fedecg run report — {run_dir.resolve().name}")
+    _results_section(page, models, names)
+    _per_label_section(page, models, names)
+    _per_site_section(page, models, names)
+    _curves_section(page, load_metrics(run_dir / "metrics.jsonl"))
+    _card_section(page, run_dir / "model")
+    _config_section(page, run_dir / "config.yaml")
+    return page.write(run_dir / "report.html")
+
+
+def _results_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str]) -> None:
+    page.heading("Results on the test split")
+    columns = [c for c in _MACRO_COLUMNS if any(c[0] in models[n] for n in names)]
+    headers, rows = metric_table(models, names, columns)
+    page.table(headers, rows, caption="Macro AUROC/AUPRC over labels with bootstrap 95% "
+               "confidence intervals. transfer and signal-only see the ECG alone at inference; "
+               "multimodal also sees the clinical features.")
+    share = gap_closed(models)
+    if share is not None:
+        page.paragraph(f"transfer closes {100 * share:.0f}% of the diagnosis macro AUROC gap "
+                       "between signal-only and multimodal.")
+    shown = {"diagnosis_macro_auroc": "diagnosis", "lab_macro_auroc": "lab abnormality"}
+    values = {n: {label: models[n][k] for k, label in shown.items() if k in models[n]}
+              for n in names}
+    errors = {n: {label: models[n].get(f"{k}_ci") for k, label in shown.items()} for n in names}
+    page.figure(plot_grouped_bars(values, errors, title="Macro AUROC (95% CI)",
+                                  colors=MODEL_COLORS),
+                caption="Macro AUROC per model; whiskers are the bootstrap 95% CIs; the dashed "
+                        "line is chance.")
+
+
+def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
+                       ) -> None:
+    for key, what in (("diagnosis_auroc", "diagnosis"), ("lab_auroc", "lab abnormality")):
+        values = {n: models[n][key] for n in names if isinstance(models[n].get(key), dict)}
+        if not values:
+            continue
+        page.heading(f"Per-label AUROC: {what}")
+        errors = {n: models[n].get(f"{key}_ci") or {} for n in values}
+        figure = plot_grouped_bars(values, errors, title=f"{what} AUROC per label",
+                                   colors=MODEL_COLORS)
+        page.figure(figure,
+                    caption=f"Test AUROC of each {what} label, per model. A missing bar means "
+                            "the label had a single class in the test split.")
+
+
+def _per_site_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
+                      ) -> None:
+    """Each model on each store's test split, when the run pooled two or more stores."""
+    per_site = {n: {site: entry for site, entry in models[n]["per_store"].items()
+                    if isinstance(entry, dict)}
+                for n in names if isinstance(models[n].get("per_store"), dict)}
+    sites = list(dict.fromkeys(site for entry in per_site.values() for site in entry))
+    if len(sites) < 2:
+        return
+    page.heading("Per site")
+    flat = {f"{n} @ {site}": entry for n, stores in per_site.items()
+            for site, entry in stores.items()}
+    headers, rows = metric_table(flat, list(flat), _MACRO_COLUMNS[:2], row_header="model @ site")
+    page.table(headers, rows, caption="Each model on the test split of each store.")
+    values = {n: {site: stores[site].get("diagnosis_macro_auroc") for site in stores}
+              for n, stores in per_site.items()}
+    errors = {n: {site: stores[site].get("diagnosis_macro_auroc_ci") for site in stores}
+              for n, stores in per_site.items()}
+    page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC per site",
+                                  colors=MODEL_COLORS),
+                caption="Diagnosis macro AUROC of each model on each store's test split.")
+
+
+def _curves_section(page: HtmlPage, records: list[dict[str, Any]]) -> None:
+    page.heading("Training curves")
+    x = next((k for k in _X_CANDIDATES if any(k in r for r in records)), None)
+    if not records or x is None:
+        page.paragraph("No metrics.jsonl with epoch records in this run.", note=True)
+        return
+    rows = curve_rows(records)
+    if not rows:
+        page.paragraph("metrics.jsonl has no loss or AUROC fields.", note=True)
+        return
+    panel = "stage" if any("stage" in r for r in records) else "model"
+    figure = plot_curve_grid(records, x, rows, panel=panel, group="model",
+                             panels=_panel_order(records, panel), colors=MODEL_COLORS)
+    page.figure(figure, caption=f"Per-{x} metrics from metrics.jsonl; one column per {panel}, "
+                                "one colour per model.")
+
+
+def curve_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of the curve grid: the total train/val losses, then AUROCs, then AUPRCs.
+
+    Loss components (``train_dx_loss``) are shown only when no total loss is logged.
+    """
+    numeric = {k for r in records for k, v in r.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    totals = [k for k in ("train_loss", "val_loss") if k in numeric]
+    losses = totals or sorted(k for k in numeric if k.endswith("loss"))
+    rows = [losses] + [sorted(k for k in numeric if word in k) for word in ("auroc", "auprc")]
+    return [row[:_MAX_PER_ROW] for row in rows if row]
+
+
+def _panel_order(records: list[dict[str, Any]], panel: str) -> list[str]:
+    """Panels in the order met by the model that has the most of them (its stage sequence)."""
+    by_model: dict[str, list[str]] = {}
+    for record in records:
+        seen = by_model.setdefault(str(record.get("model", "?")), [])
+        name = str(record.get(panel, "?"))
+        if name not in seen:
+            seen.append(name)
+    longest = max(by_model.values(), key=len)
+    rest = [n for seen in by_model.values() for n in seen if n not in longest]
+    return longest + list(dict.fromkeys(rest))
+
+
+def _card_section(page: HtmlPage, model_dir: Path) -> None:
+    card = _read_card(model_dir)
+    if card is None:
+        return
+    page.heading("Model card")
+    for key in ("data_summary", "privacy"):
+        value = card.get(key)
+        if isinstance(value, dict) and value:
+            page.table(["field", "value"], _flatten(value), caption=key.replace("_", " "))
+    page.preformatted(json.dumps(card, indent=2, default=str), summary="full model card")
+
+
+def _read_card(model_dir: Path) -> dict[str, Any] | None:
+    """The model card as a plain dict, or None when it is absent or unreadable."""
+    path = model_dir / CARD_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ModelCard.model_validate_json(path.read_text()).model_dump(mode="json")
+    except (OSError, ValueError) as exc:  # the card is optional on the report page
+        logger.warning("%s: model card not shown in the report (%s)", path, exc)
+        return None
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows += _flatten(value, prefix=f"{name}.")
+        elif isinstance(value, list | tuple):
+            rows.append([name, ", ".join(str(item) for item in value)])
+        else:
+            rows.append([name, value if isinstance(value, int | float | str) else str(value)])
+    return rows
+
+
+def _config_section(page: HtmlPage, path: Path) -> None:
+    if path.is_file():
+        page.heading("Configuration")
+        page.preformatted(path.read_text(), summary="resolved config.yaml")
