@@ -1,0 +1,130 @@
+"""Configuration of virtual-site partitions and federated simulations (pydantic, strict)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fedecg.config.base import StrictModel
+from fedecg.config.privacy import DPConfig
+from fedecg.config.train import TrainConfig
+
+PartitionMethod = Literal["iid", "dirichlet", "quantity", "natural"]
+
+
+class PartitionConfig(StrictModel):
+    """How one store is split into patient-disjoint virtual sites.
+
+    ``iid``: patients shuffled and dealt evenly. ``dirichlet``: label skew, each class of the
+    patients' representative label spread over sites by Dirichlet(``alpha``). ``quantity``: site
+    sizes drawn from Dirichlet(``alpha``). ``natural``: one site per value of ``column``.
+    """
+
+    method: PartitionMethod = "iid"
+    num_sites: int = Field(default=4, ge=1)
+    alpha: float = Field(default=0.5, gt=0)
+    column: str | None = None
+    patient_column: str = "subject_id"
+    min_patients_per_site: int = Field(default=2, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _natural_needs_column(self) -> PartitionConfig:
+        if self.method == "natural" and not self.column:
+            raise ValueError("partition.method 'natural' needs partition.column, the cohort "
+                             "column whose values name the sites (e.g. cart_id)")
+        return self
+
+
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi"]
+StageName = Literal["pretrain", "lab", "diagnosis"]
+
+
+class StrategyConfig(StrictModel):
+    """The server strategy (Flower's own), example-weighted by each site's training examples.
+
+    ``proximal_mu`` is FedProx's μ (the sites add μ/2·‖w − w_global‖²); ``server_lr``,
+    ``beta_1``, ``beta_2`` and ``tau`` are FedAdam/FedYogi's η, β₁, β₂ and τ.
+    """
+
+    name: StrategyName = "fedavg"
+    proximal_mu: float = Field(default=0.01, ge=0)
+    server_lr: float = Field(default=0.01, gt=0)
+    beta_1: float = Field(default=0.9, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-3, gt=0)
+    fraction_train: float = Field(default=1.0, gt=0, le=1)
+
+
+class RoundsConfig(StrictModel):
+    """Federated rounds of each stage (0 skips the stage)."""
+
+    pretrain: int = Field(default=3, ge=0)
+    lab: int = Field(default=2, ge=0)
+    diagnosis: int = Field(default=3, ge=0)
+
+    def of(self, stage: str) -> int:
+        """Rounds of ``stage`` (``pretrain``, ``lab`` or ``diagnosis``)."""
+        return int(getattr(self, stage))
+
+
+class FederationConfig(StrictModel):
+    """How sites train together: strategy, rounds per stage, local work, personal heads."""
+
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    rounds: RoundsConfig = Field(default_factory=RoundsConfig)
+    local_epochs: int = Field(default=1, ge=1)
+    local_steps: int | None = Field(default=None, ge=1, description="cap on steps per round")
+    personal_heads: bool = Field(default=False, description="heads stay at each site")
+    min_sites: int = Field(default=2, ge=1, description="sites needed to start a round")
+    client_cpus: float = Field(default=1.0, gt=0, description="CPUs per virtual client (Ray)")
+    round_timeout_s: float = Field(default=3600.0, gt=0)
+
+
+class SynthesizeConfig(StrictModel):
+    """Synthesize the twin (MIMIC layout) and prepare it into one store before the study."""
+
+    patients: int = Field(default=400, ge=10)
+    sites: int = Field(default=4, ge=1)
+    seed: int = 0
+    fs: float = Field(default=100.0, gt=0)
+
+
+class DataSourceConfig(StrictModel):
+    """Where the study's data comes from: an existing store, or a twin synthesized first."""
+
+    store: str | None = None
+    synthesize: SynthesizeConfig | None = None
+    cache_dir: str | None = Field(default=None, description="where a synthesized twin goes")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSourceConfig:
+        if (self.store is None) == (self.synthesize is None):
+            raise ValueError("data: give exactly one of data.store (a prepared store folder) "
+                             "or data.synthesize ({patients, sites, seed})")
+        return self
+
+
+class SimulationConfig(StrictModel):
+    """A federated study on virtual sites (``fedecg simulate --config``).
+
+    Each model of ``train.models`` is trained federated through its stages; with
+    ``baselines`` also pooled and local-only; the whole study repeats for each of ``seeds``.
+    """
+
+    data: DataSourceConfig = Field(
+        default_factory=lambda: DataSourceConfig(synthesize=SynthesizeConfig()))
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    privacy: DPConfig = Field(default_factory=DPConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    baselines: bool = False
+
+    @model_validator(mode="after")
+    def _enough_sites(self) -> SimulationConfig:
+        if self.federation.min_sites > self.partition.num_sites:
+            raise ValueError(f"federation.min_sites {self.federation.min_sites} exceeds "
+                             f"partition.num_sites {self.partition.num_sites}")
+        return self

@@ -1,0 +1,192 @@
+"""The ClientApp: a site trains and evaluates the stage the server asks for.
+
+A site finds its data from ``node_config``: ``data-dir`` (a prepared store, in deployment) or
+``partition-id`` (a virtual site of the run's partitioned store, in simulation). It checks its
+store against the run's reference manifest on every message, so a site with other labels, leads
+or rate is rejected at the first round with the mismatch named. Its whole model lives in
+``context.state`` between rounds (personal heads never leave it); in simulation it is also saved
+to the run folder so that a resumed run restores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedecg.data.store import SiteStore
+from fedecg.errors import FedecgError, FederationError
+from fedecg.federated import keys
+from fedecg.federated.checkpoint import latest_site_state, save_site_state
+from fedecg.federated.orchestration import RunPlan, round_offsets, stages_for
+from fedecg.federated.params import load_arrays, plain_state, to_arrays
+from fedecg.federated.partition import load_partition, site_view
+from fedecg.federated.site import RoundPlan, local_evaluate, local_train
+from fedecg.models.joint import JointModel
+from fedecg.training.runner import TrainingData, build_model
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@dataclass
+class Site:
+    """A site's data and identity, opened once per process."""
+
+    name: str
+    index: int
+    data: TrainingData
+    state_dir: Path | None
+
+
+_SITES: dict[tuple[str, ...], Site] = {}
+
+
+def open_site(plan: RunPlan, node_config: dict) -> Site:
+    """The site this node serves, checked against the run's reference manifest."""
+    if keys.NODE_DATA_DIR in node_config:
+        key = ("dir", str(node_config[keys.NODE_DATA_DIR]))
+    elif keys.NODE_PARTITION_ID in node_config:
+        key = ("partition", str(plan.store), str(plan.partition),
+               str(node_config[keys.NODE_PARTITION_ID]))
+    else:
+        raise FederationError(f"node_config {dict(node_config)}: expected {keys.NODE_DATA_DIR!r}"
+                              f" (a prepared store) or {keys.NODE_PARTITION_ID!r} (simulation)")
+    if key not in _SITES:
+        _SITES[key] = _open(plan, node_config)
+    site = _SITES[key]
+    problems = plan.manifest.incompatibilities(site.data.manifest)
+    if problems:
+        raise FederationError(f"site {site.name}: its store does not match the run's "
+                              f"({'; '.join(problems)}); prepare it with the run's labels, "
+                              "lead order and sampling rate")
+    return site
+
+
+def _open(plan: RunPlan, node_config: dict) -> Site:
+    if keys.NODE_DATA_DIR in node_config:
+        store = SiteStore.open(Path(str(node_config[keys.NODE_DATA_DIR])))
+        state_dir = node_config.get(keys.NODE_STATE_DIR)
+        return Site(store.manifest.site_name, int(node_config.get(keys.NODE_SITE_INDEX, 0)),
+                    TrainingData([store]), Path(str(state_dir)) if state_dir else None)
+    index = int(node_config[keys.NODE_PARTITION_ID])
+    if plan.store is None or plan.partition is None:
+        raise FederationError("simulation site: the run plan names no store/partition")
+    store = SiteStore.open(Path(plan.store))
+    partition = load_partition(Path(plan.partition), store)
+    name = partition.sites[index].name if index < len(partition.sites) else f"site{index}"
+    view = site_view(store, partition.site_rows(index), name=name)
+    return Site(name, index, TrainingData([view]), Path(plan.out))
+
+
+def site_model(plan: RunPlan, site: Site, context: Context, global_round: int) -> JointModel:
+    """The site's model: from ``context.state``, else its save before ``global_round``, else new."""
+    model = build_model(plan.model, plan.config.train, site.data)
+    meta = context.state.get(keys.STATE_META)
+    mine = meta is not None and meta[keys.META_MODEL] == plan.model
+    if keys.STATE_MODEL in context.state and mine:
+        load_arrays(model, context.state[keys.STATE_MODEL], expected=plain_state(model).keys(),
+                    where="saved site state")
+    elif global_round > 1 and site.state_dir is not None:
+        state = latest_site_state(site.state_dir, site.index, up_to=global_round - 1)
+        if state is not None:
+            model.load_state_dict(state)
+    return model
+
+
+def _round(message: Message, plan: RunPlan) -> tuple[int, int, int]:
+    """(stage index, stage round, global round) of a message."""
+    config = message.content[keys.CONFIG]
+    index, stage_round = int(config[keys.STAGE_INDEX]), int(config[keys.SERVER_ROUND])
+    return index, stage_round, round_offsets(plan, stages_for(plan))[index] + stage_round
+
+
+def _reply(message: Message, site: Site, metrics: dict[str, float],
+           arrays: RecordDict | None = None) -> Message:
+    content = RecordDict({keys.METRICS: MetricRecord(metrics),
+                          keys.SITE: ConfigRecord({keys.SITE_NAME: site.name,
+                                                   keys.SITE_INDEX: site.index})})
+    if arrays is not None:
+        content[keys.ARRAYS] = arrays
+    return Message(content, reply_to=message)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """One local round of the stage: load the shared keys, train, return the shared keys."""
+    torch.set_num_threads(1)
+    plan = RunPlan.from_json(str(message.content[keys.CONFIG][keys.RUN_PLAN]))
+    site = open_site(plan, context.node_config)
+    privacy = plan.config.privacy
+    if privacy.enabled:
+        raise FederationError(f"site {site.name}: the run asks for differential privacy "
+                              f"({privacy.mode}, ε={privacy.target_epsilon}) but this ClientApp "
+                              "has no privacy hook; refusing to train without it")
+    try:
+        index, stage_round, global_round = _round(message, plan)
+        stage = stages_for(plan)[index]
+        model = site_model(plan, site, context, global_round)
+        shared = stage.shared_keys(model)
+        load_arrays(model, message.content[keys.ARRAYS], expected=shared,
+                    where="received parameters")
+        federation = plan.config.federation
+        mu = float(message.content[keys.CONFIG].get(keys.PROXIMAL_MU, 0.0))
+        round_plan = RoundPlan(plan.model, index, stage_round, federation.rounds.of(stage.name),
+                               mu)
+        metrics = local_train(model, stage, site.data, plan.config.train, federation,
+                              round_plan, site.name)
+        validation = local_evaluate(model, stage, site.data, plan.config.train, split="val")
+        metrics.update({keys.VAL_PREFIX + k: v for k, v in validation.items()
+                        if k in keys.EVALUATION_KEYS})
+        metrics[keys.PEAK_RSS_MB] = _peak_rss_mb()
+        _keep(model, plan, site, context, global_round)
+        return _reply(message, site, metrics, to_arrays(model, shared))
+    except FedecgError as exc:
+        raise FederationError(f"site {site.name}: {exc}") from exc
+
+
+def handle_evaluate(message: Message, context: Context) -> Message:
+    """Score the global model (with this site's personal layers) on the site's test split."""
+    torch.set_num_threads(1)
+    plan = RunPlan.from_json(str(message.content[keys.CONFIG][keys.RUN_PLAN]))
+    site = open_site(plan, context.node_config)
+    try:
+        index, _, global_round = _round(message, plan)
+        stage = stages_for(plan)[index]
+        model = site_model(plan, site, context, global_round + 1)
+        load_arrays(model, message.content[keys.ARRAYS], expected=stage.shared_keys(model),
+                    where="received parameters")
+        metrics = local_evaluate(model, stage, site.data, plan.config.train, split="test")
+        return _reply(message, site, metrics)
+    except FedecgError as exc:
+        raise FederationError(f"site {site.name}: {exc}") from exc
+
+
+def _keep(model: JointModel, plan: RunPlan, site: Site, context: Context,
+          global_round: int) -> None:
+    context.state[keys.STATE_MODEL] = to_arrays(model)
+    context.state[keys.STATE_META] = ConfigRecord({keys.META_MODEL: plan.model,
+                                                   keys.META_ROUND: global_round})
+    if site.state_dir is not None:
+        save_site_state(site.state_dir, site.index, global_round, plain_state(model))
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Flower entry point for train messages."""
+    return handle_train(message, context)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Flower entry point for evaluate messages."""
+    return handle_evaluate(message, context)

@@ -1,0 +1,50 @@
+"""Every key that travels in a Flower message or lives in ``context.state``, defined once.
+
+Record keys name the records in a message's ``RecordDict``; config keys live in the
+``ConfigRecord`` the server sends; metric keys in the ``MetricRecord`` a site replies with.
+"""
+
+from __future__ import annotations
+
+# Records of a message (Flower's strategies default to "arrays" and "config").
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"  # ConfigRecord in a reply: which site answered
+
+# Server → site (ConfigRecord).
+SERVER_ROUND = "server-round"  # set by Flower's strategies: the round within the stage
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+STAGE_INDEX = "stage-index"
+RUN_PLAN = "run-plan"  # JSON of the whole run plan (config, model, reference manifest)
+
+# node_config of a site (deployment: data-dir; simulation: Flower sets partition-id).
+NODE_DATA_DIR = "data-dir"
+NODE_STATE_DIR = "state-dir"
+NODE_PARTITION_ID = "partition-id"
+NODE_SITE_INDEX = "site-index"
+
+# Site → server (ConfigRecord SITE).
+SITE_NAME = "name"
+SITE_INDEX = "index"
+
+# Site → server (MetricRecord). NUM_EXAMPLES is Flower's default weighting key.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_STEPS = "train-steps"
+TRAIN_EXAMPLES_SEEN = "train-examples-seen"
+TRAIN_SECONDS = "train-seconds"
+PEAK_RSS_MB = "peak-rss-mb"
+BYTES_RECEIVED = "bytes-received"  # added by the server: parameter bytes a site received
+BYTES_SENT = "bytes-sent"  # added by the server: parameter bytes a site sent back
+VAL_PREFIX = "val-"  # val-<evaluation key> in a train reply
+LOSS = "loss"  # evaluation keys: the stage's loss and the macro AUROCs
+DIAGNOSIS_AUROC = "diagnosis-auroc"
+LAB_AUROC = "lab-auroc"
+EVALUATION_KEYS = (LOSS, DIAGNOSIS_AUROC, LAB_AUROC)
+
+# context.state records of a site.
+STATE_MODEL = "model"  # ArrayRecord: the site's whole model, personal layers included
+STATE_META = "meta"  # ConfigRecord: which model, and the round it was saved after
+META_MODEL = "model"
+META_ROUND = "global-round"

@@ -1,0 +1,224 @@
+"""The server's walk through the stages: pretraining → lab head → diagnosis.
+
+A ``RunPlan`` is everything both sides need (resolved config, model name, the run's reference
+store manifest, where the run writes); the server sends it to the sites as JSON with every
+round. Each stage names the keys it shares (``Stage.shared_keys``: the ECG encoder always, the
+clinical side while pretraining, the heads unless ``personal_heads``); only those travel. One
+Flower strategy per stage runs its rounds through ``Strategy.start``; after every round the
+global model, the strategy's state and the metric history are checkpointed, so a killed run
+resumes at the next round with the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from fedecg.config.base import StrictModel
+from fedecg.config.federated import SimulationConfig
+from fedecg.config.train import ModelName
+from fedecg.data.store import StoreManifest
+from fedecg.federated import keys
+from fedecg.federated.checkpoint import (
+    Checkpoint,
+    Position,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fedecg.federated.params import plain_state, to_arrays, to_state
+from fedecg.federated.strategies import StageRounds, make_strategy
+from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.models.joint import JointModel
+from fedecg.training.runner import build_model
+from fedecg.training.stages import HeadStage, Stage, build_stages
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
+Progress = Callable[[dict[str, Any]], None]
+
+
+class RunPlan(StrictModel):
+    """One federated training run of one model."""
+
+    config: SimulationConfig
+    model: ModelName = "transfer"
+    manifest: StoreManifest
+    out: str
+    store: str | None = None
+    partition: str | None = None
+
+    def to_json(self) -> str:
+        """The plan as compact JSON (what travels in the ``run-plan`` config entry)."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunPlan:
+        """Parse what ``to_json`` wrote."""
+        return cls.model_validate_json(text)
+
+
+class _ManifestOnly:
+    """What ``build_model`` reads from training data, for a server that holds no data."""
+
+    def __init__(self, manifest: StoreManifest) -> None:
+        self.manifest = manifest
+
+    def train_clinical(self) -> np.ndarray:
+        return np.zeros((0, len(self.manifest.clinical_features)), dtype=np.float32)
+
+
+def initial_model(plan: RunPlan) -> JointModel:
+    """The seeded, untrained model every site starts from (same init as centralized)."""
+    return build_model(plan.model, plan.config.train, _ManifestOnly(plan.manifest))  # type: ignore[arg-type]
+
+
+def stages_for(plan: RunPlan) -> list[Stage]:
+    """The model's stages; with ``personal_heads`` the heads are not shared."""
+    stages = build_stages(plan.config.train, pretrained=plan.model == "transfer")
+    if plan.config.federation.personal_heads:
+        stages = [dataclasses.replace(s, share_heads=False) if isinstance(s, HeadStage) else s
+                  for s in stages]
+    return stages
+
+
+def round_offsets(plan: RunPlan, stages: list[Stage]) -> list[int]:
+    """Global rounds finished before each stage starts."""
+    offsets, total = [], 0
+    for stage in stages:
+        offsets.append(total)
+        total += plan.config.federation.rounds.of(stage.name)
+    return offsets
+
+
+def write_result(out: Path, status: str, **details: Any) -> None:
+    """``result.json``: ``running``, ``ok`` or ``failed`` (with the reason)."""
+    atomic_write_json(Path(out) / RESULT_FILE, {"status": status, **details})
+
+
+def read_result(out: Path) -> dict[str, Any]:
+    """What the ServerApp wrote to ``result.json`` (status ``missing`` if it wrote nothing)."""
+    path = Path(out) / RESULT_FILE
+    if not path.is_file():
+        return {"status": "missing", "reason": f"{path} was never written: the ServerApp did "
+                "not start (see the Flower log above)"}
+    return json.loads(path.read_text())
+
+
+def run_server(grid: Grid, plan: RunPlan, progress: Progress | None = None) -> None:
+    """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome."""
+    out = Path(plan.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_result(out, "running", model=plan.model)
+    start = time.perf_counter()
+    try:
+        _serve(grid, plan, progress)
+    except BaseException as exc:
+        write_result(out, "failed", model=plan.model, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    write_result(out, "ok", model=plan.model, seconds=time.perf_counter() - start)
+
+
+def _serve(grid: Grid, plan: RunPlan, progress: Progress | None) -> None:
+    out = Path(plan.out)
+    plan_json = plan.to_json()
+    stamp = fingerprint(plan_json)
+    model = initial_model(plan)
+    stages = stages_for(plan)
+    saved = load_checkpoint(out, stamp)
+    run = Checkpoint(Position(), plain_state(model), stamp) if saved is None else saved
+    offsets = round_offsets(plan, stages)
+    for index, stage in enumerate(stages):
+        rounds = plan.config.federation.rounds.of(stage.name)
+        done = run.position.stage_round if index == run.position.stage_index else 0
+        if index < run.position.stage_index or done >= rounds:
+            continue
+        _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index], progress)
+    run.position = dataclasses.replace(run.position, done=True)
+    save_checkpoint(out, run)
+
+
+def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Stage,
+               model: JointModel, run: Checkpoint, offset: int, progress: Progress | None) -> None:
+    out = Path(plan.out)
+    federation = plan.config.federation
+    rounds = federation.rounds.of(stage.name)
+    done = run.position.stage_round if index == run.position.stage_index else 0
+
+    def record(kind: str, stage_round: int, site_index: int, site: str,
+               metrics: dict[str, Any]) -> None:
+        run.history.append(_line(plan.model, stage.name, offset + stage_round, stage_round,
+                                 kind, site_index, site, metrics))
+
+    wrapper = StageRounds(make_strategy(federation.strategy, plan.config.partition.num_sites,
+                                        federation.min_sites), done, record)
+    if done > 0:
+        wrapper.load_state(run.strategy_state)
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        stage_round = done + server_round
+        run.global_state.update(to_state(arrays))
+        run.position = Position(index, stage_round, offset + stage_round)
+        run.history.extend(_weighted(run.history, offset + stage_round))
+        run.strategy_state = wrapper.state()
+        save_checkpoint(out, run)
+        write_metrics(out, run.history)
+        if progress is not None:
+            progress({"model": plan.model, "stage": stage.name, "round": stage_round,
+                      "rounds": rounds, "global_round": offset + stage_round})
+        return None
+
+    def message_config() -> ConfigRecord:
+        return ConfigRecord({keys.RUN_PLAN: plan_json, keys.STAGE_INDEX: index})
+
+    shared = stage.shared_keys(model)
+    log.info("stage %s: rounds %d..%d, sharing %d keys", stage.name, done + 1, rounds,
+             len(shared))
+    wrapper.start(grid, to_arrays(run.global_state, shared), num_rounds=rounds - done,
+                  timeout=federation.round_timeout_s, train_config=message_config(),
+                  evaluate_config=message_config(), evaluate_fn=after_round)
+
+
+def _line(model: str, stage: str, global_round: int, stage_round: int, kind: str,
+          site_index: int, site: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+             for k, v in metrics.items()}
+    return {"model": model, "stage": stage, "round": global_round, "stage_round": stage_round,
+            "kind": kind, "site_index": site_index, "site": site, **clean}
+
+
+def _weighted(history: list[dict[str, Any]], global_round: int) -> list[dict[str, Any]]:
+    """Example-weighted means over the sites of one round's evaluation (site ``all``)."""
+    lines = [h for h in history if h["round"] == global_round and h["kind"] == "evaluate"
+             and h["site_index"] >= 0]
+    if not lines:
+        return []
+    merged: dict[str, Any] = {keys.NUM_EXAMPLES: sum(h[keys.NUM_EXAMPLES] for h in lines)}
+    for key in keys.EVALUATION_KEYS:
+        pairs = [(h[key], h[keys.NUM_EXAMPLES]) for h in lines
+                 if h.get(key) is not None and h[keys.NUM_EXAMPLES] > 0]
+        weight = sum(w for _, w in pairs)
+        merged[key] = sum(v * w for v, w in pairs) / weight if weight else None
+    first = lines[0]
+    return [_line(first["model"], first["stage"], global_round, first["stage_round"],
+                  "evaluate", -1, "all", merged)]
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` (one line per round per site per stage) atomically."""
+    atomic_write_text(Path(out) / METRICS_FILE,
+                      "".join(json.dumps(line) + "\n" for line in history))
+

@@ -1,0 +1,274 @@
+"""``run_study``: a federated study on virtual sites, with the pooled/local-only protocol.
+
+For each seed and each model of ``train.models``: a Flower simulation (Ray, one CPU per
+virtual site) walks the model's stages; its ServerApp writes ``result.json`` and the study fails
+with that reason when the run did not finish (Flower itself returns normally on failure). With
+``baselines`` the same model is also trained centrally on all sites' training rows (``pooled``)
+and on each site alone (``local_only``), for the same epochs per stage as the federated run
+(rounds × local epochs). Every model is tested on each site's test split and on the pooled one.
+
+RUN holds ``config.yaml``, ``partition/``, ``metrics.jsonl`` (one line per round, site and
+stage), ``summary.json``, ``model/`` and one folder per seed with each run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedecg.config.base import dump_config, read_yaml
+from fedecg.config.federated import SimulationConfig
+from fedecg.config.train import TrainConfig
+from fedecg.data.store import SiteStore
+from fedecg.errors import FederationError, OutputExistsError, TrainingError
+from fedecg.federated.checkpoint import load_checkpoint
+from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
+from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
+from fedecg.federated.orchestration import METRICS_FILE, Progress, RunPlan, read_result
+from fedecg.federated.partition import load_partition, site_view
+from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.models.joint import JointModel
+from fedecg.training.pipeline import export_model, naive_results
+from fedecg.training.runner import MetricsLog, TrainingData, fit_model
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+Say = Callable[[str], None]
+
+
+def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> None:
+    """Create RUN for a new study, or check that RUN holds this study when resuming."""
+    out = Path(out)
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise FederationError(f"{out}: no {CONFIG_FILE}; --resume needs a study folder "
+                                  "made by `fedecg simulate`")
+        if read_yaml(out / CONFIG_FILE) != config.model_dump(mode="json"):
+            raise FederationError(f"{out}: its {CONFIG_FILE} differs from this config; resume "
+                                  "without --config/--set, or start a new --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out}: exists and is not empty; choose another --out, or "
+                                "pass --resume RUN to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / CONFIG_FILE)
+
+
+def run_federated(plan: RunPlan, progress: Progress | None = None) -> None:
+    """Run one model's federated training in Flower's simulation engine (skip if finished)."""
+    saved = load_checkpoint(Path(plan.out))
+    if saved is not None and saved.position.done:
+        return
+    from flwr.simulation import run_simulation
+
+    from fedecg.federated.client_app import app as client_app
+    from fedecg.federated.server_app import build_server_app
+
+    for key, value in {**FLOWER_ENV, "FLWR_HOME": str(Path(plan.out) / ".flwr")}.items():
+        os.environ.setdefault(key, value)
+    federation = plan.config.federation
+    sites = plan.config.partition.num_sites
+    backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
+               "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
+                             "include_dashboard": False,
+                             "object_store_memory": 128 * 1024 ** 2}}
+    flower_log = logging.getLogger("flwr")
+    level = flower_log.level
+    flower_log.setLevel(logging.WARNING)  # fedecg reports progress itself
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            run_simulation(build_server_app(plan, progress), client_app,
+                           num_supernodes=sites, backend_config=backend)
+    except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
+        log.debug("simulation raised %s", exc)
+    finally:
+        flower_log.setLevel(level)
+        _stop_ray()
+    result = read_result(Path(plan.out))
+    if result["status"] != "ok":
+        raise FederationError(f"federated {plan.model} run in {plan.out} failed: "
+                              f"{result.get('reason', result['status'])}")
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray runtime the simulation started (Flower normally does already)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def baseline_config(config: SimulationConfig) -> TrainConfig:
+    """The centralized config with the federated run's epochs per stage."""
+    federation = config.federation
+    train = config.train
+    return train.model_copy(update={
+        stage: getattr(train, stage).model_copy(update={
+            "epochs": federation.rounds.of(stage) * federation.local_epochs})
+        for stage in ("pretrain", "lab", "diagnosis")})
+
+
+def run_baselines(name: str, config: SimulationConfig, sites: TrainingData,
+                  pooled_data: TrainingData, folder: Path,
+                  say: Say) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pooled and local-only training of ``name``, each tested everywhere."""
+    train = baseline_config(config)
+    stores = sites.stores
+    say(f"{name}: pooled baseline")
+    pooled_model = fit_model(name, pooled_data, train, folder / "pooled.pt",
+                             MetricsLog(folder / "pooled.jsonl"))
+    pooled = score_everywhere([pooled_model] * len(stores), sites, train, train.seed)
+    local: dict[str, Any] = {}
+    for store in stores:
+        site = store.manifest.site_name
+        say(f"{name}: local-only baseline at {site}")
+        try:
+            model = fit_model(name, TrainingData([store]), train, folder / f"local-{site}.pt",
+                              MetricsLog(folder / f"local-{site}.jsonl"))
+        except TrainingError as exc:
+            log.warning("local-only %s at %s not trained: %s", name, site, exc)
+            local[site] = None
+            continue
+        local[site] = score_everywhere([model] * len(stores), sites, train, train.seed)
+    return pooled, {"sites": local, **mean_local(local)}
+
+
+def mean_local(local: dict[str, Any]) -> dict[str, Any]:
+    """Mean over local-only models: on the pooled test split, and each on its own site."""
+    entries = {site: e for site, e in local.items() if e is not None}
+    result: dict[str, Any] = {}
+    for key in ("diagnosis_macro_auroc", "lab_macro_auroc"):
+        pooled = [e[key] for e in entries.values() if e.get(key) is not None]
+        own = [e["per_store"][s][key] for s, e in entries.items()
+               if (e["per_store"].get(s) or {}).get(key) is not None]
+        result[key] = float(np.mean(pooled)) if pooled else None
+        result[f"{key}_own_site"] = float(np.mean(own)) if own else None
+    return result
+
+
+def sites_of(store: Path, partition_dir: Path) -> tuple[TrainingData, TrainingData]:
+    """The partition's sites (one view of the store each) and all their rows as one pool."""
+    opened = SiteStore.open(store)
+    partition = load_partition(partition_dir, opened)
+    rows = [partition.site_rows(i) for i in range(len(partition.sites))]
+    sites = TrainingData([site_view(opened, r, name=site.name)
+                          for r, site in zip(rows, partition.sites, strict=True)])
+    return sites, TrainingData([site_view(opened, np.concatenate(rows), name="pooled")])
+
+
+def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir: Path,
+             say: Say, progress: Progress | None
+             ) -> tuple[dict[str, Any], dict[str, JointModel], TrainingData]:
+    """Every model of one seed: federated, then (with ``baselines``) pooled and local-only."""
+    sites, pooled_data = sites_of(store, partition_dir)
+    result: dict[str, Any] = {"federated": {}, "sites": {}, "pooled": {}, "local_only": {}}
+    exports: dict[str, Any] = {}
+    for name in config.train.models:
+        plan = make_plan(config, name, folder / name / "federated", store, partition_dir)
+        say(f"seed {config.train.seed} · {name}: federated on {len(sites.stores)} sites")
+        run_federated(plan, progress)
+        models = site_models(plan, len(sites.stores))
+        entry = score_everywhere(models, sites, config.train, config.train.seed)
+        result["sites"][name] = entry.pop("per_store")
+        result["federated"][name] = entry
+        weights = [len(s.indices("train")) for s in sites.stores]
+        exports[name] = consensus_model(plan, models, weights)
+        if config.baselines:
+            pooled, local = run_baselines(name, config, sites, pooled_data, folder / name, say)
+            result["pooled"][name], result["local_only"][name] = pooled, local
+    result["naive"] = naive_results(sites, config.train)
+    return result, exports, sites
+
+
+def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
+              say: Say | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole study into ``out`` (see the module docstring); return the summary."""
+    say = say or log.info
+    out = Path(out)
+    prepare_run_dir(out, config, resume)
+    store = ensure_store(config.data)
+    partition_dir = ensure_partition(store, config.partition, out)
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed in config.seeds:
+        seeded = config.model_copy(update={"train": config.train.model_copy(
+            update={"seed": seed})})
+        result, exports, sites = run_seed(seeded, out / f"seed-{seed}", store, partition_dir,
+                                          say, progress)
+        per_seed[seed] = result
+        if seed == config.seeds[0]:
+            name = "transfer" if "transfer" in exports else next(iter(exports))
+            export_model(out, name, exports[name], sites, seeded.train,
+                         result["federated"][name])
+    summary = combine_seeds(per_seed)
+    summary.update(seeds=config.seeds, model_names=list(config.train.models),
+                   partition=_partition_summary(partition_dir, store),
+                   by_seed={str(k): v for k, v in per_seed.items()} if len(per_seed) > 1 else {},
+                   models=report_models(summary))
+    _collect_metrics(out, config)
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary
+
+
+def combine_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One seed's results as they are; several seeds' averaged value by value."""
+    results = list(per_seed.values())
+    return results[0] if len(results) == 1 else _mean_tree(results)
+
+
+def _mean_tree(values: list[Any]) -> Any:
+    if all(isinstance(v, dict) for v in values):
+        keys = list(dict.fromkeys(k for v in values for k in v))
+        return {k: _mean_tree([v.get(k) for v in values]) for k in keys}
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and len(numbers) == len([v for v in values if v is not None]):
+        return float(np.mean(numbers))
+    lists = [v for v in values if isinstance(v, list)]
+    if lists and all(len(v) == len(lists[0]) and all(isinstance(x, int | float) for x in v)
+                     for v in lists):
+        return [float(x) for x in np.mean(np.asarray(lists, dtype=float), axis=0)]
+    return next((v for v in values if v is not None), None)
+
+
+def report_models(summary: dict[str, Any]) -> dict[str, Any]:
+    """``model · federated|pooled|local-only`` entries in the layout the run report reads."""
+    entries: dict[str, Any] = {}
+    for name, entry in summary["federated"].items():
+        entries[f"{name} · federated"] = {**entry, "per_store": summary["sites"][name]}
+        if name in summary["pooled"]:
+            entries[f"{name} · pooled"] = summary["pooled"][name]
+            entries[f"{name} · local-only (mean)"] = {
+                k: v for k, v in summary["local_only"][name].items() if k != "sites"}
+    entries["naive"] = summary["naive"]
+    return entries
+
+
+def _partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
+    partition = load_partition(partition_dir, SiteStore.open(store))
+    return {"store": partition.store, "label_skew": partition.label_skew,
+            **partition.config.model_dump(mode="json"),
+            "sites": {s.name: {"patients": s.n_patients, "records": s.n_records,
+                               **s.split_counts} for s in partition.sites}}
+
+
+def _collect_metrics(out: Path, config: SimulationConfig) -> None:
+    """RUN/metrics.jsonl: every federated run's lines, with its seed."""
+    lines = []
+    for seed in config.seeds:
+        for name in config.train.models:
+            path = out / f"seed-{seed}" / name / "federated" / METRICS_FILE
+            if path.is_file():
+                lines += [f'{{"seed": {seed}, ' + line[1:] for line in
+                          path.read_text().splitlines() if line.startswith("{")]
+    atomic_write_text(out / METRICS_FILE, "".join(line + "\n" for line in lines))

@@ -1,0 +1,152 @@
+"""What one site does in a round, with the centralized training code (no Flower here).
+
+``local_train`` mirrors one stage of ``fedecg.training.runner`` for the epochs of one round:
+the same seeded datasets, loaders, optimizer and warm-up/cosine schedule (spread over all
+rounds of the stage), so one site with one round of E local epochs trains exactly what
+centralized training does in E epochs. The server's copy of the shared parameters anchors the
+FedProx proximal term. ``local_evaluate`` scores the current model on the site's test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedecg.config.federated import FederationConfig
+from fedecg.config.train import MODEL_NAMES, TrainConfig
+from fedecg.federated import keys
+from fedecg.models.joint import JointModel
+from fedecg.training.data import epoch_loader
+from fedecg.training.evaluate import validate
+from fedecg.training.runner import TrainingData, derive_seed, stage_config
+from fedecg.training.stages import Stage
+from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+ProximalAnchor = dict[str, torch.Tensor]
+NAN = float("nan")
+MIN_ROWS = {"pretrain": 2}  # a contrastive batch needs two pairs
+
+
+@dataclass
+class RoundPlan:
+    """Where a round stands: model, stage, and the round within the stage's schedule."""
+
+    model_name: str
+    stage_index: int
+    stage_round: int  # 1-based
+    stage_rounds: int
+    proximal_mu: float = 0.0
+
+
+def _seed(plan: RoundPlan, config: TrainConfig) -> int:
+    return derive_seed(config.seed, MODEL_NAMES.index(plan.model_name), plan.stage_index)
+
+
+def proximal_term(anchor: ProximalAnchor, mu: float) -> Callable[[nn.Module], torch.Tensor]:
+    """FedProx: ``mu / 2 · Σ ‖w − w_global‖²`` over the anchored (shared, trainable) weights."""
+
+    def term(model: nn.Module) -> torch.Tensor:
+        params = dict(model.named_parameters())
+        total = torch.zeros(())
+        for key, reference in anchor.items():
+            total = total + (params[key] - reference).pow(2).sum()
+        return 0.5 * mu * total
+
+    return term
+
+
+def local_train(model: JointModel, stage: Stage, data: TrainingData, config: TrainConfig,
+                federation: FederationConfig, plan: RoundPlan, site: str) -> dict[str, float]:
+    """Train ``model`` for one round of ``stage`` on the site's training rows; return metrics.
+
+    A site without enough labelled rows for the stage trains nothing and reports 0 examples,
+    so aggregation gives it no weight (logged, not an error).
+    """
+    seed = _seed(plan, config)
+    train = data.dataset("train", stage.targets, config.crop_samples, True, config, seed)
+    if len(train) < MIN_ROWS.get(stage.name, 1):
+        log.warning("%s: %d training row(s) with known %s; sitting out stage %s round %d",
+                    site, len(train), "/".join(stage.targets), stage.name, plan.stage_round)
+        return {keys.NUM_EXAMPLES: 0.0, keys.TRAIN_LOSS: NAN, keys.TRAIN_STEPS: 0.0,
+                keys.TRAIN_EXAMPLES_SEEN: 0.0, keys.TRAIN_SECONDS: 0.0}
+    if len(train) < config.batch_size:
+        log.info("%s: %d training rows, fewer than batch_size %d; one batch of %d per epoch",
+                 site, len(train), config.batch_size, len(train))
+    settings = stage_config(config, stage)
+    params = activate(model, stage)
+    optimizer = make_optimizer(params, settings.lr, settings.weight_decay)
+    per_epoch = len(epoch_loader(train, config.batch_size, 0, True, seed))
+    per_round = per_epoch * federation.local_epochs
+    if federation.local_steps is not None:
+        per_round = min(per_round, federation.local_steps)
+    scheduler = warmup_cosine(optimizer, per_round * plan.stage_rounds, settings.warmup_fraction)
+    _advance(scheduler, per_round * (plan.stage_round - 1))
+    extra = None
+    if plan.proximal_mu > 0:
+        trainable = {id(p) for p in params}
+        anchor = {k: p.detach().clone() for k, p in model.named_parameters()
+                  if id(p) in trainable and k in set(stage.shared_keys(model))}
+        extra = proximal_term(anchor, plan.proximal_mu)
+    return _epochs(model, stage, train, optimizer, scheduler, extra, config, federation,
+                   plan, seed, per_round)
+
+
+def _epochs(model: JointModel, stage: Stage, train: Any, optimizer: torch.optim.Optimizer,
+            scheduler: Any, extra: Any, config: TrainConfig, federation: FederationConfig,
+            plan: RoundPlan, seed: int, budget: int) -> dict[str, float]:
+    start, steps, examples, loss = time.perf_counter(), 0, 0, 0.0
+    first = (plan.stage_round - 1) * federation.local_epochs
+    for epoch in range(first, first + federation.local_epochs):
+        if steps >= budget:
+            break
+        torch.manual_seed(derive_seed(seed, epoch))
+        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
+        logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
+                           extra_loss=extra, max_grad_norm=config.max_grad_norm,
+                           max_steps=budget - steps)
+        steps += int(logs["steps"])
+        examples += int(logs["examples"])
+        loss += float(logs.get("loss", 0.0)) * logs["steps"]
+    return {keys.NUM_EXAMPLES: float(len(train)), keys.TRAIN_LOSS: loss / max(steps, 1),
+            keys.TRAIN_STEPS: float(steps), keys.TRAIN_EXAMPLES_SEEN: float(examples),
+            keys.TRAIN_SECONDS: time.perf_counter() - start}
+
+
+def _advance(scheduler: Any, steps: int) -> None:
+    """Move a fresh LR schedule to where the stage's earlier rounds left it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            scheduler.step()
+
+
+def local_evaluate(model: JointModel, stage: Stage, data: TrainingData, config: TrainConfig,
+                   split: str = "test") -> dict[str, float]:
+    """The stage's loss and macro AUROCs of ``model`` on the site's ``split`` rows."""
+    rows = data.dataset(split, stage.targets, config.crop_samples, False,  # type: ignore[arg-type]
+                        config)
+    if len(rows) < MIN_ROWS.get(stage.name, 1):
+        return {keys.NUM_EXAMPLES: 0.0, **dict.fromkeys(keys.EVALUATION_KEYS, NAN)}
+    result = validate(model, stage, rows, data.names, config.eval.batch_size)
+    return {keys.NUM_EXAMPLES: float(len(rows)), keys.LOSS: _num(result.get("val_loss")),
+            keys.DIAGNOSIS_AUROC: _num(result.get("val_diagnosis_macro_auroc")),
+            keys.LAB_AUROC: _num(result.get("val_lab_macro_auroc"))}
+
+
+def _num(value: float | None) -> float:
+    return NAN if value is None else float(value)
+
+
+def nan_to_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON-friendly metrics: NaN becomes None."""
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}

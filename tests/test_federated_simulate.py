@@ -1,0 +1,122 @@
+"""``fedecg simulate``: the study end to end (Ray), failure detection, resume and CLI errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import flwr.simulation
+import pytest
+import yaml
+from federated_support import TINY_TRAIN, InProcessGrid, make_store
+from flwr.app import Context, RecordDict
+from typer.testing import CliRunner
+
+from fedecg.cli import app
+from fedecg.federated import keys
+from fedecg.federated import site as site_module
+from fedecg.models.io import load_inference_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("sim") / "store", n_patients=40)
+
+
+def _study(folder: Path, store: Path, **extra) -> Path:
+    config = {"data": {"store": str(store)}, "partition": {"num_sites": 2},
+              "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}},
+              "train": {**TINY_TRAIN, "models": ["transfer"]}, **extra}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fake_simulation(monkeypatch) -> None:
+    """Flower's run_simulation, in process: the ServerApp over an InProcessGrid; like Flower it
+    returns normally when the ServerApp fails."""
+
+    def run_simulation(server_app, client_app, num_supernodes, backend_config=None, **_):
+        grid = InProcessGrid(client_app, [{keys.NODE_PARTITION_ID: i}
+                                          for i in range(num_supernodes)])
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        with contextlib.suppress(Exception):
+            server_app(grid, context)
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+
+
+@pytest.mark.slow
+def test_simulate_end_to_end_with_ray(store, tmp_path):
+    """The real Flower simulation engine: 2 virtual sites, 3 stages, baselines, report."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)),
+                                 "--out", str(out), "--baselines"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    for section in ("federated", "pooled", "local_only", "sites"):
+        assert "transfer" in summary[section]
+    assert set(summary["sites"]["transfer"]) == {"site0", "site1"}
+    assert 0 <= summary["federated"]["transfer"]["diagnosis_macro_auroc"] <= 1
+    assert set(summary["local_only"]["transfer"]["sites"]) == {"site0", "site1"}
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {(x["stage"], x["site"]) for x in lines if x["kind"] == "train"} == {
+        (s, f"site{i}") for s in ("pretrain", "lab", "diagnosis") for i in (0, 1)}
+    _model, card = load_inference_model(out / "model")
+    assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure", "ckd"]
+    assert (out / "report.html").is_file() and (out / "config.yaml").is_file()
+
+
+def test_failed_site_makes_simulate_exit_1_with_the_reason(store, tmp_path, monkeypatch):
+    _fake_simulation(monkeypatch)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of disk at the site")
+
+    monkeypatch.setattr(site_module, "validate", broken)
+    result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "failed" in result.output and "out of disk at the site" in result.output
+    status = json.loads((tmp_path / "run/seed-0/transfer/federated/result.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, monkeypatch):
+    _fake_simulation(monkeypatch)
+    config = _study(tmp_path, store)
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = site_module.validate
+
+    def flaky(*args, **kwargs):  # the first study dies in its third round
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(site_module, "validate", flaky)
+    killed = runner.invoke(app, ["simulate", "--config", str(config), "--out", str(out)])
+    assert killed.exit_code != 0 and not (out / "summary.json").exists()
+    changed = runner.invoke(app, ["simulate", "--resume", str(out), "--set", "seeds=[1]"])
+    assert changed.exit_code == 1 and "differs from this config" in changed.output
+    resumed = runner.invoke(app, ["simulate", "--resume", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "summary.json").read_text())["federated"]["transfer"]
+
+
+def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("x")
+    config = _study(tmp_path, store)
+    busy = runner.invoke(app, ["simulate", "--config", str(config), "--out",
+                               str(tmp_path / "run")])
+    assert busy.exit_code == 1 and "not empty" in busy.output
+    bad = runner.invoke(app, ["simulate", "--config", str(config), "--out",
+                              str(tmp_path / "new"), "--set", "federation.roundz=3"])
+    assert bad.exit_code == 1 and "federation.roundz" in bad.output
+    neither = runner.invoke(app, ["simulate", "--config", str(config)])
+    assert neither.exit_code == 1 and "--out" in neither.output
