@@ -1,1 +1,12 @@
-"""fedecg.privacy."""
+"""fedecg.privacy: differential privacy with cumulative accounting across a federated run.
+
+* ``accounting``: the per-site ``Ledger`` (Opacus accountant history, cumulative ε), the
+  ``PrivacyPlan`` of a site's whole training, ``calibrate_noise``, ``affordable_steps``;
+* ``objectives``: the per-example versions of the three stages DP-SGD needs;
+* ``normalization``: public (data-independent) clinical standardization;
+* ``validation``: ``validate_model`` (one ``PrivacyError`` naming every unsupported layer);
+* ``sample_dp``: ``SitePrivacy``, DP-SGD around one round of the training loop (Opacus);
+* ``site_hook``: ``PrivateSite``, what a federated site calls each round;
+* ``client_dp``: ``ClientLevelDP``, Flower's fixed-clipping wrappers with fedecg's accounting;
+* ``card``: the privacy section of a model card; ``sweep``: the privacy-utility study.
+"""

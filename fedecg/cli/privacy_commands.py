@@ -1,0 +1,106 @@
+"""``fedecg sweep privacy``: the federated study at several privacy budgets, table and plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import typer
+from rich.table import Table
+
+from fedecg.cli.common import console, friendly_errors
+from fedecg.config.base import load_config
+from fedecg.config.federated import SimulationConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PLOT_FILE = "privacy_utility.png"
+sweep_app = typer.Typer(help="Repeat a federated study over a range of settings.",
+                        no_args_is_help=True)
+
+
+@friendly_errors
+def privacy(
+    config: Path | None = typer.Option(None, "--config", help="Study YAML (as for simulate)."),
+    epsilons: str = typer.Option("1,3,8,inf", "--epsilons",
+                                 help="Budgets to run, comma-separated; inf = no DP."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Repeat for seeds, e.g. 0,1,2."),
+    out: Path = typer.Option(..., "--out", help="Sweep folder (rerun to continue it)."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override a setting, e.g. --set privacy.mode=client."),
+) -> None:
+    """Run the federated study at each privacy budget; write a table, a plot and summaries."""
+    from fedecg.privacy.sweep import parse_epsilons, run_sweep
+
+    budgets = parse_epsilons(epsilons)
+    extra = list(overrides or [])
+    if seeds is not None:
+        extra.append(f"seeds=[{seeds}]")
+    settings = load_config(SimulationConfig, config, extra)
+    if settings.train.threads is None:
+        torch.set_num_threads(1)
+    rows = run_sweep(settings, budgets, out,
+                     say=lambda text: console.print(f"[bold]•[/] {text}", highlight=False))
+    console.print(sweep_table(rows))
+    plot_path = Path(out) / PLOT_FILE
+    utility_figure(rows).savefig(plot_path, dpi=120)
+    console.print(f"wrote {Path(out) / 'privacy_utility.csv'} and {plot_path}")
+
+
+def plot_records(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+    """One record per model, task and ε for the plot; ε = ∞ drawn at 2 × the largest finite ε
+    (returned, or None when there is none)."""
+    finite = [r["target_epsilon"] for r in rows if math.isfinite(r["target_epsilon"])]
+    at_inf = 2 * max(finite) if finite else 1.0
+    records = []
+    for row in rows:
+        x = row["target_epsilon"] if math.isfinite(row["target_epsilon"]) else at_inf
+        for task in ("diagnosis", "lab"):
+            key = f"{task}_macro_auroc"
+            records.append({"epsilon": x, "model": row["model"], "task": task,
+                            "auroc": row[key], "low": row[f"{key}_low"],
+                            "high": row[f"{key}_high"]})
+    return records, (at_inf if any(math.isinf(r["target_epsilon"]) for r in rows) else None)
+
+
+def utility_figure(rows: list[dict[str, Any]]) -> Figure:
+    """Diagnosis and lab macro AUROC against ε, one line per model and task, CI bands."""
+    from fedecg.report.plots import plot_curves
+
+    records, at_inf = plot_records(rows)
+    figure = plot_curves(records, "epsilon", "auroc", group=("model", "task"),
+                         band=("low", "high"), title="macro AUROC against ε (bootstrap CI)",
+                         xlabel="ε (log scale; ∞ = no DP)", ylabel="macro AUROC", log_x=True)
+    ticks = sorted({r["epsilon"] for r in records})
+    axes = figure.axes[0]
+    axes.set_xticks(ticks, ["∞" if t == at_inf else f"{t:g}" for t in ticks])
+    axes.minorticks_off()
+    return figure
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> Table:
+    """A rich table of the sweep: AUROCs, the share kept, and the largest site ε."""
+    table = Table(title="privacy-utility (pooled test split, federated)")
+    for name in ("ε", "model", "diagnosis AUROC", "lab AUROC", "dx kept", "max site ε"):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(row["epsilon"], row["model"], _fmt(row["diagnosis_macro_auroc"]),
+                      _fmt(row["lab_macro_auroc"]), _fmt(row["dx_auroc_kept"]),
+                      _fmt(row["max_site_epsilon"]))
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``fedecg sweep privacy`` to ``app``."""
+    sweep_app.command("privacy")(privacy)
+    app.add_typer(sweep_app, name="sweep")
+
+
+__all__ = ["register"]

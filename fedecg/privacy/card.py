@@ -1,0 +1,54 @@
+"""The privacy section of a model card: mechanism, unit protected, (ε, δ) per site, parameters.
+
+``privacy_card(config, sites)`` describes what a run's DP guarantees from the ε each site
+reported (``fedecg.privacy.sweep.site_budgets`` reads them from a study's ``metrics.jsonl``);
+``annotate_model`` writes it into an exported model folder's card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedecg.config.privacy import DPConfig
+from fedecg.models.io import load_inference_model, save_inference_model
+
+SiteBudgets = dict[str, dict[str, float]]
+
+NOT_COVERED = ("validation/test records and the metrics computed on them; each site's number "
+               "of training records; the training losses a site reports")
+
+
+def mechanism(config: DPConfig) -> dict[str, str]:
+    """The mechanism and the unit it protects, in words, for ``config.mode``."""
+    if config.mode == "sample":
+        return {"mechanism": "DP-SGD at each site (Opacus): per-example gradient clipping, "
+                             "Gaussian noise, Poisson sampling, one accountant across all rounds "
+                             "and stages. Pretraining uses a per-example objective (each ECG "
+                             "aligns with a frozen embedding of its own clinical row)",
+                "unit_protected": "one ECG record of a site's training split; a patient with k "
+                                  "records is protected as a group, at about k times epsilon"}
+    side = config.client.clipping
+    return {"mechanism": f"DP-FedAvg (Flower fixed clipping, {side} side): each site's update "
+                         "clipped, Gaussian noise on their sum, uniform site weights, "
+                         "no amplification by site sampling",
+            "unit_protected": "a whole site (all of its records)"}
+
+
+def privacy_card(config: DPConfig, sites: SiteBudgets) -> dict[str, Any] | None:
+    """The card's ``privacy`` entry (None without DP); ``sites`` maps each site to its final
+    ``epsilon``, ``delta`` and (sample-level) ``noise_multiplier``."""
+    if not config.enabled:
+        return None
+    clipping = (config.sample.max_grad_norm if config.mode == "sample"
+                else config.client.clipping_norm)
+    return {**mechanism(config), "accountant": config.accountant,
+            "target_epsilon": config.target_epsilon, "clipping_norm": clipping,
+            "sites": {name: dict(budget) for name, budget in sites.items()},
+            "not_covered": NOT_COVERED}
+
+
+def annotate_model(model_dir: Path, privacy: dict[str, Any] | None) -> None:
+    """Rewrite the card of the model in ``model_dir`` with ``privacy``."""
+    model, card = load_inference_model(Path(model_dir))
+    save_inference_model(Path(model_dir), model, card.model_copy(update={"privacy": privacy}))

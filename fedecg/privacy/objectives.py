@@ -1,0 +1,153 @@
+"""Per-example objectives: the three stages rewritten so that DP-SGD's accounting holds.
+
+DP-SGD bounds one example's influence by clipping its own gradient. That bound holds only if
+the batch loss is a mean of per-example losses, each depending on its own example alone.
+
+* **Joint-embedding pretraining** (InfoNCE, SigLIP) breaks this: every example is a negative
+  for every other, so one patient's record moves all the other examples' gradients. fedecg
+  does not skip pretraining under DP (it reads private ECGs and labs, so skipping DP there
+  would void the guarantee). ``PrivatePretrainStage`` instead aligns each ECG with a target
+  computed from **its own** clinical row only: the L2-normalized output of the clinical encoder
+  and projection, **frozen** at their seeded, data-independent initialization and fed with
+  public standardization (``fedecg.privacy.normalization``). The loss ``1 − cos(z_ecg, t)`` is
+  per-example, needs no negatives (the frozen targets differ between patients, so the ECG side
+  cannot collapse), and still pushes the ECG encoder to carry each patient's clinical state.
+  Only the ECG encoder and ECG projection train; the stage shares the same keys as
+  ``PretrainStage`` (the frozen ones come back unchanged), so a server needs no other stage.
+* **Lab and diagnosis heads** use masked BCE averaged over the known labels of the whole
+  batch, so one example's missing labels change every other example's weight. The private
+  versions average over each example's own known labels, then over the batch.
+
+Each private stage keeps the wrapped stage's ``name`` and ``targets`` and exposes
+``per_example_loss(model, batch) -> [B]``; ``loss`` is its batch mean (0 on an empty Poisson
+batch). Logs carry only the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedecg.errors import PrivacyError
+from fedecg.models.joint import JointModel
+from fedecg.training.stages import (
+    ENCODER,
+    Batch,
+    DiagnosisStage,
+    HeadStage,
+    LabHeadStage,
+    PretrainStage,
+    Stage,
+    params_with_prefix,
+)
+
+PRIVATE_PRETRAIN_MODULES = (ENCODER, "ecg_projection.")
+
+
+def per_example_masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[B]``: each row's BCE averaged over its own known (non-NaN) labels; 0 if none."""
+    known = ~torch.isnan(targets)  # [B, L]
+    safe = torch.where(known, targets, torch.zeros_like(targets))
+    losses = F.binary_cross_entropy_with_logits(logits, safe, reduction="none")  # [B, L]
+    losses = torch.where(known, losses, torch.zeros_like(losses))
+    return losses.sum(dim=1) / known.sum(dim=1).clamp(min=1)
+
+
+def batch_mean(per_example: torch.Tensor) -> torch.Tensor:
+    """Mean of ``[B]`` losses; 0 (still in the graph) for an empty batch."""
+    return per_example.sum() / max(len(per_example), 1)
+
+
+class PerExampleStage:
+    """Shared part of the private stages: the batch loss is the mean of ``per_example_loss``."""
+
+    name: str
+    targets: tuple[str, ...]
+
+    def per_example_loss(self, model: JointModel, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: JointModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Batch mean of the per-example losses, and its value as the only log."""
+        loss = batch_mean(self.per_example_loss(model, batch))
+        return loss, {"loss": float(loss.detach())}
+
+
+@dataclass
+class PrivatePretrainStage(PerExampleStage):
+    """Stage 1 under DP: each ECG aligns with a frozen embedding of its own clinical row."""
+
+    name: str = "pretrain"
+    targets: tuple[str, ...] = ("clinical",)
+
+    def trainable(self, model: JointModel) -> list[nn.Parameter]:
+        return params_with_prefix(model, PRIVATE_PRETRAIN_MODULES)
+
+    def shared_keys(self, model: JointModel) -> list[str]:
+        return PretrainStage().shared_keys(model)
+
+    @staticmethod
+    @torch.no_grad()
+    def clinical_targets(model: JointModel, clinical: torch.Tensor) -> torch.Tensor:
+        """``[B, P]`` unit targets from the frozen clinical side (dropout off)."""
+        modules = (model.clinical, model.clinical_projection)
+        modes = [m.training for m in modules]
+        for module in modules:
+            module.eval()
+        try:
+            target = model.clinical_projection(model.clinical(clinical))  # [B, P]
+        finally:
+            for module, mode in zip(modules, modes, strict=True):
+                module.train(mode)
+        return F.normalize(target, dim=-1)
+
+    def per_example_loss(self, model: JointModel, batch: Batch) -> torch.Tensor:
+        z_ecg = model.ecg_projection(model.classifier.forward_features(batch["ecg"]))  # [B, P]
+        target = self.clinical_targets(model, batch["clinical"])  # [B, P]
+        return 1.0 - (F.normalize(z_ecg, dim=-1) * target).sum(dim=-1)  # [B]
+
+
+@dataclass
+class PrivateHeadStage(PerExampleStage):
+    """Stages 2 and 3 under DP: the wrapped head stage with per-example masked BCE."""
+
+    inner: HeadStage
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def targets(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.targets
+
+    def trainable(self, model: JointModel) -> list[nn.Parameter]:
+        return self.inner.trainable(model)
+
+    def shared_keys(self, model: JointModel) -> list[str]:
+        return self.inner.shared_keys(model)
+
+    def per_example_loss(self, model: JointModel, batch: Batch) -> torch.Tensor:
+        logits = self.inner.logits(model, batch)
+        lab = per_example_masked_bce(logits["lab"], batch["lab"])  # [B]
+        if isinstance(self.inner, DiagnosisStage):
+            dx = per_example_masked_bce(logits["dx"], batch["dx"])  # [B]
+            return dx + self.inner.lab_loss_weight * lab
+        return lab
+
+
+def private_stage(stage: Stage) -> PerExampleStage:
+    """The per-example version of one of fedecg's stages (see the module docstring)."""
+    if isinstance(stage, PretrainStage):
+        return PrivatePretrainStage()
+    if isinstance(stage, LabHeadStage | DiagnosisStage):
+        return PrivateHeadStage(stage)
+    if isinstance(stage, PerExampleStage):
+        return stage
+    raise PrivacyError(f"stage {getattr(stage, 'name', stage)!r} ({type(stage).__name__}): no "
+                       "per-example objective is known for it, so DP-SGD could not bound one "
+                       "example's influence; expected PretrainStage, LabHeadStage or "
+                       "DiagnosisStage")

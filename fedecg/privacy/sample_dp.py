@@ -1,0 +1,173 @@
+"""Sample-level DP-SGD at one site with Opacus, accounted across every round and stage.
+
+The unit protected is one ECG record of the site's training split (a patient with k records is
+protected only as a group, at about k·ε). ``SitePrivacy`` is what a site keeps across rounds
+(in ``context.state`` and checkpoints): its plan, the calibrated noise multiplier and the
+cumulative ``Ledger``. ``SitePrivacy.private_round`` plugs into the training loop's privacy
+hook (``fedecg.training.trainer``)::
+
+    with site.private_round(model, stage, loader, optimizer, seed=...) as dp:
+        logs = train_epochs(dp.model, dp.stage, dp.loader, dp.optimizer, epochs,
+                            extra_loss=None, max_steps=site.steps_allowed(stage, planned))
+    # metrics |= site.metrics(); state[STATE_PRIVACY] = ConfigRecord(site.to_record())
+
+Inside, the stage becomes its per-example version (``fedecg.privacy.objectives``) and is
+re-activated, Opacus's per-example gradient hooks are attached to the model in place (no
+``_module.`` wrapper), the loader draws Poisson batches at rate ``batch_size / n`` and the
+optimizer clips each example's gradient to ``max_grad_norm`` and adds Gaussian noise. Every
+noised step is recorded in the ledger. A data-independent ``extra_loss`` (FedProx's proximal
+term) is added to the gradient after noising, as post-processing: passed to ``train_epochs``
+it would be dropped silently, since Opacus replaces the gradient by the noised per-example sum.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedecg.config.privacy import DPConfig
+from fedecg.errors import PrivacyError
+from fedecg.privacy.accounting import (
+    Ledger,
+    PrivacyPlan,
+    affordable_steps,
+    calibrate_noise,
+    check_delta,
+    sample_rate,
+)
+from fedecg.privacy.objectives import PerExampleStage, private_stage
+from fedecg.privacy.validation import validate_model
+from fedecg.training.stages import Stage
+from fedecg.training.trainer import ExtraLoss, activate
+
+STATE_PRIVACY = "privacy"  # context.state ConfigRecord holding ``SitePrivacy.to_record()``
+EPSILON = "dp-epsilon"
+DELTA = "dp-delta"
+NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_STEPS = "dp-steps"
+STOPPED = "dp-stopped"
+
+
+@dataclass
+class PrivateTraining:
+    """What the training loop uses instead of its plain objects during one private round."""
+
+    model: nn.Module
+    stage: PerExampleStage
+    loader: DataLoader
+    optimizer: DPOptimizer
+
+
+@dataclass
+class SitePrivacy:
+    """One site's sample-level DP state: config, plan, noise multiplier, cumulative ledger."""
+
+    config: DPConfig
+    plan: PrivacyPlan
+    noise_multiplier: float
+    ledger: Ledger
+    stopped: bool = False
+
+    @classmethod
+    def start(cls, config: DPConfig, plan: PrivacyPlan,
+              record: Mapping[str, Any] | None = None) -> SitePrivacy:
+        """Calibrate for ``plan`` at the first round, or continue a saved ``record``."""
+        if config.mode != "sample" or not config.enabled:
+            raise PrivacyError(f"privacy.mode {config.mode!r} with target epsilon "
+                               f"{config.target_epsilon}: sample-level DP is not asked for")
+        if record is not None:
+            where = f"site {plan.site} privacy state"
+            ledger = Ledger.from_record(record, where)
+            check_delta(ledger.delta, plan.n_records, f"site {plan.site}")
+            if "noise-multiplier" not in record:
+                raise PrivacyError(f"{where}: no 'noise-multiplier'; restart the run")
+            return cls(config, plan, float(record["noise-multiplier"]), ledger,
+                       bool(record.get("stopped", False)))
+        delta = config.resolved_delta(plan.n_records)
+        noise = calibrate_noise(plan, config.target_epsilon, delta, config.accountant,
+                                config.sample.max_noise_multiplier)
+        return cls(config, plan, noise, Ledger(delta=delta, accountant=config.accountant))
+
+    def to_record(self) -> dict[str, Any]:
+        """The ledger plus the noise multiplier and stop flag (a ``ConfigRecord``)."""
+        return {**self.ledger.to_record(), "noise-multiplier": float(self.noise_multiplier),
+                "stopped": self.stopped}
+
+    def stage_rate(self, stage: str) -> float:
+        """The planned sampling rate of ``stage``."""
+        for planned in self.plan.stages:
+            if planned.stage == stage:
+                return planned.sample_rate
+        raise PrivacyError(f"site {self.plan.site}: stage {stage!r} is not in the privacy plan "
+                           f"({[s.stage for s in self.plan.stages]})")
+
+    def steps_allowed(self, stage: str, planned: int) -> int:
+        """Steps of the next round that fit the budget; 0 marks the site stopped for good."""
+        allowed = 0 if self.stopped else affordable_steps(
+            self.ledger, self.noise_multiplier, self.stage_rate(stage), planned,
+            self.config.target_epsilon)
+        self.stopped = self.stopped or allowed < planned
+        return allowed
+
+    def metrics(self) -> dict[str, float]:
+        """ε spent so far (cumulative from round 1) and the mechanism's parameters."""
+        return {EPSILON: self.ledger.epsilon(), DELTA: self.ledger.delta,
+                NOISE_MULTIPLIER: self.noise_multiplier, DP_STEPS: float(self.ledger.steps),
+                STOPPED: float(self.stopped)}
+
+    @contextmanager
+    def private_round(self, model: nn.Module, stage: Stage, loader: DataLoader,
+                      optimizer: torch.optim.Optimizer, *, seed: int,
+                      extra_loss: ExtraLoss | None = None) -> Iterator[PrivateTraining]:
+        """Opacus around ``model``/``optimizer``/``loader`` for one round (see module doc)."""
+        validate_model(model, f"site {self.plan.site}")
+        private = private_stage(stage)
+        activate(model, private)
+        rate = self.stage_rate(private.name)
+        n = len(loader.dataset)
+        if abs(rate - sample_rate(n, loader.batch_size)) > 1e-12:
+            raise PrivacyError(
+                f"site {self.plan.site}, stage {private.name!r}: the loader has {n} examples "
+                f"in batches of {loader.batch_size} (rate {sample_rate(n, loader.batch_size):.4g})"
+                f" but the privacy plan was calibrated for rate {rate:.4g}; build the plan "
+                "from the same rows and batch size as the training loader")
+        hooks = prepare_module(model, self.config.sample.grad_sample_mode, wrap_model=False,
+                               batch_first=True, loss_reduction="mean")
+        dp_optimizer = DPOptimizer(
+            optimizer, noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.config.sample.max_grad_norm,
+            expected_batch_size=max(1, round(rate * n)), loss_reduction="mean",
+            generator=torch.Generator().manual_seed(seed + 1))
+        dp_optimizer.attach_step_hook(self._step_hook(model, rate, extra_loss))
+        poisson = DPDataLoader(loader.dataset, sample_rate=rate, collate_fn=loader.collate_fn,
+                               num_workers=loader.num_workers,
+                               generator=torch.Generator().manual_seed(seed))
+        try:
+            with warnings.catch_warnings():  # Opacus's hooks on the input layer; harmless
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                yield PrivateTraining(model, private, poisson, dp_optimizer)
+        finally:
+            hooks.cleanup()
+
+    def _step_hook(self, model: nn.Module, rate: float,
+                   extra_loss: ExtraLoss | None) -> Callable[[DPOptimizer], None]:
+        def hook(optimizer: DPOptimizer) -> None:
+            self.ledger.step(optimizer.noise_multiplier, rate)
+            if extra_loss is not None:
+                params = optimizer.params
+                with torch.enable_grad():
+                    grads = torch.autograd.grad(extra_loss(model), params, allow_unused=True)
+                for param, grad in zip(params, grads, strict=True):
+                    if grad is not None:
+                        param.grad = param.grad + grad
+        return hook

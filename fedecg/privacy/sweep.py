@@ -1,0 +1,205 @@
+"""The privacy-utility study: the federated study of ``fedecg simulate`` at several budgets.
+
+``run_sweep(config, epsilons, out)`` runs ``fedecg.federated.simulate.run_study`` once per ε
+(signal-only and transfer models; ``inf`` means no DP) into ``out/epsilon-<ε>/``, each with
+its own ``summary.json`` (the same keys as ``fedecg simulate``), and writes into ``out``:
+
+* ``privacy_utility.csv``: one row per ε and model: diagnosis and lab macro AUROC with their
+  bootstrap CIs, the share of the non-private AUROC above chance kept, and the largest final
+  ε spent by any site (with its δ);
+* ``summary.json``: the rows, and per ε its study folder, each site's final (ε, δ) per model
+  (read from the study's ``metrics.jsonl``) and the privacy section of its model card, which
+  is also written into the study's exported ``model/`` card.
+
+A finished ε is skipped and an unfinished one resumed, so rerunning continues the sweep. A DP
+study whose sites reported no ε fails loudly: its numbers would not be private.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedecg.config.base import read_yaml, validate_config
+from fedecg.config.federated import SimulationConfig
+from fedecg.config.privacy import DPConfig
+from fedecg.errors import ConfigError, PrivacyError
+from fedecg.federated.orchestration import METRICS_FILE, Progress
+from fedecg.federated.simulate import CONFIG_FILE, SUMMARY_FILE, run_study
+from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.privacy.accounting import Ledger
+from fedecg.privacy.card import annotate_model, privacy_card
+from fedecg.privacy.client_dp import LEDGER_FILE
+from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
+
+SWEEP_MODELS = ["signal-only", "transfer"]
+TABLE_FILE = "privacy_utility.csv"
+TASKS = ("diagnosis", "lab")
+Say = Callable[[str], None]
+
+
+def parse_epsilons(text: str) -> list[float]:
+    """``"1,3,8,inf"`` → ``[1.0, 3.0, 8.0, inf]`` (positive, distinct, in the given order)."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = math.nan
+        if not value > 0 or value in values:
+            raise ConfigError(f"--epsilons {text!r}: {part!r} is not a new positive number; "
+                              "expected a comma-separated list such as 1,3,8,inf")
+        values.append(value)
+    return values
+
+
+def epsilon_label(epsilon: float) -> str:
+    """``8.0`` → ``"8"``, ``inf`` → ``"inf"`` (folder names and table cells)."""
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def budget_config(config: SimulationConfig, epsilon: float) -> SimulationConfig:
+    """``config`` for one budget: the two models; DP off at ``inf``, else the configured mode
+    (``sample`` when the config says ``none``) at target ``epsilon``."""
+    base: DPConfig | None = getattr(config, "privacy", None)
+    if base is None:
+        raise PrivacyError("the study config has no 'privacy' section, so its federated runs "
+                           "cannot apply DP; fedecg.config.federated.SimulationConfig needs a "
+                           "privacy: DPConfig field")
+    mode = "none" if math.isinf(epsilon) else ("sample" if base.mode == "none" else base.mode)
+    privacy = base.model_copy(update={"mode": mode, "target_epsilon": epsilon})
+    train = config.train.model_copy(update={"models": list(SWEEP_MODELS)})
+    return config.model_copy(update={"privacy": privacy, "train": train})
+
+
+def site_budgets(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {site: {"epsilon", "delta", "noise_multiplier"}}}``, the largest over seeds.
+
+    Sample-level: each site's last ε in the study's ``metrics.jsonl``. Client-level: the
+    server's ledger of each federated run (``seed-*/MODEL/federated/``), as site ``all``.
+    """
+    budgets: dict[str, dict[str, dict[str, float]]] = {}
+    path = Path(run_dir) / METRICS_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in map(json.loads, lines):
+        if line.get("kind") == "train" and line.get(EPSILON) is not None:
+            _keep_largest(budgets, line["model"], line["site"], float(line[EPSILON]),
+                          float(line[DELTA]), line.get(NOISE_MULTIPLIER))
+    for ledger_path in sorted(Path(run_dir).glob(f"seed-*/*/federated/{LEDGER_FILE}")):
+        record = json.loads(ledger_path.read_text())
+        ledger = Ledger.from_record(record, str(ledger_path))
+        _keep_largest(budgets, ledger_path.parts[-3], "all", ledger.epsilon(), ledger.delta,
+                      record.get("noise-multiplier"))
+    return budgets
+
+
+def _keep_largest(budgets: dict[str, dict[str, dict[str, float]]], model: str, site: str,
+                  epsilon: float, delta: float, noise: float | None) -> None:
+    entry = budgets.setdefault(model, {}).setdefault(site, {})
+    if epsilon >= entry.get("epsilon", -1.0):
+        entry.update(epsilon=epsilon, delta=delta)
+        if noise is not None:
+            entry["noise_multiplier"] = float(noise)
+
+
+def utility_rows(epsilon: float, summary: dict[str, Any],
+                 budgets: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """One table row per model of a study's ``summary.json`` (federated results)."""
+    rows = []
+    for model, entry in summary["federated"].items():
+        row: dict[str, Any] = {"epsilon": epsilon_label(epsilon), "target_epsilon": epsilon,
+                               "model": model}
+        for task in TASKS:
+            key = f"{task}_macro_auroc"
+            interval = entry.get(f"{key}_ci") or [None, None]
+            row.update({key: entry.get(key), f"{key}_low": interval[0],
+                        f"{key}_high": interval[1]})
+        sites = budgets.get(model, {})
+        row["max_site_epsilon"] = max((s["epsilon"] for s in sites.values()), default=None)
+        row["delta"] = max((s["delta"] for s in sites.values()), default=None)
+        rows.append(row)
+    return rows
+
+
+def add_retention(rows: list[dict[str, Any]]) -> None:
+    """``dx_auroc_kept``: (AUROC_ε − 0.5) / (AUROC_∞ − 0.5) per model, when ∞ was run."""
+    reference = {r["model"]: r["diagnosis_macro_auroc"] for r in rows
+                 if math.isinf(r["target_epsilon"]) and r["diagnosis_macro_auroc"] is not None}
+    for row in rows:
+        base, value = reference.get(row["model"]), row["diagnosis_macro_auroc"]
+        usable = base is not None and value is not None and base > 0.5
+        row["dx_auroc_kept"] = (value - 0.5) / (base - 0.5) if usable else None
+
+
+def study_privacy(run_dir: Path) -> DPConfig | None:
+    """The ``privacy`` section of a study's resolved ``config.yaml`` (None if it has none)."""
+    path = Path(run_dir) / CONFIG_FILE
+    section = read_yaml(path).get("privacy") if path.is_file() else None
+    return None if section is None else validate_config(DPConfig, section, f"{path}: privacy")
+
+
+def card_entry(run_dir: Path, budgets: dict[str, dict[str, dict[str, float]]]
+               ) -> dict[str, Any] | None:
+    """The model card's privacy entry of a study's exported model, also written into it."""
+    config = study_privacy(run_dir)
+    exported = next((m for m in ("transfer", *SWEEP_MODELS) if m in budgets), None)
+    if config is None or exported is None:
+        return None
+    entry = privacy_card(config, budgets[exported])
+    if (Path(run_dir) / "model").is_dir():
+        annotate_model(Path(run_dir) / "model", entry)
+    return entry
+
+
+def check_private(epsilon: float, budgets: dict[str, Any], run_dir: Path) -> None:
+    """Refuse a finite-ε study in which no site reported an ε (DP did not run)."""
+    if math.isfinite(epsilon) and not any(budgets.get(m) for m in SWEEP_MODELS):
+        raise PrivacyError(
+            f"{run_dir}: the study at epsilon {epsilon:g} finished but no site reported "
+            f"'{EPSILON}' in {METRICS_FILE}, so its training was not differentially private; "
+            "the federated ClientApp must run the privacy hook (fedecg.privacy.site_hook)")
+
+
+def run_sweep(config: SimulationConfig, epsilons: Sequence[float], out: Path, *,
+              say: Say | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) the study at each ε into ``out``; write the table; return its rows."""
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, Any] = {}
+    for epsilon in epsilons:
+        label = epsilon_label(epsilon)
+        run_dir = out / f"epsilon-{label}"
+        if not (run_dir / SUMMARY_FILE).is_file():
+            if say is not None:
+                say(f"epsilon {label}: federated study into {run_dir}")
+            run_study(budget_config(config, epsilon), run_dir, resume=run_dir.is_dir(),
+                      say=say, progress=progress)
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        budgets = site_budgets(run_dir)
+        check_private(epsilon, budgets, run_dir)
+        rows += utility_rows(epsilon, summary, budgets)
+        runs[label] = {"study": str(run_dir), "sites": budgets,
+                       "model_card_privacy": card_entry(run_dir, budgets)}
+    add_retention(rows)
+    atomic_write_text(out / TABLE_FILE, table_csv(rows))
+    written = [{k: v for k, v in row.items() if k != "target_epsilon"} for row in rows]
+    atomic_write_json(out / SUMMARY_FILE, {"epsilons": [epsilon_label(e) for e in epsilons],
+                                           "rows": written, "runs": runs})
+    return rows
+
+
+def table_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV (columns in the rows' order; empty cells for missing values)."""
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[k for k in rows[0] if k != "target_epsilon"],
+                            extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
