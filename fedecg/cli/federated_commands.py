@@ -63,6 +63,8 @@ def simulate(
 ) -> None:
     """Run a federated study on virtual hospitals (Flower simulation) and write its report."""
     from fedecg.federated.simulate import CONFIG_FILE, run_study
+    from fedecg.privacy.apps import client_app, client_level
+    from fedecg.privacy.sweep import card_entry, site_budgets
 
     if (resume is None) == (out is None):
         raise ConfigError("give --out RUN for a new study, or --resume RUN to continue one")
@@ -78,7 +80,8 @@ def simulate(
         torch.set_num_threads(1)
     summary = run_study(settings, Path(run_dir), resume=resume is not None,
                         say=lambda text: console.print(f"[bold]•[/] {text}", highlight=False),
-                        progress=_progress)
+                        progress=_progress, client_app=client_app, wrap_for=client_level)
+    card_entry(Path(run_dir), site_budgets(Path(run_dir)))  # privacy section of the model card
     console.print(results_table(summary))
     _report(Path(run_dir))
 

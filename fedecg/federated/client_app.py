@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedecg.data.store import SiteStore
 from fedecg.errors import FedecgError, FederationError
@@ -26,13 +29,11 @@ from fedecg.federated.checkpoint import latest_site_state, save_site_state
 from fedecg.federated.orchestration import RunPlan, round_offsets, stages_for
 from fedecg.federated.params import load_arrays, plain_state, to_arrays
 from fedecg.federated.partition import load_partition, site_view
-from fedecg.federated.site import RoundPlan, local_evaluate, local_train
+from fedecg.federated.site import RoundPlan, RoundPrivacy, local_evaluate, local_train
 from fedecg.models.joint import JointModel
 from fedecg.training.runner import TrainingData, build_model
 
 log = logging.getLogger(__name__)
-
-app = ClientApp()
 
 
 @dataclass
@@ -121,20 +122,39 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def handle_train(message: Message, context: Context) -> Message:
+class SitePrivacyHook(RoundPrivacy, Protocol):
+    """What a privacy layer gives a site for one message (``fedecg.privacy.site_hook``)."""
+
+    def prepare_model(self, model: JointModel) -> None: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def save(self, state: RecordDict, saved: tuple[Path | None, int, int]) -> None: ...
+
+
+PrivacyFor = Callable[[RunPlan, Site, Context, int], SitePrivacyHook | None]
+"""``(plan, site, context, global round) -> hook``; None when the run needs none at the site."""
+
+
+def handle_train(message: Message, context: Context,
+                 privacy_for: PrivacyFor | None = None) -> Message:
     """One local round of the stage: load the shared keys, train, return the shared keys."""
     torch.set_num_threads(1)
     plan = RunPlan.from_json(str(message.content[keys.CONFIG][keys.RUN_PLAN]))
     site = open_site(plan, context.node_config)
-    privacy = plan.config.privacy
-    if privacy.enabled:
-        raise FederationError(f"site {site.name}: the run asks for differential privacy "
-                              f"({privacy.mode}, ε={privacy.target_epsilon}) but this ClientApp "
-                              "has no privacy hook; refusing to train without it")
     try:
         index, stage_round, global_round = _round(message, plan)
+        hook = privacy_for(plan, site, context, global_round) if privacy_for else None
+        privacy = plan.config.privacy
+        if privacy.enabled and privacy.mode == "sample" and hook is None:
+            raise FederationError(f"site {site.name}: the run asks for sample-level "
+                                  f"differential privacy (ε={privacy.target_epsilon}) but this "
+                                  "ClientApp has no privacy hook; refusing to train without "
+                                  "it (run fedecg.privacy.apps:client_app)")
         stage = stages_for(plan)[index]
         model = site_model(plan, site, context, global_round)
+        if hook is not None:
+            hook.prepare_model(model)
         shared = stage.shared_keys(model)
         load_arrays(model, message.content[keys.ARRAYS], expected=shared,
                     where="received parameters")
@@ -143,7 +163,10 @@ def handle_train(message: Message, context: Context) -> Message:
         round_plan = RoundPlan(plan.model, index, stage_round, federation.rounds.of(stage.name),
                                mu)
         metrics = local_train(model, stage, site.data, plan.config.train, federation,
-                              round_plan, site.name)
+                              round_plan, site.name, privacy=hook)
+        if hook is not None:
+            metrics.update(hook.metrics())
+            hook.save(context.state, (site.state_dir, site.index, global_round))
         validation = local_evaluate(model, stage, site.data, plan.config.train, split="val")
         metrics.update({keys.VAL_PREFIX + k: v for k, v in validation.items()
                         if k in keys.EVALUATION_KEYS})
@@ -154,7 +177,8 @@ def handle_train(message: Message, context: Context) -> Message:
         raise FederationError(f"site {site.name}: {exc}") from exc
 
 
-def handle_evaluate(message: Message, context: Context) -> Message:
+def handle_evaluate(message: Message, context: Context,
+                    privacy_for: PrivacyFor | None = None) -> Message:
     """Score the global model (with this site's personal layers) on the site's test split."""
     torch.set_num_threads(1)
     plan = RunPlan.from_json(str(message.content[keys.CONFIG][keys.RUN_PLAN]))
@@ -163,6 +187,9 @@ def handle_evaluate(message: Message, context: Context) -> Message:
         index, _, global_round = _round(message, plan)
         stage = stages_for(plan)[index]
         model = site_model(plan, site, context, global_round + 1)
+        hook = privacy_for(plan, site, context, global_round + 1) if privacy_for else None
+        if hook is not None:
+            hook.prepare_model(model)
         load_arrays(model, message.content[keys.ARRAYS], expected=stage.shared_keys(model),
                     where="received parameters")
         metrics = local_evaluate(model, stage, site.data, plan.config.train, split="test")
@@ -180,13 +207,20 @@ def _keep(model: JointModel, plan: RunPlan, site: Site, context: Context,
         save_site_state(site.state_dir, site.index, global_round, plain_state(model))
 
 
-@app.train()
-def train(message: Message, context: Context) -> Message:
-    """Flower entry point for train messages."""
-    return handle_train(message, context)
+def build_client_app(privacy_for: PrivacyFor | None = None,
+                     train_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp; ``privacy_for`` and ``train_mods`` come from the privacy layer."""
+    client = ClientApp()
+
+    @client.train(mods=list(train_mods))
+    def train(message: Message, context: Context) -> Message:
+        return handle_train(message, context, privacy_for)
+
+    @client.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        return handle_evaluate(message, context, privacy_for)
+
+    return client
 
 
-@app.evaluate()
-def evaluate(message: Message, context: Context) -> Message:
-    """Flower entry point for evaluate messages."""
-    return handle_evaluate(message, context)
+app = build_client_app()

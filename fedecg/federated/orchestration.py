@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedecg.config.base import StrictModel
 from fedecg.config.federated import SimulationConfig
@@ -116,21 +117,27 @@ def read_result(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def run_server(grid: Grid, plan: RunPlan, progress: Progress | None = None) -> None:
+StrategyWrap = Callable[[Strategy], Strategy]
+"""Wraps each stage's Flower strategy (the privacy layer's client-level DP), inside StageRounds."""
+
+
+def run_server(grid: Grid, plan: RunPlan, progress: Progress | None = None,
+               wrap: StrategyWrap | None = None) -> None:
     """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome."""
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
     write_result(out, "running", model=plan.model)
     start = time.perf_counter()
     try:
-        _serve(grid, plan, progress)
+        _serve(grid, plan, progress, wrap)
     except BaseException as exc:
         write_result(out, "failed", model=plan.model, reason=f"{type(exc).__name__}: {exc}")
         raise
     write_result(out, "ok", model=plan.model, seconds=time.perf_counter() - start)
 
 
-def _serve(grid: Grid, plan: RunPlan, progress: Progress | None) -> None:
+def _serve(grid: Grid, plan: RunPlan, progress: Progress | None,
+           wrap: StrategyWrap | None) -> None:
     out = Path(plan.out)
     plan_json = plan.to_json()
     stamp = fingerprint(plan_json)
@@ -144,13 +151,15 @@ def _serve(grid: Grid, plan: RunPlan, progress: Progress | None) -> None:
         done = run.position.stage_round if index == run.position.stage_index else 0
         if index < run.position.stage_index or done >= rounds:
             continue
-        _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index], progress)
+        _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index], progress,
+                   wrap)
     run.position = dataclasses.replace(run.position, done=True)
     save_checkpoint(out, run)
 
 
 def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Stage,
-               model: JointModel, run: Checkpoint, offset: int, progress: Progress | None) -> None:
+               model: JointModel, run: Checkpoint, offset: int, progress: Progress | None,
+               wrap: StrategyWrap | None = None) -> None:
     out = Path(plan.out)
     federation = plan.config.federation
     rounds = federation.rounds.of(stage.name)
@@ -161,8 +170,9 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
         run.history.append(_line(plan.model, stage.name, offset + stage_round, stage_round,
                                  kind, site_index, site, metrics))
 
-    wrapper = StageRounds(make_strategy(federation.strategy, plan.config.partition.num_sites,
-                                        federation.min_sites), done, record)
+    strategy = make_strategy(federation.strategy, plan.config.partition.num_sites,
+                             federation.min_sites)
+    wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, done, record)
     if done > 0:
         wrapper.load_state(run.strategy_state)
 

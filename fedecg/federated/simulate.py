@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.clientapp import ClientApp
 
 from fedecg.config.base import dump_config, read_yaml
 from fedecg.config.federated import SimulationConfig
@@ -32,6 +33,7 @@ from fedecg.federated.datasource import ensure_partition, ensure_store, make_pla
 from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
 from fedecg.federated.orchestration import METRICS_FILE, Progress, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
+from fedecg.federated.server_app import WrapFor
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
 from fedecg.training.pipeline import export_model, naive_results
@@ -65,14 +67,19 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> None:
     dump_config(config, out / CONFIG_FILE)
 
 
-def run_federated(plan: RunPlan, progress: Progress | None = None) -> None:
-    """Run one model's federated training in Flower's simulation engine (skip if finished)."""
+def run_federated(plan: RunPlan, progress: Progress | None = None,
+                  client_app: ClientApp | None = None, wrap_for: WrapFor | None = None) -> None:
+    """Run one model's federated training in Flower's simulation engine (skip if finished).
+
+    ``client_app`` (default: fedecg's plain ClientApp) and ``wrap_for`` (the server's strategy
+    wrapper) are what the privacy layer passes (``fedecg.privacy.apps``).
+    """
     saved = load_checkpoint(Path(plan.out))
     if saved is not None and saved.position.done:
         return
     from flwr.simulation import run_simulation
 
-    from fedecg.federated.client_app import app as client_app
+    from fedecg.federated.client_app import app as plain_client_app
     from fedecg.federated.server_app import build_server_app
 
     for key, value in {**FLOWER_ENV, "FLWR_HOME": str(Path(plan.out) / ".flwr")}.items():
@@ -89,7 +96,8 @@ def run_federated(plan: RunPlan, progress: Progress | None = None) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            run_simulation(build_server_app(plan, progress), client_app,
+            run_simulation(build_server_app(plan, progress, wrap_for),
+                           client_app or plain_client_app,
                            num_supernodes=sites, backend_config=backend)
     except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
         log.debug("simulation raised %s", exc)
@@ -169,7 +177,8 @@ def sites_of(store: Path, partition_dir: Path) -> tuple[TrainingData, TrainingDa
 
 
 def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir: Path,
-             say: Say, progress: Progress | None
+             say: Say, progress: Progress | None, client_app: ClientApp | None = None,
+             wrap_for: WrapFor | None = None
              ) -> tuple[dict[str, Any], dict[str, JointModel], TrainingData]:
     """Every model of one seed: federated, then (with ``baselines``) pooled and local-only."""
     sites, pooled_data = sites_of(store, partition_dir)
@@ -178,7 +187,7 @@ def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir:
     for name in config.train.models:
         plan = make_plan(config, name, folder / name / "federated", store, partition_dir)
         say(f"seed {config.train.seed} · {name}: federated on {len(sites.stores)} sites")
-        run_federated(plan, progress)
+        run_federated(plan, progress, client_app, wrap_for)
         models = site_models(plan, len(sites.stores))
         entry = score_everywhere(models, sites, config.train, config.train.seed)
         result["sites"][name] = entry.pop("per_store")
@@ -193,8 +202,15 @@ def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir:
 
 
 def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
-              say: Say | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the whole study into ``out`` (see the module docstring); return the summary."""
+              say: Say | None = None, progress: Progress | None = None,
+              client_app: ClientApp | None = None,
+              wrap_for: WrapFor | None = None) -> dict[str, Any]:
+    """Run the whole study into ``out`` (see the module docstring); return the summary.
+
+    ``client_app`` and ``wrap_for``: the ClientApp the sites run and the server's strategy
+    wrapper (``fedecg.privacy.apps`` applies the config's ``privacy`` section; default:
+    fedecg's plain apps).
+    """
     say = say or log.info
     out = Path(out)
     prepare_run_dir(out, config, resume)
@@ -205,7 +221,7 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
         seeded = config.model_copy(update={"train": config.train.model_copy(
             update={"seed": seed})})
         result, exports, sites = run_seed(seeded, out / f"seed-{seed}", store, partition_dir,
-                                          say, progress)
+                                          say, progress, client_app, wrap_for)
         per_seed[seed] = result
         if seed == config.seeds[0]:
             name = "transfer" if "transfer" in exports else next(iter(exports))

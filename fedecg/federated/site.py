@@ -13,8 +13,9 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -65,12 +66,27 @@ def proximal_term(anchor: ProximalAnchor, mu: float) -> Callable[[nn.Module], to
     return term
 
 
+class RoundPrivacy(Protocol):
+    """A privacy layer's hook around one round (``fedecg.privacy.site_hook.PrivateSite``).
+
+    ``round`` yields ``(dp, allowed)``: ``dp.model/stage/loader/optimizer`` replace the plain
+    ones for the round, and ``allowed`` caps its steps (0 once the site's budget is spent).
+    """
+
+    def round(self, model: JointModel, stage: Stage, train: Any,
+              optimizer: torch.optim.Optimizer, *, planned_steps: int, seed: int,
+              extra_loss: Callable[[nn.Module], torch.Tensor] | None
+              ) -> AbstractContextManager[tuple[Any, int]]: ...
+
+
 def local_train(model: JointModel, stage: Stage, data: TrainingData, config: TrainConfig,
-                federation: FederationConfig, plan: RoundPlan, site: str) -> dict[str, float]:
+                federation: FederationConfig, plan: RoundPlan, site: str,
+                privacy: RoundPrivacy | None = None) -> dict[str, float]:
     """Train ``model`` for one round of ``stage`` on the site's training rows; return metrics.
 
     A site without enough labelled rows for the stage trains nothing and reports 0 examples,
-    so aggregation gives it no weight (logged, not an error).
+    so aggregation gives it no weight (logged, not an error). With ``privacy`` the round runs
+    inside its hook (DP-SGD): no plain gradient clipping, the proximal term handed to the hook.
     """
     seed = _seed(plan, config)
     train = data.dataset("train", stage.targets, config.crop_samples, True, config, seed)
@@ -97,23 +113,32 @@ def local_train(model: JointModel, stage: Stage, data: TrainingData, config: Tra
         anchor = {k: p.detach().clone() for k, p in model.named_parameters()
                   if id(p) in trainable and k in set(stage.shared_keys(model))}
         extra = proximal_term(anchor, plan.proximal_mu)
-    return _epochs(model, stage, train, optimizer, scheduler, extra, config, federation,
-                   plan, seed, per_round)
+    if privacy is None:
+        return _epochs(model, stage, train, optimizer, scheduler, extra, config, federation,
+                       plan, seed, per_round)
+    with privacy.round(model, stage, train, optimizer, planned_steps=per_round,
+                       seed=derive_seed(seed, plan.stage_round), extra_loss=extra) as (dp, allowed):
+        return _epochs(dp.model, dp.stage, train, dp.optimizer, scheduler, None, config,
+                       federation, plan, seed, allowed, dp_loader=dp.loader)
 
 
 def _epochs(model: JointModel, stage: Stage, train: Any, optimizer: torch.optim.Optimizer,
             scheduler: Any, extra: Any, config: TrainConfig, federation: FederationConfig,
-            plan: RoundPlan, seed: int, budget: int) -> dict[str, float]:
+            plan: RoundPlan, seed: int, budget: int, dp_loader: Any = None) -> dict[str, float]:
     start, steps, examples, loss = time.perf_counter(), 0, 0, 0.0
     first = (plan.stage_round - 1) * federation.local_epochs
     for epoch in range(first, first + federation.local_epochs):
         if steps >= budget:
             break
         torch.manual_seed(derive_seed(seed, epoch))
-        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
+        if dp_loader is None:
+            loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
+        else:
+            train.set_epoch(epoch)
+            loader = dp_loader
         logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
-                           extra_loss=extra, max_grad_norm=config.max_grad_norm,
-                           max_steps=budget - steps)
+                           extra_loss=extra, max_steps=budget - steps,
+                           max_grad_norm=config.max_grad_norm if dp_loader is None else None)
         steps += int(logs["steps"])
         examples += int(logs["examples"])
         loss += float(logs.get("loss", 0.0)) * logs["steps"]

@@ -33,6 +33,7 @@ from fedecg.federated.orchestration import METRICS_FILE, Progress
 from fedecg.federated.simulate import CONFIG_FILE, SUMMARY_FILE, run_study
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.privacy.accounting import Ledger
+from fedecg.privacy.apps import client_app, client_level
 from fedecg.privacy.card import annotate_model, privacy_card
 from fedecg.privacy.client_dp import LEDGER_FILE
 from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
@@ -178,7 +179,8 @@ def run_sweep(config: SimulationConfig, epsilons: Sequence[float], out: Path, *,
             if say is not None:
                 say(f"epsilon {label}: federated study into {run_dir}")
             run_study(budget_config(config, epsilon), run_dir, resume=run_dir.is_dir(),
-                      say=say, progress=progress)
+                      say=say, progress=progress, client_app=client_app,
+                      wrap_for=client_level)
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         budgets = site_budgets(run_dir)
         check_private(epsilon, budgets, run_dir)

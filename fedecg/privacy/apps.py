@@ -1,0 +1,47 @@
+"""The Flower apps with the privacy layer plugged in (what ``pyproject.toml`` components name).
+
+* ``client_app``: fedecg's ClientApp whose sites run ``PrivateSite`` (sample-level DP-SGD)
+  when the run's ``privacy.mode`` is ``sample`` with a finite target, and whose train messages
+  pass ``client_clipping_mod`` (client-side clipping, for client-level DP);
+* ``client_level``: the server's strategy wrapper for ``privacy.mode: client`` (one
+  ``ClientLevelDP`` per run, its ledger saved beside the run's checkpoint);
+* ``server_app``: fedecg's ServerApp with ``client_level`` plugged in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+
+from fedecg.federated.client_app import Site, build_client_app
+from fedecg.federated.orchestration import RunPlan, StrategyWrap, stages_for
+from fedecg.federated.server_app import build_server_app
+from fedecg.privacy.client_dp import LEDGER_FILE, ClientLevelDP, client_clipping_mod
+from fedecg.privacy.site_hook import PrivateSite
+
+
+def private_site(plan: RunPlan, site: Site, context: Context,
+                 global_round: int) -> PrivateSite | None:
+    """The site's DP state for this message, or None when the run asks for no sample DP."""
+    config = plan.config.privacy
+    if config.mode != "sample" or not config.enabled:
+        return None
+    return PrivateSite.open(config, plan, site.data, site.name, context.state,
+                            (site.state_dir, site.index, global_round))
+
+
+def client_level(plan: RunPlan) -> StrategyWrap | None:
+    """Wrap every stage's strategy in client-level DP, or None when the run asks for none."""
+    config = plan.config.privacy
+    if config.mode != "client" or not config.enabled:
+        return None
+    rounds = {stage.name: plan.config.federation.rounds.of(stage.name)
+              for stage in stages_for(plan)}
+    sites = plan.config.partition.num_sites
+    dp = ClientLevelDP.open(config, rounds, sites, Path(plan.out) / LEDGER_FILE)
+    return lambda strategy: dp.wrap(strategy, sites)
+
+
+client_app = build_client_app(private_site, train_mods=[client_clipping_mod])
+server_app = build_server_app(wrap_for=client_level)
