@@ -1,7 +1,9 @@
 """Find or make a study's data: a prepared store (optionally a synthesized twin) and its partition.
 
-A synthesized twin is cached by its parameters (``<cache>/twin-p<patients>-s<sites>-seed<seed>-
-fs<fs>/store``), so repeated studies and ``flwr run .`` reuse it instead of synthesizing again.
+A synthesized twin is cached by the generator's version and its parameters
+(``<cache>/twin-v<version>-p<patients>-s<sites>-seed<seed>-fs<fs>/store``), so repeated
+studies and ``flwr run .`` reuse it instead of synthesizing again, and a changed generator
+never reuses an old twin.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fedecg.config.data import PrepareConfig, WaveformConfig
 from fedecg.config.federated import DataSourceConfig, PartitionConfig, SimulationConfig
 from fedecg.data.prepare import MimicInput, prepare_store
 from fedecg.data.store import SiteStore
-from fedecg.data.synth import generate_twin
+from fedecg.data.synth import SYNTH_VERSION, generate_twin
 from fedecg.federated.orchestration import RunPlan
 from fedecg.federated.partition import load_partition, partition_store, write_partition
 
@@ -40,7 +42,8 @@ def ensure_store(data: DataSourceConfig) -> Path:
         return Path(data.store)
     assert data.synthesize is not None  # guaranteed by DataSourceConfig's validator
     twin = data.synthesize
-    folder = cache_dir(data) / f"twin-p{twin.patients}-s{twin.sites}-seed{twin.seed}-fs{twin.fs:g}"
+    name = f"twin-v{SYNTH_VERSION}-p{twin.patients}-s{twin.sites}-seed{twin.seed}-fs{twin.fs:g}"
+    folder = cache_dir(data) / name
     store = folder / "store"
     if (store / "manifest.json").is_file():
         return store
