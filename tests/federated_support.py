@@ -11,14 +11,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedecg.config.data import PrepareConfig
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
 from fedecg.data.labs import DEFAULT_LAB_PANEL
+from fedecg.data.prepare import schema_manifest
 from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
 
 DX = ["atrial_fibrillation", "heart_failure", "ckd"]
 LABS = DEFAULT_LAB_PANEL[:2]  # potassium high/low, sodium high/low
 LAB_LABELS = [name for lab in LABS for name in lab.label_names()]
 FEATURES = ["age", "lab_potassium", "lab_sodium", "lab_potassium_missing"]
+
+SCHEMA = PrepareConfig.model_validate({  # what a deployed study's sites prepare with
+    "cohort": {"lab_panel": [lab.model_dump(mode="json") for lab in LABS],
+               "diagnosis_labels": [d.model_dump(mode="json") for d in DEFAULT_DIAGNOSIS_LABELS
+                                    if d.name in DX]},
+    "waveform": {"fs": 100.0, "duration_s": 2.0}})
 
 TINY_TRAIN = {  # a TrainConfig small enough for tests
     "crop_samples": 100, "batch_size": 16,
@@ -30,8 +38,13 @@ TINY_TRAIN = {  # a TrainConfig small enough for tests
 
 def make_store(out: Path, n_patients: int = 40, ecgs_per_patient: int = 3, n_samples: int = 200,
                fs: float = 100.0, seed: int = 0, prevalence: tuple[float, ...] = (0.3, 0.15, 0.05),
-               site_name: str = "test-site", hospitals: int = 2) -> Path:
-    """Write a store of ``n_patients`` x ``ecgs_per_patient`` ECGs to ``out``; return ``out``."""
+               site_name: str = "test-site", hospitals: int = 2,
+               schema: PrepareConfig | None = None) -> Path:
+    """Write a store of ``n_patients`` x ``ecgs_per_patient`` ECGs to ``out``; return ``out``.
+
+    With ``schema`` the store has exactly the features and labels that ``fedecg prepare``
+    gives with those settings (``SCHEMA``: a deployed study's sites); else a smaller feature set.
+    """
     rng = np.random.default_rng(seed)
     n = n_patients * ecgs_per_patient
     patient = np.repeat(np.arange(1000, 1000 + n_patients), ecgs_per_patient)
@@ -59,9 +72,16 @@ def make_store(out: Path, n_patients: int = 40, ecgs_per_patient: int = 3, n_sam
         site_name=site_name, n_records=n, fs=fs, n_samples=n_samples, clinical_features=FEATURES,
         lab_labels=LAB_LABELS, diagnosis_labels=DX, lab_panel=list(LABS),
         diagnosis_set=[d for d in DEFAULT_DIAGNOSIS_LABELS if d.name in DX],
-        feature_window_hours=24.0, label_window_hours=6.0,
-        counts={"records": n, "patients": n_patients},
-        prevalence=label_prevalence(cohort, [f"dx_{d}" for d in DX]))
+        feature_window_hours=24.0, label_window_hours=6.0)
+    if schema is not None:
+        manifest = schema_manifest(schema, site_name)
+        n_samples, fs = manifest.n_samples, manifest.fs
+        for name in manifest.clinical_features:
+            if name not in cohort:
+                cohort[name] = rng.normal(0.0, 1.0, n)
+    manifest = manifest.model_copy(update=dict(
+        n_records=n, counts={"records": n, "patients": n_patients},
+        prevalence=label_prevalence(cohort, [f"dx_{d}" for d in DX])))
     t = np.arange(n_samples) / fs
     with StoreWriter(out, n, n_samples) as writer:
         for i in range(n):

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fedecg"
 # Lower index = lower layer. A module may import its own layer or any lower one.
 LAYERS = ["errors", "io", "config", "data", "models", "training", "federated", "privacy",
-          "explain", "report", "cli"]
+          "explain", "report", "deploy", "cli"]
 SAME_RANK = {"explain": "report"}  # explain and report sit side by side
 
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from fedecg.cli import app
 from fedecg.config.data import PrepareConfig
 from fedecg.data.leads import CANONICAL_LEADS, MIMIC_LEADS
-from fedecg.data.prepare import MimicInput, SiteInput, prepare_store
+from fedecg.data.prepare import MimicInput, SiteInput, prepare_store, schema_manifest
 from fedecg.data.store import REJECTS_FILE, SiteStore
 from fedecg.data.waveform import preprocess, read_ecg
 from fedecg.errors import FedecgError, InputFileError, RecordError, TableError
@@ -59,6 +59,11 @@ def test_mimic_layout_round_trip(tmp_path: Path, layout: str, gz: bool) -> None:
 
 def test_generic_layout_any_rate_order_case_and_units(tmp_path: Path) -> None:
     store = _prepare(tmp_path, SiteInput(make_generic_site(tmp_path)), waveform={"fs": 50})
+    # a deployed study's server checks each site against the manifest its settings fix
+    schema = schema_manifest(PrepareConfig(waveform={"fs": 50}), "study")
+    assert schema.incompatibilities(store.manifest) == []
+    assert schema_manifest(PrepareConfig(), "study").incompatibilities(store.manifest) == [
+        "fs: 100.0 vs 50.0", "n_samples: 1000 vs 500"]
     assert store.waveforms.shape == (3, 12, 500)
     wave = np.asarray(store.waveforms, dtype=np.float32)
     np.testing.assert_allclose(wave[:, :, 50:350].mean(axis=2), np.tile(OFFSETS, (3, 1)),

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fedecg.config.base import StrictModel
+from fedecg.config.data import PrepareConfig
 from fedecg.config.privacy import DPConfig
 from fedecg.config.train import TrainConfig
 
@@ -70,16 +71,24 @@ class RoundsConfig(StrictModel):
 
 
 class FederationConfig(StrictModel):
-    """How sites train together: strategy, rounds per stage, local work, personal heads."""
+    """How sites train together: strategy, rounds per stage, local work, personal heads.
+
+    Faults: a round aggregates the sites whose update arrived within ``round_timeout_s`` and
+    passed the server's checks; a site that failed, timed out or sent a malformed update is
+    logged and left out. With fewer than ``min_sites`` usable updates the run stops, resumable
+    from its last finished round. Before round 1 the server waits up to ``connect_timeout_s``
+    for every expected site to connect, then starts with those present (at least ``min_sites``).
+    """
 
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     local_epochs: int = Field(default=1, ge=1)
     local_steps: int | None = Field(default=None, ge=1, description="cap on steps per round")
     personal_heads: bool = Field(default=False, description="heads stay at each site")
-    min_sites: int = Field(default=2, ge=1, description="sites needed to start a round")
+    min_sites: int = Field(default=2, ge=1, description="usable updates a round needs")
     client_cpus: float = Field(default=1.0, gt=0, description="CPUs per virtual client (Ray)")
-    round_timeout_s: float = Field(default=3600.0, gt=0)
+    round_timeout_s: float = Field(default=3600.0, gt=0, description="wait for replies")
+    connect_timeout_s: float = Field(default=600.0, ge=0, description="wait for all sites")
 
 
 class SynthesizeConfig(StrictModel):
@@ -91,23 +100,40 @@ class SynthesizeConfig(StrictModel):
     fs: float = Field(default=100.0, gt=0)
 
 
+class DeployedSitesConfig(StrictModel):
+    """Real hospitals: each node trains on its own store (its ``data-dir``).
+
+    ``prepare`` holds the ``fedecg prepare`` settings every site used (defaults: the built-in
+    ones); the server derives the study's labels, features, rate and length from it and each
+    site's store must match them.
+    """
+
+    sites: int = Field(ge=1, description="hospitals taking part")
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+
+
 class DataSourceConfig(StrictModel):
-    """Where the study's data comes from: an existing store, or a twin synthesized first."""
+    """Where the study's data comes from: an existing store, a twin synthesized first, or the
+    hospitals' own stores (``deployed``)."""
 
     store: str | None = None
     synthesize: SynthesizeConfig | None = None
+    deployed: DeployedSitesConfig | None = None
     cache_dir: str | None = Field(default=None, description="where a synthesized twin goes")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSourceConfig:
-        if (self.store is None) == (self.synthesize is None):
-            raise ValueError("data: give exactly one of data.store (a prepared store folder) "
-                             "or data.synthesize ({patients, sites, seed})")
+        given = [self.store, self.synthesize, self.deployed]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("data: give exactly one of data.store (a prepared store folder), "
+                             "data.synthesize ({patients, sites, seed}) or data.deployed "
+                             "({sites, prepare}: the hospitals' own stores)")
         return self
 
 
 class SimulationConfig(StrictModel):
-    """A federated study on virtual sites (``fedecg simulate --config``).
+    """A federated study: on virtual sites (``fedecg simulate --config``), or on real hospitals
+    (``data.deployed``, ``fedecg server submit``).
 
     Each model of ``train.models`` is trained federated through its stages; with
     ``baselines`` also pooled and local-only; the whole study repeats for each of ``seeds``.
@@ -122,9 +148,17 @@ class SimulationConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     baselines: bool = False
 
+    @property
+    def num_sites(self) -> int:
+        """Sites of the study: ``data.deployed.sites`` in deployment, else the partition's."""
+        if self.data.deployed is not None:
+            return self.data.deployed.sites
+        return self.partition.num_sites
+
     @model_validator(mode="after")
     def _enough_sites(self) -> SimulationConfig:
-        if self.federation.min_sites > self.partition.num_sites:
+        if self.federation.min_sites > self.num_sites:
+            where = "data.deployed.sites" if self.data.deployed else "partition.num_sites"
             raise ValueError(f"federation.min_sites {self.federation.min_sites} exceeds "
-                             f"partition.num_sites {self.partition.num_sites}")
+                             f"{where} {self.num_sites}")
         return self

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,30 +168,41 @@ def _write_waveforms(writer: StoreWriter, cohort: pd.DataFrame, config: PrepareC
     return keep, source_fs
 
 
+def schema_manifest(config: PrepareConfig, site_name: str, **fields: Any) -> StoreManifest:
+    """A manifest with the fields that ``config`` fixes (rate, length, features, labels,
+    windows) and ``fields`` (counts, provenance, ...).
+
+    Every store prepared with ``config`` has them; a deployed study's server, which holds no
+    data, checks each site's store against this manifest.
+    """
+    panel, labels = resolve_panel(config.cohort), resolve_diagnosis_set(config.cohort)
+    return StoreManifest(
+        site_name=site_name, fs=config.waveform.fs,
+        n_samples=config.waveform.n_samples, dtype=config.waveform.dtype,
+        clinical_features=clinical_feature_names(panel), lab_labels=panel_label_names(panel),
+        diagnosis_labels=[d.name for d in labels], lab_panel=list(panel),
+        diagnosis_set=list(labels), feature_window_hours=config.cohort.feature_window_hours,
+        label_window_hours=config.cohort.label_window_hours, **{"n_records": 0, **fields})
+
+
 def _manifest(cohort: pd.DataFrame, config: PrepareConfig, inputs: PrepareInput,
               loaded: LoadedInput, source_fs: Counter, rejects: dict[str, int]) -> StoreManifest:
-    panel, labels = resolve_panel(config.cohort), resolve_diagnosis_set(config.cohort)
-    lab_labels = panel_label_names(panel)
-    columns = [f"abn_{n}" for n in lab_labels] + [f"dx_{d.name}" for d in labels]
     counts = {"records": len(cohort), "patients": int(cohort["subject_id"].nunique()),
               "stays": int(cohort["stay_id"].nunique()), "ecgs_listed": len(loaded.ecgs),
               **{f"split_{s}": int((cohort["split"] == s).sum()) for s in ("train", "val", "test")},
               **{f"rejected_{k}": v for k, v in rejects.items()}}
-    return StoreManifest(
-        site_name=config.site_name or inputs.name, n_records=len(cohort), fs=config.waveform.fs,
-        n_samples=config.waveform.n_samples, dtype=config.waveform.dtype,
-        clinical_features=clinical_feature_names(panel), lab_labels=lab_labels,
-        diagnosis_labels=[d.name for d in labels], lab_panel=list(panel),
-        diagnosis_set=list(labels), feature_window_hours=config.cohort.feature_window_hours,
-        label_window_hours=config.cohort.label_window_hours,
+    manifest = schema_manifest(
+        config, config.site_name or inputs.name, n_records=len(cohort),
         preprocessing={"nan": "linear interpolation per lead", "resample":
                        "scipy.signal.resample_poly", "clip_mv": config.waveform.clip_mv,
                        "length": "trimmed or zero-padded at the end",
                        "duration_s": config.waveform.duration_s, "source_fs": dict(source_fs)},
         provenance={"layout": loaded.layout, "inputs": {k: str(v) for k, v in vars(inputs)
                     .items()}, "tables": loaded.tables.sources, "fedecg_version": __version__,
-                    "config": config.model_dump(mode="json")},
-        counts=counts, prevalence=label_prevalence(cohort, columns))
+                    "config": config.model_dump(mode="json")}, counts=counts)
+    manifest.prevalence = label_prevalence(cohort, manifest.lab_label_columns
+                                           + manifest.diagnosis_columns)
+    return manifest
 
 
 def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,

@@ -1,7 +1,9 @@
 """The ClientApp: a site trains and evaluates the stage the server asks for.
 
-A site finds its data from ``node_config``: ``data-dir`` (a prepared store, in deployment) or
-``partition-id`` (a virtual site of the run's partitioned store, in simulation). It checks its
+A site finds its data from ``node_config``: ``data-dir`` (a prepared store, in deployment; with
+optional ``site-name``, ``site-index`` and ``state-dir``, where the site keeps its model between
+rounds, per study) or ``partition-id`` (a virtual site of the run's partitioned store, in
+simulation). It checks its
 store against the run's reference manifest on every message, so a site with other labels, leads
 or rate is rejected at the first round with the mismatch named. Its whole model lives in
 ``context.state`` between rounds (personal heads never leave it); in simulation it is also saved
@@ -25,7 +27,8 @@ from flwr.clientapp.typing import Mod
 from fedecg.data.store import SiteStore
 from fedecg.errors import FedecgError, FederationError
 from fedecg.federated import keys
-from fedecg.federated.checkpoint import latest_site_state, save_site_state
+from fedecg.federated.checkpoint import fingerprint, latest_site_state, save_site_state
+from fedecg.federated.final_report import site_final_metrics
 from fedecg.federated.orchestration import RunPlan, round_offsets, stages_for
 from fedecg.federated.params import load_arrays, plain_state, to_arrays
 from fedecg.federated.partition import load_partition, site_view
@@ -52,7 +55,7 @@ _SITES: dict[tuple[str, ...], Site] = {}
 def open_site(plan: RunPlan, node_config: dict) -> Site:
     """The site this node serves, checked against the run's reference manifest."""
     if keys.NODE_DATA_DIR in node_config:
-        key = ("dir", str(node_config[keys.NODE_DATA_DIR]))
+        key = ("dir", str(node_config[keys.NODE_DATA_DIR]), plan.out)
     elif keys.NODE_PARTITION_ID in node_config:
         key = ("partition", str(plan.store), str(plan.partition),
                str(node_config[keys.NODE_PARTITION_ID]))
@@ -64,18 +67,20 @@ def open_site(plan: RunPlan, node_config: dict) -> Site:
     site = _SITES[key]
     problems = plan.manifest.incompatibilities(site.data.manifest)
     if problems:
-        raise FederationError(f"site {site.name}: its store does not match the run's "
-                              f"({'; '.join(problems)}); prepare it with the run's labels, "
-                              "lead order and sampling rate")
+        raise FederationError(f"site {site.name}: its store does not match the study "
+                              f"({'; '.join(problems)}); prepare it again with the study's "
+                              "prepare settings (labels, lab panel, sampling rate, duration)")
     return site
 
 
 def _open(plan: RunPlan, node_config: dict) -> Site:
     if keys.NODE_DATA_DIR in node_config:
         store = SiteStore.open(Path(str(node_config[keys.NODE_DATA_DIR])))
-        state_dir = node_config.get(keys.NODE_STATE_DIR)
-        return Site(store.manifest.site_name, int(node_config.get(keys.NODE_SITE_INDEX, 0)),
-                    TrainingData([store]), Path(str(state_dir)) if state_dir else None)
+        name = str(node_config.get(keys.NODE_SITE_NAME) or store.manifest.site_name)
+        state = node_config.get(keys.NODE_STATE_DIR)
+        run_state = Path(str(state)) / fingerprint(plan.to_json()) if state else None
+        return Site(name, int(node_config.get(keys.NODE_SITE_INDEX, 0)),
+                    TrainingData([store]), run_state)
     index = int(node_config[keys.NODE_PARTITION_ID])
     if plan.store is None or plan.partition is None:
         raise FederationError("simulation site: the run plan names no store/partition")
@@ -179,20 +184,31 @@ def handle_train(message: Message, context: Context,
 
 def handle_evaluate(message: Message, context: Context,
                     privacy_for: PrivacyFor | None = None) -> Message:
-    """Score the global model (with this site's personal layers) on the site's test split."""
+    """Score the global model (with this site's personal layers) on the site's test split.
+
+    After the last round (``final`` in the config) the site sends its full test metrics with
+    CIs and the naive baseline's (``site_final_metrics``), for a server that holds no data.
+    """
     torch.set_num_threads(1)
-    plan = RunPlan.from_json(str(message.content[keys.CONFIG][keys.RUN_PLAN]))
+    config = message.content[keys.CONFIG]
+    plan = RunPlan.from_json(str(config[keys.RUN_PLAN]))
     site = open_site(plan, context.node_config)
     try:
+        final = bool(config.get(keys.FINAL, 0))
         index, _, global_round = _round(message, plan)
-        stage = stages_for(plan)[index]
+        stages = stages_for(plan)
         model = site_model(plan, site, context, global_round + 1)
         hook = privacy_for(plan, site, context, global_round + 1) if privacy_for else None
         if hook is not None:
             hook.prepare_model(model)
-        load_arrays(model, message.content[keys.ARRAYS], expected=stage.shared_keys(model),
+        expected = ({k for stage in stages for k in stage.shared_keys(model)} if final
+                    else stages[index].shared_keys(model))
+        load_arrays(model, message.content[keys.ARRAYS], expected=expected,
                     where="received parameters")
-        metrics = local_evaluate(model, stage, site.data, plan.config.train, split="test")
+        if final:
+            return _reply(message, site, site_final_metrics(model, site.data, plan.config.train))
+        metrics = local_evaluate(model, stages[index], site.data, plan.config.train,
+                                 split="test")
         return _reply(message, site, metrics)
     except FedecgError as exc:
         raise FederationError(f"site {site.name}: {exc}") from exc

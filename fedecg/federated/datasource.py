@@ -1,4 +1,5 @@
-"""Find or make a study's data: a prepared store (optionally a synthesized twin) and its partition.
+"""Find or make a study's data and plans: a prepared store (optionally a synthesized twin) and
+its partition, or the hospitals' own stores; and the plans of a ``flwr run`` from its run config.
 
 A synthesized twin is cached by the generator's version and its parameters
 (``<cache>/twin-v<version>-p<patients>-s<sites>-seed<seed>-fs<fs>/store``), so repeated
@@ -17,9 +18,11 @@ import fedecg
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
 from fedecg.config.data import PrepareConfig, WaveformConfig
 from fedecg.config.federated import DataSourceConfig, PartitionConfig, SimulationConfig
-from fedecg.data.prepare import MimicInput, prepare_store
+from fedecg.config.train import MODEL_NAMES
+from fedecg.data.prepare import MimicInput, prepare_store, schema_manifest
 from fedecg.data.store import SiteStore
 from fedecg.data.synth import SYNTH_VERSION, generate_twin
+from fedecg.errors import ConfigError
 from fedecg.federated.orchestration import RunPlan
 from fedecg.federated.partition import load_partition, partition_store, write_partition
 
@@ -40,7 +43,9 @@ def ensure_store(data: DataSourceConfig) -> Path:
     """The store to study: ``data.store``, or the cached twin (synthesized and prepared once)."""
     if data.store is not None:
         return Path(data.store)
-    assert data.synthesize is not None  # guaranteed by DataSourceConfig's validator
+    if data.synthesize is None:
+        raise ConfigError("data.deployed: the hospitals hold the data; a simulation needs "
+                          "data.store or data.synthesize")
     twin = data.synthesize
     name = f"twin-v{SYNTH_VERSION}-p{twin.patients}-s{twin.sites}-seed{twin.seed}-fs{twin.fs:g}"
     folder = cache_dir(data) / name
@@ -69,9 +74,17 @@ def ensure_partition(store: Path, config: PartitionConfig, out: Path) -> Path:
     return folder
 
 
-def make_plan(config: SimulationConfig, model: str, out: Path, store: Path,
-              partition: Path) -> RunPlan:
-    """The plan of one model's federated run over a partitioned store."""
+def make_plan(config: SimulationConfig, model: str, out: Path, store: Path | None = None,
+              partition: Path | None = None) -> RunPlan:
+    """The plan of one model's federated run: over a partitioned store (simulation), or over
+    the hospitals' own stores (``data.deployed``: the manifest comes from their prepare
+    settings, and each site checks its store against it)."""
+    if config.data.deployed is not None:
+        manifest = schema_manifest(config.data.deployed.prepare, "study", created_at="")
+        return RunPlan(config=config, model=model, manifest=manifest,
+                       out=str(Path(out).resolve()))
+    if store is None or partition is None:
+        raise ConfigError("a simulated study needs a store and its partition")
     manifest = SiteStore.open(store).manifest
     return RunPlan(config=config, model=model, manifest=manifest, out=str(Path(out).resolve()),
                    store=str(Path(store).resolve()), partition=str(Path(partition).resolve()))
@@ -85,18 +98,40 @@ def app_path(path: str) -> Path:
     return Path(fedecg.__file__).resolve().parents[1] / candidate
 
 
-def plan_from_run_config(run_config: dict[str, Any], run_id: int = 0) -> RunPlan:
-    """The plan of a ``flwr run .``: keys ``config`` (YAML, optional), ``set`` (``;``-separated
-    overrides), ``model`` and ``out``; data is made or found as the config says."""
+def study_from_run_config(run_config: dict[str, Any]) -> SimulationConfig:
+    """The study of a ``flwr run``: run-config keys ``config`` (YAML, optional) and ``set``
+    (``;``-separated overrides)."""
     path = str(run_config.get("config", "") or "")
     data = read_yaml(app_path(path)) if path else {}
     overrides = [part.strip() for part in str(run_config.get("set", "")).split(";")
                  if part.strip()]
-    config = validate_config(SimulationConfig, apply_overrides(data, overrides),
-                             path or "run config")
-    out = Path(str(run_config.get("out", "") or
-                   cache_dir(config.data) / "flwr-runs" / f"run-{run_id}"))
-    model = str(run_config.get("model", "transfer"))
-    store = ensure_store(config.data)
-    partition = ensure_partition(store, config.partition, out)
-    return make_plan(config, model, out / model, store, partition)
+    return validate_config(SimulationConfig, apply_overrides(data, overrides),
+                           path or "run config")
+
+
+def study_out(run_config: dict[str, Any], config: SimulationConfig, run_id: int = 0) -> Path:
+    """The study folder: run-config ``out``, else ``<cache>/flwr-runs/run-<id>``."""
+    out = str(run_config.get("out", "") or "")
+    return Path(out) if out else cache_dir(config.data) / "flwr-runs" / f"run-{run_id}"
+
+
+def run_models(run_config: dict[str, Any], config: SimulationConfig) -> list[str]:
+    """Run-config ``model`` (comma-separated names; empty: every model of ``train.models``)."""
+    names = [n.strip() for n in str(run_config.get("model", "") or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown:
+        raise ConfigError(f"run config model {unknown}: expected names among {MODEL_NAMES}, "
+                          "comma-separated, or empty for every model of train.models")
+    return names or list(config.train.models)
+
+
+def seed_plans(config: SimulationConfig, out: Path, models: list[str]) -> list[RunPlan]:
+    """One plan per model for ``config``'s seed (``train.seed``), in ``out/seed-<s>/<model>/
+    federated`` as ``fedecg simulate`` lays them out; simulated data is made or found first."""
+    store = partition = None
+    if config.data.deployed is None:
+        store = ensure_store(config.data)
+        partition = ensure_partition(store, config.partition, out)
+    folder = Path(out) / f"seed-{config.train.seed}"
+    return [make_plan(config, name, folder / name / "federated", store, partition)
+            for name in models]

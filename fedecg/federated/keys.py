@@ -17,12 +17,14 @@ SERVER_ROUND = "server-round"  # set by Flower's strategies: the round within th
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 STAGE_INDEX = "stage-index"
 RUN_PLAN = "run-plan"  # JSON of the whole run plan (config, model, reference manifest)
+FINAL = "final"  # in an evaluate message after the last round: send the full test metrics
 
 # node_config of a site (deployment: data-dir; simulation: Flower sets partition-id).
 NODE_DATA_DIR = "data-dir"
 NODE_STATE_DIR = "state-dir"
 NODE_PARTITION_ID = "partition-id"
 NODE_SITE_INDEX = "site-index"
+NODE_SITE_NAME = "site-name"
 
 # Site → server (ConfigRecord SITE).
 SITE_NAME = "name"

@@ -28,6 +28,7 @@ from fedecg.config.base import StrictModel
 from fedecg.config.federated import SimulationConfig
 from fedecg.config.train import ModelName
 from fedecg.data.store import StoreManifest
+from fedecg.errors import FederationError
 from fedecg.federated import keys
 from fedecg.federated.checkpoint import (
     Checkpoint,
@@ -37,7 +38,7 @@ from fedecg.federated.checkpoint import (
     save_checkpoint,
 )
 from fedecg.federated.params import plain_state, to_arrays, to_state
-from fedecg.federated.strategies import StageRounds, make_strategy
+from fedecg.federated.strategies import DROPOUT, REJECTED, StageRounds, make_strategy
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
 from fedecg.training.runner import build_model
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 Progress = Callable[[dict[str, Any]], None]
+SITE_EVENTS = (DROPOUT, REJECTED)
 
 
 class RunPlan(StrictModel):
@@ -145,34 +147,78 @@ def _serve(grid: Grid, plan: RunPlan, progress: Progress | None,
     stages = stages_for(plan)
     saved = load_checkpoint(out, stamp)
     run = Checkpoint(Position(), plain_state(model), stamp) if saved is None else saved
+    if not run.position.done:
+        await_sites(grid, plan)
     offsets = round_offsets(plan, stages)
-    for index, stage in enumerate(stages):
-        rounds = plan.config.federation.rounds.of(stage.name)
-        done = run.position.stage_round if index == run.position.stage_index else 0
-        if index < run.position.stage_index or done >= rounds:
-            continue
-        _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index], progress,
-                   wrap)
+    known: dict[int, tuple[int, str]] = {}  # node id -> the site it named, across stages
+    try:
+        for index, stage in enumerate(stages):
+            rounds = plan.config.federation.rounds.of(stage.name)
+            done = run.position.stage_round if index == run.position.stage_index else 0
+            if index < run.position.stage_index or done >= rounds:
+                continue
+            _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index],
+                       progress, wrap, known)
+    except BaseException:
+        _keep_events(out, run)
+        raise
     run.position = dataclasses.replace(run.position, done=True)
     save_checkpoint(out, run)
 
 
+def _keep_events(out: Path, run: Checkpoint) -> None:
+    """Add the site events of an unfinished round to the last checkpoint (and metrics.jsonl),
+    so the dropouts that stopped a run stay on record when it resumes; the round's other
+    lines are dropped, since the resumed run trains that round again."""
+    saved = load_checkpoint(out, run.fingerprint)
+    kept = saved.history if saved is not None else []
+    events = [line for line in run.history[len(kept):] if line["kind"] in SITE_EVENTS]
+    if not events:
+        return
+    last = saved or dataclasses.replace(run, history=[])
+    last.history = kept + events
+    save_checkpoint(out, last)
+    write_metrics(out, last.history)
+
+
+def await_sites(grid: Grid, plan: RunPlan) -> int:
+    """Wait up to ``connect_timeout_s`` for every expected site; return how many came.
+
+    Fewer than ``min_sites`` after the wait stops the run with the count.
+    """
+    federation = plan.config.federation
+    expected, needed = plan.config.num_sites, federation.min_sites
+    deadline = time.monotonic() + federation.connect_timeout_s
+    while (online := len(list(grid.get_node_ids()))) < expected:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    if online < needed:
+        raise FederationError(
+            f"{online} of {expected} site(s) connected within federation.connect_timeout_s="
+            f"{federation.connect_timeout_s:g} s, fewer than federation.min_sites={needed}; "
+            "start the missing sites' nodes (`fedecg node start`) and submit again")
+    if online < expected:
+        log.warning("starting with %d of %d expected sites", online, expected)
+    return online
+
+
 def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Stage,
                model: JointModel, run: Checkpoint, offset: int, progress: Progress | None,
-               wrap: StrategyWrap | None = None) -> None:
+               wrap: StrategyWrap | None, known: dict[int, tuple[int, str]]) -> None:
     out = Path(plan.out)
     federation = plan.config.federation
     rounds = federation.rounds.of(stage.name)
     done = run.position.stage_round if index == run.position.stage_index else 0
 
-    def record(kind: str, stage_round: int, site_index: int, site: str,
+    def record(kind: str, stage_round: int, site_index: int | None, site: str,
                metrics: dict[str, Any]) -> None:
         run.history.append(_line(plan.model, stage.name, offset + stage_round, stage_round,
                                  kind, site_index, site, metrics))
 
-    strategy = make_strategy(federation.strategy, plan.config.partition.num_sites,
-                             federation.min_sites)
-    wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, done, record)
+    strategy = make_strategy(federation.strategy, plan.config.num_sites, federation.min_sites)
+    wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, done, record,
+                          federation.min_sites, federation.round_timeout_s, known)
     if done > 0:
         wrapper.load_state(run.strategy_state)
 
@@ -203,7 +249,7 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
 
 
 def _line(model: str, stage: str, global_round: int, stage_round: int, kind: str,
-          site_index: int, site: str, metrics: dict[str, Any]) -> dict[str, Any]:
+          site_index: int | None, site: str, metrics: dict[str, Any]) -> dict[str, Any]:
     clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
              for k, v in metrics.items()}
     return {"model": model, "stage": stage, "round": global_round, "stage_round": stage_round,
@@ -213,7 +259,7 @@ def _line(model: str, stage: str, global_round: int, stage_round: int, kind: str
 def _weighted(history: list[dict[str, Any]], global_round: int) -> list[dict[str, Any]]:
     """Example-weighted means over the sites of one round's evaluation (site ``all``)."""
     lines = [h for h in history if h["round"] == global_round and h["kind"] == "evaluate"
-             and h["site_index"] >= 0]
+             and h["site"] != "all"]
     if not lines:
         return []
     merged: dict[str, Any] = {keys.NUM_EXAMPLES: sum(h[keys.NUM_EXAMPLES] for h in lines)}

@@ -36,7 +36,7 @@ from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.server_app import WrapFor
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
-from fedecg.training.pipeline import export_model, naive_results
+from fedecg.training.pipeline import data_summary, export_model, naive_results
 from fedecg.training.runner import MetricsLog, TrainingData, fit_model
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
     for key, value in {**FLOWER_ENV, "FLWR_HOME": str(Path(plan.out) / ".flwr")}.items():
         os.environ.setdefault(key, value)
     federation = plan.config.federation
-    sites = plan.config.partition.num_sites
+    sites = plan.config.num_sites
     backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
                "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
                              "include_dashboard": False,
@@ -225,14 +225,14 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
         per_seed[seed] = result
         if seed == config.seeds[0]:
             name = "transfer" if "transfer" in exports else next(iter(exports))
-            export_model(out, name, exports[name], sites, seeded.train,
-                         result["federated"][name])
+            export_model(out, name, exports[name], sites.manifest, data_summary(sites),
+                         seeded.train, result["federated"][name])
     summary = combine_seeds(per_seed)
     summary.update(seeds=config.seeds, model_names=list(config.train.models),
                    partition=_partition_summary(partition_dir, store),
                    by_seed={str(k): v for k, v in per_seed.items()} if len(per_seed) > 1 else {},
                    models=report_models(summary))
-    _collect_metrics(out, config)
+    collect_metrics(out, config)
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
 
@@ -278,7 +278,7 @@ def _partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
                                **s.split_counts} for s in partition.sites}}
 
 
-def _collect_metrics(out: Path, config: SimulationConfig) -> None:
+def collect_metrics(out: Path, config: SimulationConfig) -> None:
     """RUN/metrics.jsonl: every federated run's lines, with its seed."""
     lines = []
     for seed in config.seeds:

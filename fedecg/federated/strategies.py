@@ -4,7 +4,13 @@
 example-weighted by ``num-examples``. ``StageRounds`` wraps any of them, the way Flower's DP
 strategies wrap a strategy, and adds what a fedecg run needs on top:
 
-* a failed site stops the run with the site's reason (Flower would silently drop it);
+* every reply is screened before aggregation (``screen_update``): a site that failed or did
+  not reply within the round's timeout is a *dropout*, a site whose update has other keys or
+  shapes than the global model, or NaN/Inf values, is *rejected*; each is logged with its node
+  id and handed to ``on_site_metrics`` as an event, and the round goes on with the rest. With
+  fewer than ``min_sites`` usable updates the run stops with every site's reason;
+* a round waits (up to its timeout) for ``min_sites`` connected sites instead of Flower's
+  endless wait, and fails with the count when they do not come;
 * replies are ordered by site before aggregation, so sums run in one order and resuming gives
   the same numbers;
 * each site's train/evaluate metrics are handed to ``on_site_metrics``;
@@ -15,11 +21,14 @@ strategies wrap a strategy, and adds what a fedecg run needs on top:
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
@@ -29,9 +38,14 @@ from fedecg.errors import FederationError
 from fedecg.federated import keys
 from fedecg.federated.params import record_bytes
 
-SiteMetrics = Callable[[str, int, int, str, dict[str, Any]], None]
-"""``(kind, stage round, site index, site name, metrics)``, kind ``train`` or ``evaluate``."""
+log = logging.getLogger(__name__)
+
+SiteMetrics = Callable[[str, int, int | None, str, dict[str, Any]], None]
+"""``(kind, round, site index, site name, metrics)``: kind ``train`` or ``evaluate`` (a site's
+metrics), or ``dropout`` / ``rejected`` (an event: ``node_id``, ``phase``, ``reason``)."""
 OPT_STATE = ("current_arrays", "m_t", "v_t")
+DROPOUT, REJECTED = "dropout", "rejected"
+_FLOWER_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
 
 
 def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Strategy:
@@ -39,7 +53,7 @@ def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Str
     common: dict[str, Any] = dict(
         fraction_train=config.fraction_train, fraction_evaluate=1.0,
         min_train_nodes=min_sites, min_evaluate_nodes=min_sites,
-        min_available_nodes=num_sites, weighted_by_key=keys.NUM_EXAMPLES,
+        min_available_nodes=min(min_sites, num_sites), weighted_by_key=keys.NUM_EXAMPLES,
         arrayrecord_key=keys.ARRAYS, configrecord_key=keys.CONFIG)
     if config.name == "fedprox":
         return FedProx(**common, proximal_mu=config.proximal_mu)
@@ -50,14 +64,64 @@ def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Str
     return FedAvg(**common)
 
 
-class StageRounds(Strategy):
-    """Wrap ``inner`` for one stage: round offset, strict failures, per-site metrics."""
+def error_reason(error: Error) -> str:
+    """A site's error in one line: ``FederationError: site b: ...`` from Flower's wrapping."""
+    text = str(error.reason or f"error code {error.code}")
+    match = _FLOWER_REASON.match(text.strip())
+    return f"{match.group(1)}: {match.group(2)}" if match else text
 
-    def __init__(self, inner: Strategy, offset: int, on_site_metrics: SiteMetrics) -> None:
+
+def screen_update(reply: Message, sent: ArrayRecord) -> str | None:
+    """Why a train reply cannot be aggregated (None when it can).
+
+    The update must carry the site record, a finite non-negative ``num-examples``, and exactly
+    the keys and shapes of ``sent`` (the global arrays of the round) with finite values.
+    """
+    content = reply.content
+    if keys.SITE not in content.config_records:
+        return "the reply names no site"
+    examples = content.metric_records.get(keys.METRICS, {}).get(keys.NUM_EXAMPLES)
+    if not isinstance(examples, int | float) or not np.isfinite(examples) or examples < 0:
+        return f"{keys.NUM_EXAMPLES} is {examples!r}, expected a finite count >= 0"
+    if keys.ARRAYS not in content.array_records:
+        return "the reply carries no parameters"
+    arrays = content.array_records[keys.ARRAYS]
+    missing, extra = sorted(set(sent) - set(arrays)), sorted(set(arrays) - set(sent))
+    if missing or extra:
+        return f"parameter keys differ from the global model: missing {missing[:4]} " \
+               f"({len(missing)}), unexpected {extra[:4]} ({len(extra)})"
+    for key, array in arrays.items():
+        if tuple(array.shape) != tuple(sent[key].shape):
+            return f"parameter {key!r} has shape {tuple(array.shape)}, the global model " \
+                   f"{tuple(sent[key].shape)}"
+        values = array.numpy()
+        if not np.issubdtype(values.dtype, np.number):
+            return f"parameter {key!r} has dtype {values.dtype}, expected numbers"
+        bad = int(values.size - np.isfinite(values).sum())
+        if bad:
+            return f"parameter {key!r} has {bad} non-finite value(s) (NaN/Inf)"
+    return None
+
+
+class StageRounds(Strategy):
+    """Wrap ``inner`` for one stage: round offset, screened replies, per-site metrics.
+
+    ``min_sites`` usable updates make a round; ``timeout`` (the round's reply timeout) also
+    bounds the wait for connected sites.
+    """
+
+    def __init__(self, inner: Strategy, offset: int, on_site_metrics: SiteMetrics,
+                 min_sites: int = 1, timeout: float = 3600.0,
+                 known: dict[int, tuple[int, str]] | None = None) -> None:
         self.inner = inner
         self.offset = offset
         self.on_site_metrics = on_site_metrics
+        self.min_sites = min_sites
+        self.timeout = timeout
         self.bytes_down = 0
+        self.sent = ArrayRecord()
+        self.asked: list[int] = []
+        self.known = {} if known is None else known  # node id -> (site index, site name)
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
@@ -66,12 +130,15 @@ class StageRounds(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Let the wrapped strategy configure round ``offset + server_round``."""
+        self._await_sites(grid, "train", server_round)
         self.bytes_down = record_bytes(arrays)
-        return self.inner.configure_train(self.offset + server_round, arrays, config, grid)
+        self.sent = arrays
+        return self._asked(self.inner.configure_train(self.offset + server_round, arrays,
+                                                      config, grid))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check and order replies, record each site's metrics, then aggregate."""
+        """Screen and order replies, record each site's metrics, then aggregate."""
         ordered = self._checked(replies, "train", server_round)
         arrays, metrics = self.inner.aggregate_train(self.offset + server_round, ordered)
         if arrays is None:
@@ -82,38 +149,88 @@ class StageRounds(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """Let the wrapped strategy configure evaluation of round ``offset + server_round``."""
-        return self.inner.configure_evaluate(self.offset + server_round, arrays, config, grid)
+        self._await_sites(grid, "evaluate", server_round)
+        return self._asked(self.inner.configure_evaluate(self.offset + server_round, arrays,
+                                                         config, grid))
 
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:
-        """Check and order replies, record each site's metrics, then aggregate."""
+        """Screen and order replies, record each site's metrics, then aggregate."""
         ordered = self._checked(replies, "evaluate", server_round)
         return self.inner.aggregate_evaluate(self.offset + server_round, ordered)
 
+    def _asked(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self.asked = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _await_sites(self, grid: Grid, kind: str, server_round: int) -> None:
+        """Wait up to ``timeout`` for ``min_sites`` connected sites (Flower waits forever)."""
+        deadline = time.monotonic() + self.timeout
+        while (online := len(list(grid.get_node_ids()))) < self.min_sites:
+            if time.monotonic() >= deadline:
+                raise FederationError(
+                    f"{kind} round {self.offset + server_round}: {online} site(s) connected "
+                    f"after {self.timeout:g} s, fewer than federation.min_sites="
+                    f"{self.min_sites}; the run stops here and resumes from its last "
+                    "finished round once enough sites are back")
+            time.sleep(1.0)
+
     def _checked(self, replies: Iterable[Message], kind: str, server_round: int) -> list[Message]:
+        stage_round = self.offset + server_round
+        usable, events = [], []
         replies = list(replies)
-        failed = [m for m in replies if m.has_error()]
-        if failed:
-            reasons = "; ".join(f"node {m.metadata.src_node_id}: {m.error.reason}"
-                                for m in failed)
-            raise FederationError(f"{kind} round {self.offset + server_round}: "
-                                  f"{len(failed)} site(s) failed: {reasons}")
-        ordered = sorted(replies, key=lambda m: int(m.content[keys.SITE][keys.SITE_INDEX]))
+        for message in replies:
+            node = message.metadata.src_node_id
+            if message.has_error():
+                events.append((DROPOUT, node, error_reason(message.error)))
+                continue
+            if keys.SITE in message.content.config_records:
+                site = message.content[keys.SITE]
+                self.known[node] = (int(site[keys.SITE_INDEX]), str(site[keys.SITE_NAME]))
+            problem = screen_update(message, self.sent) if kind == "train" else (
+                None if node in self.known else "the reply names no site")
+            if problem is not None:
+                events.append((REJECTED, node, problem))
+                continue
+            usable.append(message)
+        answered = {m.metadata.src_node_id for m in replies}
+        events += [(DROPOUT, node, f"no reply within the round timeout of {self.timeout:g} s")
+                   for node in self.asked if node not in answered]
+        for event, node, reason in events:
+            self._event(event, kind, stage_round, node, reason)
+        ordered = sorted(usable, key=lambda m: (*self.known[m.metadata.src_node_id],
+                                                m.metadata.src_node_id))
+        if kind == "train" and len(ordered) < self.min_sites:
+            reasons = "; ".join(f"{self._name(node)}: {reason}" for _, node, reason in events)
+            raise FederationError(
+                f"train round {stage_round}: {len(ordered)} usable update(s), fewer than "
+                f"federation.min_sites={self.min_sites} ({reasons or 'no site answered'}); "
+                "the run stops here and resumes from its last finished round")
         total = 0.0
         for message in ordered:
-            site = message.content[keys.SITE]
             metrics = dict(message.content[keys.METRICS])
             total += float(metrics[keys.NUM_EXAMPLES])
             if kind == "train":
                 metrics[keys.BYTES_SENT] = record_bytes(message.content[keys.ARRAYS])
                 metrics[keys.BYTES_RECEIVED] = self.bytes_down
-            self.on_site_metrics(kind, self.offset + server_round, int(site[keys.SITE_INDEX]),
-                                 str(site[keys.SITE_NAME]), metrics)
+            index, name = self.known[message.metadata.src_node_id]
+            self.on_site_metrics(kind, stage_round, index, name, metrics)
         if ordered and total <= 0:
-            raise FederationError(f"{kind} round {self.offset + server_round}: every site "
+            raise FederationError(f"{kind} round {stage_round}: every site "
                                   "reported 0 examples; the sites hold no labelled rows for "
                                   "this stage")
         return ordered
+
+    def _name(self, node: int) -> str:
+        return self.known[node][1] if node in self.known else f"node {node}"
+
+    def _event(self, event: str, kind: str, stage_round: int, node: int, reason: str) -> None:
+        index, name = self.known.get(node, (None, f"node {node}"))
+        log.warning("%s round %d: %s %s (node %d): %s", kind, stage_round, name, event,
+                    node, reason)
+        self.on_site_metrics(event, stage_round, index, name,
+                             {"node_id": node, "phase": kind, "reason": reason})
 
     def state(self) -> dict[str, Any]:
         """The server optimizer's state (FedAdam/FedYogi moments), for a checkpoint."""

@@ -4,8 +4,8 @@
   when the run's ``privacy.mode`` is ``sample`` with a finite target, and whose train messages
   pass ``client_clipping_mod`` (client-side clipping, for client-level DP);
 * ``client_level``: the server's strategy wrapper for ``privacy.mode: client`` (one
-  ``ClientLevelDP`` per run, its ledger saved beside the run's checkpoint);
-* ``server_app``: fedecg's ServerApp with ``client_level`` plugged in.
+  ``ClientLevelDP`` per run, its ledger saved beside the run's checkpoint), which the
+  ServerApps plug in (``fedecg simulate``'s and ``fedecg.deploy.apps:server_app``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from flwr.app import Context
 
 from fedecg.federated.client_app import Site, build_client_app
 from fedecg.federated.orchestration import RunPlan, StrategyWrap, stages_for
-from fedecg.federated.server_app import build_server_app
 from fedecg.privacy.client_dp import LEDGER_FILE, ClientLevelDP, client_clipping_mod
 from fedecg.privacy.site_hook import PrivateSite
 
@@ -38,10 +37,9 @@ def client_level(plan: RunPlan) -> StrategyWrap | None:
         return None
     rounds = {stage.name: plan.config.federation.rounds.of(stage.name)
               for stage in stages_for(plan)}
-    sites = plan.config.partition.num_sites
+    sites = plan.config.num_sites
     dp = ClientLevelDP.open(config, rounds, sites, Path(plan.out) / LEDGER_FILE)
     return lambda strategy: dp.wrap(strategy, sites)
 
 
 client_app = build_client_app(private_site, train_mods=[client_clipping_mod])
-server_app = build_server_app(wrap_for=client_level)

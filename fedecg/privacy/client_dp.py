@@ -114,15 +114,29 @@ class UniformWeights(Delegate):
 
 
 class Accounted(Delegate):
-    """Record each noised release in the ledger and add ε so far to the round's metrics."""
+    """Record each noised release in the ledger and add ε so far to the round's metrics.
 
-    def __init__(self, inner: Strategy, owner: ClientLevelDP) -> None:
+    The noise is calibrated for the mean of ``expected`` updates; with fewer (a site dropped
+    out or was rejected) the mean's sensitivity grows and the release would spend more than
+    the ledger records, so such a round is refused instead of aggregated.
+    """
+
+    def __init__(self, inner: Strategy, owner: ClientLevelDP, expected: int) -> None:
         super().__init__(inner)
         self.owner = owner
+        self.expected = expected
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate (clip + noise inside), then account the release."""
+        replies = list(replies)
+        usable = sum(not reply.has_error() for reply in replies)
+        if usable < self.expected:
+            raise PrivacyError(
+                f"round {server_round}: {usable} of {self.expected} sites sent a usable update; "
+                "client-level DP calibrates its noise for the mean of all sampled sites, so "
+                "aggregating fewer would spend more epsilon than accounted. The run stops "
+                "here; resume it when every site is back")
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             self.owner.record_release()
@@ -199,9 +213,10 @@ class ClientLevelDP:
         wrapper = (DifferentialPrivacyServerSideFixedClipping
                    if self.config.client.clipping == "server"
                    else DifferentialPrivacyClientSideFixedClipping)
+        sampled = sampled_sites(strategy, num_sites)
         private = wrapper(UniformWeights(strategy), self.noise_multiplier,
-                          self.config.client.clipping_norm, sampled_sites(strategy, num_sites))
-        return Accounted(private, self)
+                          self.config.client.clipping_norm, sampled)
+        return Accounted(private, self, sampled)
 
     def metrics(self) -> dict[str, float]:
         """ε spent so far, δ, σ and the number of noised releases."""

@@ -24,7 +24,7 @@ import torch
 
 from fedecg.config.base import dump_config, read_yaml, validate_config
 from fedecg.config.train import TrainConfig
-from fedecg.data.store import SiteStore
+from fedecg.data.store import SiteStore, StoreManifest
 from fedecg.errors import OutputExistsError, StoreError
 from fedecg.io import atomic_write_json
 from fedecg.models.io import ModelCard, save_inference_model
@@ -123,10 +123,17 @@ def naive_results(data: TrainingData, config: TrainConfig) -> dict[str, Any]:
     return entry
 
 
-def export_model(out: Path, name: str, model: JointModel, data: TrainingData,
-                 config: TrainConfig, results: dict[str, Any]) -> None:
-    """Write ``out/model``: the inference-only ECG classifier of ``name`` and its card."""
-    manifest = data.manifest
+def data_summary(data: TrainingData) -> dict[str, Any]:
+    """The model card's training-data summary of pooled stores."""
+    return {"stores": [s.manifest.site_name for s in data.stores],
+            "records": sum(s.manifest.n_records for s in data.stores),
+            "train_records": sum(len(s.indices("train")) for s in data.stores)}
+
+
+def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifest,
+                 summary: dict[str, Any], config: TrainConfig, results: dict[str, Any]) -> None:
+    """Write ``out/model``: the inference-only ECG classifier of ``name`` and its card
+    (``summary``: what it was trained on, e.g. ``data_summary``)."""
     keys = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
             "lab_macro_auroc_ci", "diagnosis_macro_auprc", "lab_macro_auprc", "n_test")
     card = ModelCard(
@@ -136,10 +143,7 @@ def export_model(out: Path, name: str, model: JointModel, data: TrainingData,
         lead_order=manifest.lead_order, fs=manifest.fs, crop_samples=config.crop_samples,
         eval_crops=config.eval.crops,
         preprocessing={"fs": manifest.fs, **manifest.preprocessing},
-        data_summary={"stores": [s.manifest.site_name for s in data.stores],
-                      "records": sum(s.manifest.n_records for s in data.stores),
-                      "train_records": sum(len(s.indices("train")) for s in data.stores)},
-        seed=config.seed, metrics={k: results.get(k) for k in keys})
+        data_summary=summary, seed=config.seed, metrics={k: results.get(k) for k in keys})
     save_inference_model(out / "model", model.classifier, card)
 
 
@@ -167,7 +171,8 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
                                      Path(out) / "checkpoints" / f"{name}.test.json")
         export = next((m for m in EXPORT_ORDER if m in config.models), None)
         if name == export and not exported:
-            export_model(Path(out), name, model, data, config, summary[name])
+            export_model(Path(out), name, model, data.manifest, data_summary(data), config,
+                         summary[name])
             exported = True
     summary["naive"] = naive_results(data, config)
     summary.update(seed=config.seed, models=list(config.models),
