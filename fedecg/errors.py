@@ -45,3 +45,8 @@ class PrivacyError(FedecgError, ValueError):
 
 class OutputExistsError(FedecgError, FileExistsError):
     """Raised when an output path exists and overwriting it was not asked for."""
+
+
+class DeploymentError(FedecgError, RuntimeError):
+    """Raised when a deployment step cannot go on: a certificate, node key, Flower process or
+    connection to the SuperLink that is missing, invalid or refused."""

@@ -11,7 +11,8 @@ from opacus.accountants import RDPAccountant
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import PrivacyError
 from fedecg.privacy.accounting import epsilon_of
-from fedecg.privacy.client_dp import RELEASES, ClientLevelDP, client_clipping_mod
+from fedecg.privacy.client_dp import RELEASES, ClientLevelDP
+from fedecg.privacy.clipping import client_clipping_mod
 from fedecg.privacy.sample_dp import EPSILON
 from tests.federated_support import InProcessGrid
 
@@ -123,3 +124,16 @@ def test_saved_client_ledger_continues_after_a_restart(tmp_path):
     assert again.ledger.history == [(2.0, 1.0, 2)]
     again.record_release()
     assert again.metrics()[EPSILON] == pytest.approx(hand_epsilon(2.0, 3, 0.01), rel=1e-9)
+
+
+def test_a_round_with_a_dropped_site_is_refused_not_under_accounted():
+    """Noise σ·C/m is calibrated for the mean of m sites; averaging fewer would leak more."""
+    dp = ClientLevelDP.start(config(noise=2.0), ROUNDS, SITES)
+    strategy = dp.wrap(FedAvg(fraction_evaluate=1.0, min_available_nodes=SITES), SITES)
+    grid = InProcessGrid(fake_site, [{}] * SITES)
+    messages = list(strategy.configure_train(1, weights(np.zeros(2)),
+                                             ConfigRecord({"stage-index": 0}), grid))
+    replies = grid.send_and_receive(messages[:-1])  # one site never answers
+    with pytest.raises(PrivacyError, match="3 of 4 sites sent a usable update"):
+        strategy.aggregate_train(1, replies)
+    assert dp.ledger.history == []  # nothing released, nothing spent

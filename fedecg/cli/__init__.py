@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "inference_commands",
     "federated_commands",
     "privacy_commands",
+    "deploy_commands",
 )
 
 

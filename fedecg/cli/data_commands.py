@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from fedecg.cli.common import console, friendly_errors
-from fedecg.config.base import load_config
+from fedecg.config.base import apply_overrides, load_config, validate_config
 from fedecg.config.data import PrepareConfig
+from fedecg.config.federated import SimulationConfig
 from fedecg.data.prepare import MimicInput, PrepareInput, SiteInput, prepare_store
 from fedecg.data.validate import detect_input, render_report, report_input, report_store
 from fedecg.errors import ConfigError
@@ -17,9 +18,20 @@ CONFIG_HELP = "YAML preset (see configs/prepare.yaml)."
 SET_HELP = "Override a setting, e.g. --set cohort.label_window_hours=12 (repeatable)."
 
 
-def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> PrepareConfig:
-    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    return load_config(PrepareConfig, config, [*(overrides or []), *extra])
+def _config(config: Path | None, overrides: list[str] | None, study: Path | None = None,
+            **flags: object) -> PrepareConfig:
+    extra = [*(overrides or []),
+             *(f"{key}={value}" for key, value in flags.items() if value is not None)]
+    if study is None:
+        return load_config(PrepareConfig, config, extra)
+    if config is not None:
+        raise ConfigError("give --config or --study, not both")
+    deployed = load_config(SimulationConfig, study, []).data.deployed
+    if deployed is None:
+        raise ConfigError(f"{study}: no data.deployed section, so it names no prepare settings "
+                          "for the hospitals; pass --config instead")
+    return validate_config(PrepareConfig, apply_overrides(deployed.prepare.model_dump(
+        mode="json"), extra), f"{study}: data.deployed.prepare")
 
 
 def _inputs(ecg_root: Path | None, mimic_root: Path | None, site_dir: Path | None
@@ -42,6 +54,8 @@ def prepare(
     mimic_root: Path | None = typer.Option(None, help="MIMIC-IV folder holding hosp/ (and ed/)."),
     site_dir: Path | None = typer.Option(None, help="Generic site folder (client/README.md)."),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    study: Path | None = typer.Option(None, "--study", help="A deployed study's YAML: prepare "
+                                      "with its data.deployed.prepare settings."),
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     on_error: str | None = typer.Option(None, help="raise | skip (skip lists rejects.csv)."),
     workers: int | None = typer.Option(None, help="Waveform processes."),
@@ -49,7 +63,7 @@ def prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
 ) -> None:
     """Convert a site's ECGs and clinical tables into a site store."""
-    settings = _config(config, overrides, on_error=on_error, workers=workers)
+    settings = _config(config, overrides, study, on_error=on_error, workers=workers)
     if site_name is not None:
         settings.site_name = site_name
     result = prepare_store(_inputs(ecg_root, mimic_root, site_dir), out, settings,

@@ -100,9 +100,9 @@ def _report(run_dir: Path) -> None:
         console.print(f"[yellow]report not written:[/] {exc}", highlight=False)
 
 
-def results_table(summary: dict) -> Table:
+def results_table(summary: dict, title: str = "test macro AUROC (pooled test split)") -> Table:
     """Diagnosis/lab macro AUROC of each model: federated, pooled, mean local-only."""
-    table = Table(title="test macro AUROC (pooled test split)")
+    table = Table(title=title)
     for name in ("model", "federated dx", "pooled dx", "local-only dx", "federated lab"):
         table.add_column(name)
     for model, entry in summary["federated"].items():

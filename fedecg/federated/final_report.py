@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -30,7 +30,7 @@ from fedecg.federated import keys
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.orchestration import RunPlan, initial_model, stages_for, write_metrics
 from fedecg.federated.params import to_arrays
-from fedecg.federated.strategies import DROPOUT, error_reason
+from fedecg.federated.strategies import DROPOUT, NODE_ID, error_reason, sender
 from fedecg.models.joint import JointModel
 from fedecg.training.evaluate import TASKS, evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
@@ -116,12 +116,12 @@ def final_evaluation(grid: Grid, plan: RunPlan) -> dict[str, dict[str, Any]]:
     model = initial_model(plan)
     shared = sorted({k for stage in stages_for(plan) for k in stage.shared_keys(model)})
     arrays = to_arrays(checkpoint.global_state, shared)
-    replies = grid.send_and_receive(_messages(grid, plan, arrays),
-                                    timeout=plan.config.federation.round_timeout_s)
+    asked = _messages(grid, plan, arrays)
+    replies = grid.send_and_receive(asked, timeout=plan.config.federation.round_timeout_s)
     sites: dict[str, dict[str, Any]] = {}
     events = []
     for reply in sorted(replies, key=_site_order):
-        node = reply.metadata.src_node_id
+        node = sender(reply, asked)
         if reply.has_error():
             events.append((node, error_reason(reply.error)))
             continue
@@ -130,23 +130,24 @@ def final_evaluation(grid: Grid, plan: RunPlan) -> dict[str, dict[str, Any]]:
         sites[str(site[keys.SITE_NAME])] = {
             **decode_entry(metrics), N_TRAIN: int(metrics.get(N_TRAIN, 0)),
             "naive": decode_entry(metrics, NAIVE_PREFIX)}
-    history = checkpoint.history + [_event(plan, checkpoint.position.global_round, node, reason)
-                                    for node, reason in events]
+    names = {line[NODE_ID]: line["site"] for line in checkpoint.history if NODE_ID in line}
+    history = checkpoint.history + [
+        _event(plan, checkpoint.position.global_round, node, names.get(node), reason)
+        for node, reason in events]
     write_metrics(out, history)
     for node, reason in events:
         log.warning("final evaluation: node %d dropped out: %s", node, reason)
     return sites
 
 
-def _messages(grid: Grid, plan: RunPlan, arrays: ArrayRecord) -> Iterable[Message]:
+def _messages(grid: Grid, plan: RunPlan, arrays: ArrayRecord) -> list[Message]:
     stages = stages_for(plan)
     last = len(stages) - 1
     config = ConfigRecord({keys.RUN_PLAN: plan.to_json(), keys.FINAL: 1, keys.STAGE_INDEX: last,
                            keys.SERVER_ROUND: plan.config.federation.rounds.of(
                                stages[last].name)})
-    for node in sorted(grid.get_node_ids()):
-        yield Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dst_node_id=node,
-                      message_type=MessageType.EVALUATE)
+    return [Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dst_node_id=node,
+                    message_type=MessageType.EVALUATE) for node in sorted(grid.get_node_ids())]
 
 
 def _site_order(reply: Message) -> tuple[int, str, int]:
@@ -156,9 +157,10 @@ def _site_order(reply: Message) -> tuple[int, str, int]:
     return (int(site[keys.SITE_INDEX]), str(site[keys.SITE_NAME]), reply.metadata.src_node_id)
 
 
-def _event(plan: RunPlan, global_round: int, node: int, reason: str) -> dict[str, Any]:
+def _event(plan: RunPlan, global_round: int, node: int, site: str | None,
+           reason: str) -> dict[str, Any]:
     return {"model": plan.model, "stage": "final", "round": global_round, "stage_round": 0,
-            "kind": DROPOUT, "site_index": None, "site": f"node {node}", "node_id": node,
+            "kind": DROPOUT, "site_index": None, "site": site or f"node {node}", NODE_ID: node,
             "phase": "final evaluation", "reason": reason}
 
 

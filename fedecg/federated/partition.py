@@ -12,18 +12,10 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import pandas as pd
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    Partitioner,
-    SizePartitioner,
-)
 from pydantic import Field, ValidationError
 
 from fedecg.config.base import StrictModel
@@ -31,6 +23,9 @@ from fedecg.config.federated import PartitionConfig
 from fedecg.data.store import SPLITS, SiteStore, label_prevalence
 from fedecg.errors import ConfigError, StoreError
 from fedecg.io import atomic_write_json
+
+if TYPE_CHECKING:  # flwr-datasets (and HF datasets) load only to deal a partition: a site
+    from flwr_datasets.partitioner import Partitioner  # reading one stays light
 
 PARTITION_FILE = "partition.json"
 PARTITION_SCHEMA = 1
@@ -118,6 +113,13 @@ def _rarest_diagnosis(cohort: pd.DataFrame, patients: pd.Series, columns: list[s
 
 
 def _partitioner(config: PartitionConfig, table: pd.DataFrame) -> tuple[Partitioner, pd.DataFrame]:
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        NaturalIdPartitioner,
+        SizePartitioner,
+    )
+
     """A flwr-datasets partitioner for ``config.method`` and the (shuffled) table it splits."""
     rng = np.random.default_rng(config.seed)
     shuffled = table.iloc[rng.permutation(len(table))].reset_index(drop=True)
@@ -161,6 +163,8 @@ def _check_feasible(config: PartitionConfig, table: pd.DataFrame, source: str) -
 
 def partition_store(store: SiteStore, config: PartitionConfig) -> Partition:
     """Deal the store's patients to ``config.num_sites`` sites and describe each site."""
+    import datasets
+
     table = patient_table(store, config)
     _check_feasible(config, table, str(store.path))
     partitioner, dealt = _partitioner(config, table)
@@ -176,7 +180,7 @@ def partition_store(store: SiteStore, config: PartitionConfig) -> Partition:
             raise ConfigError(f"partition {config.method} alpha={config.alpha} over "
                               f"{len(table)} patients failed: {exc}; raise alpha or lower "
                               f"num_sites/min_patients_per_site") from None
-    if isinstance(partitioner, NaturalIdPartitioner):
+    if config.method == "natural":
         natural_ids = [str(partitioner.partition_id_to_natural_id[i])
                        for i in range(config.num_sites)]
     return _describe(store, config, table, site_patients, natural_ids)

@@ -45,6 +45,7 @@ SiteMetrics = Callable[[str, int, int | None, str, dict[str, Any]], None]
 metrics), or ``dropout`` / ``rejected`` (an event: ``node_id``, ``phase``, ``reason``)."""
 OPT_STATE = ("current_arrays", "m_t", "v_t")
 DROPOUT, REJECTED = "dropout", "rejected"
+NODE_ID = "node_id"  # every metrics line names the Flower node that sent it
 _FLOWER_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
 
 
@@ -69,6 +70,16 @@ def error_reason(error: Error) -> str:
     text = str(error.reason or f"error code {error.code}")
     match = _FLOWER_REASON.match(text.strip())
     return f"{match.group(1)}: {match.group(2)}" if match else text
+
+
+def sender(reply: Message, asked: list[Message]) -> int:
+    """The node a reply answers for: its source, or, for an error the SuperLink wrote itself
+    (a node that went offline), the destination of the message it replies to."""
+    nodes = {m.metadata.dst_node_id for m in asked}
+    if reply.metadata.src_node_id in nodes:
+        return reply.metadata.src_node_id
+    by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in asked}
+    return by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 def screen_update(reply: Message, sent: ArrayRecord) -> str | None:
@@ -120,7 +131,7 @@ class StageRounds(Strategy):
         self.timeout = timeout
         self.bytes_down = 0
         self.sent = ArrayRecord()
-        self.asked: list[int] = []
+        self.asked: list[Message] = []
         self.known = {} if known is None else known  # node id -> (site index, site name)
 
     def summary(self) -> None:
@@ -160,9 +171,8 @@ class StageRounds(Strategy):
         return self.inner.aggregate_evaluate(self.offset + server_round, ordered)
 
     def _asked(self, messages: Iterable[Message]) -> list[Message]:
-        messages = list(messages)
-        self.asked = [m.metadata.dst_node_id for m in messages]
-        return messages
+        self.asked = list(messages)
+        return self.asked
 
     def _await_sites(self, grid: Grid, kind: str, server_round: int) -> None:
         """Wait up to ``timeout`` for ``min_sites`` connected sites (Flower waits forever)."""
@@ -181,7 +191,7 @@ class StageRounds(Strategy):
         usable, events = [], []
         replies = list(replies)
         for message in replies:
-            node = message.metadata.src_node_id
+            node = sender(message, self.asked)
             if message.has_error():
                 events.append((DROPOUT, node, error_reason(message.error)))
                 continue
@@ -194,13 +204,14 @@ class StageRounds(Strategy):
                 events.append((REJECTED, node, problem))
                 continue
             usable.append(message)
-        answered = {m.metadata.src_node_id for m in replies}
+        answered = {sender(m, self.asked) for m in replies}
         events += [(DROPOUT, node, f"no reply within the round timeout of {self.timeout:g} s")
-                   for node in self.asked if node not in answered]
+                   for node in (m.metadata.dst_node_id for m in self.asked)
+                   if node not in answered]
         for event, node, reason in events:
             self._event(event, kind, stage_round, node, reason)
-        ordered = sorted(usable, key=lambda m: (*self.known[m.metadata.src_node_id],
-                                                m.metadata.src_node_id))
+        ordered = sorted(usable, key=lambda m: (*self.known[sender(m, self.asked)],
+                                                sender(m, self.asked)))
         if kind == "train" and len(ordered) < self.min_sites:
             reasons = "; ".join(f"{self._name(node)}: {reason}" for _, node, reason in events)
             raise FederationError(
@@ -214,8 +225,9 @@ class StageRounds(Strategy):
             if kind == "train":
                 metrics[keys.BYTES_SENT] = record_bytes(message.content[keys.ARRAYS])
                 metrics[keys.BYTES_RECEIVED] = self.bytes_down
-            index, name = self.known[message.metadata.src_node_id]
-            self.on_site_metrics(kind, stage_round, index, name, metrics)
+            node = sender(message, self.asked)
+            index, name = self.known[node]
+            self.on_site_metrics(kind, stage_round, index, name, {**metrics, NODE_ID: node})
         if ordered and total <= 0:
             raise FederationError(f"{kind} round {stage_round}: every site "
                                   "reported 0 examples; the sites hold no labelled rows for "
@@ -230,7 +242,7 @@ class StageRounds(Strategy):
         log.warning("%s round %d: %s %s (node %d): %s", kind, stage_round, name, event,
                     node, reason)
         self.on_site_metrics(event, stage_round, index, name,
-                             {"node_id": node, "phase": kind, "reason": reason})
+                             {NODE_ID: node, "phase": kind, "reason": reason})
 
     def state(self) -> dict[str, Any]:
         """The server optimizer's state (FedAdam/FedYogi moments), for a checkpoint."""

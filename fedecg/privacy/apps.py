@@ -11,13 +11,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import Context
 
 from fedecg.federated.client_app import Site, build_client_app
 from fedecg.federated.orchestration import RunPlan, StrategyWrap, stages_for
-from fedecg.privacy.client_dp import LEDGER_FILE, ClientLevelDP, client_clipping_mod
-from fedecg.privacy.site_hook import PrivateSite
+from fedecg.privacy.clipping import client_clipping_mod
+
+if TYPE_CHECKING:  # Opacus loads only when a run asks for DP: every site message starts a
+    from fedecg.privacy.site_hook import PrivateSite  # new process, which stays light
 
 
 def private_site(plan: RunPlan, site: Site, context: Context,
@@ -26,6 +29,8 @@ def private_site(plan: RunPlan, site: Site, context: Context,
     config = plan.config.privacy
     if config.mode != "sample" or not config.enabled:
         return None
+    from fedecg.privacy.site_hook import PrivateSite
+
     return PrivateSite.open(config, plan, site.data, site.name, context.state,
                             (site.state_dir, site.index, global_round))
 
@@ -35,6 +40,8 @@ def client_level(plan: RunPlan) -> StrategyWrap | None:
     config = plan.config.privacy
     if config.mode != "client" or not config.enabled:
         return None
+    from fedecg.privacy.client_dp import LEDGER_FILE, ClientLevelDP
+
     rounds = {stage.name: plan.config.federation.rounds.of(stage.name)
               for stage in stages_for(plan)}
     sites = plan.config.num_sites

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
-from flwr.clientapp.mod import fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
@@ -34,7 +32,6 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 from flwr.serverapp.strategy.fedopt import FedOpt
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import PrivacyError
@@ -226,16 +223,3 @@ class ClientLevelDP:
     def to_record(self) -> dict[str, Any]:
         """The ledger and σ as a flat dict (saved beside the server's checkpoint)."""
         return {**self.ledger.to_record(), "noise-multiplier": self.noise_multiplier}
-
-
-def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's ``fixedclipping_mod`` when the server asks for client-side clipping, else a no-op.
-
-    Register it on the ClientApp's train function; it acts only on messages whose config
-    carries Flower's clipping-norm key (sent by ``DifferentialPrivacyClientSideFixedClipping``).
-    """
-    asked = any(KEY_CLIPPING_NORM in record for record in msg.content.config_records.values())
-    if not asked:
-        return call_next(msg, context)
-    return fixedclipping_mod(msg, context, call_next)
-

@@ -1,0 +1,138 @@
+"""A real federation on 127.0.0.1: a SuperLink with TLS and SuperNode authentication, and
+SuperNodes over their own site stores, all real processes started and stopped by PID.
+
+One study runs across three admitted hospitals. One of them sends NaN updates (the test app's
+``faulty_client``), which the server rejects, and is killed (SIGKILL) right after sending its
+first one; the study completes with the other two, its report shows the rejection and the
+dropout, and the global model stays finite. Meanwhile a node whose key is not registered is
+refused, and a node without the CA certificate cannot connect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from federated_support import SCHEMA, TINY_TRAIN, make_store
+
+from fedecg.deploy.node_keys import create_node_keys
+from fedecg.deploy.submit import submit_study
+from fedecg.deploy.superlink import init_server, register_node, start_superlink, stop_superlink
+from fedecg.deploy.supernode import NodeKit, start_supernode, stop_supernode
+from fedecg.errors import DeploymentError
+from fedecg.federated.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+APP = Path(__file__).parent / "deploy_app"
+HOSPITALS = ["hospital-a", "hospital-b", "hospital-nan"]
+KILLED = "hospital-nan"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """The center's kit with a running SuperLink, and three admitted hospital nodes."""
+    root = tmp_path_factory.mktemp("federation")
+    kit = init_server(root / "center", ["127.0.0.1", "localhost"])
+    address = f"127.0.0.1:{free_port()}"
+    nodes: dict[str, NodeKit] = {}
+    try:
+        start_superlink(kit, address)
+        for index, name in enumerate(HOSPITALS):
+            node = NodeKit(root / name)
+            register_node(kit, create_node_keys(node.folder), name=name)
+            store = make_store(root / f"{name}-store", n_patients=24, seed=20 + index,
+                               site_name=name, schema=SCHEMA)
+            start_supernode(node, address, kit.ca, store, port=free_port())
+            nodes[name] = node
+        yield kit, address, nodes, root
+    finally:
+        for node in nodes.values():
+            stop_supernode(node)
+        stop_superlink(kit)
+
+
+def test_an_unregistered_node_is_refused(federation):
+    kit, address, _, root = federation
+    stranger = NodeKit(root / "stranger")
+    create_node_keys(stranger.folder)
+    store = make_store(root / "stranger-store", n_patients=6, site_name="stranger",
+                       schema=SCHEMA)
+    with pytest.raises(DeploymentError, match="does not know this node's public key"):
+        start_supernode(stranger, address, kit.ca, store, port=free_port())
+    assert stranger.supernode.pid() is None
+
+
+def test_a_node_without_the_ca_certificate_cannot_connect(federation):
+    _, address, nodes, root = federation
+    node = nodes["hospital-a"]
+    lost = NodeKit(root / "no-ca")
+    lost.folder.mkdir()
+    (lost.folder / "node.key").write_bytes(node.key.read_bytes())  # a registered identity
+    with pytest.raises(DeploymentError, match="could not be verified"):
+        start_supernode(lost, address, None, root / "hospital-a-store", port=free_port(),
+                        preflight=False)
+    with pytest.raises(DeploymentError, match=r"pass the ca\.crt"):  # what `node start` says
+        start_supernode(lost, address, None, root / "hospital-a-store", port=free_port())
+
+
+def test_a_study_completes_without_a_killed_node_and_rejects_nan_updates(federation):
+    kit, _, nodes, root = federation
+    study = root / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "data": {"deployed": {"sites": len(HOSPITALS), "prepare": SCHEMA.model_dump(
+            mode="json")}},
+        "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}, "min_sites": 2,
+                       "round_timeout_s": 120, "connect_timeout_s": 60},
+        "train": {**TINY_TRAIN, "models": ["transfer"]}}))
+    out = root / "study-run"
+    outcome: dict = {}
+
+    def submit() -> None:
+        try:
+            outcome["summary"] = submit_study(kit, study, out, app=APP, timeout_s=400)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=submit, daemon=True)
+    worker.start()
+    victim = nodes[KILLED].supernode
+    deadline = time.monotonic() + 300  # crash right after its (NaN) update of round 1 is out
+    while "Sent successfully" not in victim.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pid = victim.pid()
+    assert pid is not None and worker.is_alive()
+    os.killpg(pid, signal.SIGKILL)  # the hospital's node crashes mid-round
+    worker.join(timeout=420)
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["summary"]
+    events = summary["deployment"]["events"]
+    dropped = {e["site"] for e in events if e["kind"] == "dropout"}
+    rejected = [e for e in events if e["kind"] == "rejected"]
+    assert dropped == {KILLED}
+    assert [(e["site"], e["round"]) for e in rejected] == [(KILLED, 1)]
+    assert "NaN" in rejected[0]["reason"]
+    state = load_checkpoint(out / "seed-0" / "transfer" / "federated").global_state
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    last = max(x["round"] for x in lines)
+    trained_last = {x["site"] for x in lines if x["kind"] == "train" and x["round"] == last}
+    assert trained_last == {"hospital-a", "hospital-b"}  # the two healthy sites carried on
+    assert set(summary["sites"]["transfer"]) >= {"hospital-a", "hospital-b"}
+    report = (out / "report.html").read_text()
+    assert "dropout" in report
+    assert any(p.name.startswith("run-") for p in (kit.folder / "logs").iterdir())
