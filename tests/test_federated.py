@@ -187,3 +187,30 @@ def test_a_private_run_is_refused_rather_than_trained_without_dp(store, tmp_path
                                                                    target_epsilon=3.0)})
     with pytest.raises(FederationError, match="differential privacy"):
         _run(config, tmp_path)
+
+
+def test_a_plan_with_unknown_prevalence_travels_to_the_sites(store, tmp_path):
+    """A label no record knows has NaN prevalence; the plan's JSON must carry it back."""
+    from fedecg.federated.orchestration import RunPlan
+
+    plan = _run(_config(store, federation={"rounds": {"pretrain": 0, "lab": 0,
+                                                      "diagnosis": 0}}), tmp_path)
+    plan.manifest.prevalence["abn_x"] = {"known": 0, "positive": 0, "prevalence": float("nan")}
+    back = RunPlan.from_json(plan.to_json())
+    assert np.isnan(back.manifest.prevalence["abn_x"]["prevalence"])
+    assert back.config.privacy.target_epsilon == float("inf")
+
+
+@pytest.mark.parametrize("reason,expected", [
+    ("<class 'fedecg.errors.FederationError'>:<'site b: fs: 100.0 vs 250.0'>",
+     "FederationError: site b: fs: 100.0 vs 250.0"),
+    ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n"
+     "  File \"x.py\", line 1\nException ClientAppException occurred. Message: disk\n full'>",
+     "ClientAppException: disk full"),
+    ("Error: Node Unavailable - no heartbeat", "Error: Node Unavailable - no heartbeat")])
+def test_a_site_error_becomes_one_line(reason, expected):
+    from flwr.app import Error
+
+    from fedecg.federated.strategies import error_reason
+
+    assert error_reason(Error(code=2, reason=reason)) == expected

@@ -101,16 +101,18 @@ def _report(run_dir: Path) -> None:
 
 
 def results_table(summary: dict, title: str = "test macro AUROC (pooled test split)") -> Table:
-    """Diagnosis/lab macro AUROC of each model: federated, pooled, mean local-only."""
+    """Diagnosis/lab macro AUROC of each model: federated, and pooled and mean local-only
+    when the study trained those baselines."""
     table = Table(title=title)
-    for name in ("model", "federated dx", "pooled dx", "local-only dx", "federated lab"):
+    baselines = bool(summary["pooled"])
+    names = ("model", "federated dx", *(("pooled dx", "local-only dx") if baselines else ()),
+             "federated lab")
+    for name in names:
         table.add_column(name)
     for model, entry in summary["federated"].items():
-        pooled = summary["pooled"].get(model, {})
-        local = summary["local_only"].get(model, {})
-        table.add_row(model, _fmt(entry.get("diagnosis_macro_auroc")),
-                      _fmt(pooled.get("diagnosis_macro_auroc")),
-                      _fmt(local.get("diagnosis_macro_auroc")),
+        extra = [_fmt(summary[part].get(model, {}).get("diagnosis_macro_auroc"))
+                 for part in ("pooled", "local_only")] if baselines else []
+        table.add_row(model, _fmt(entry.get("diagnosis_macro_auroc")), *extra,
                       _fmt(entry.get("lab_macro_auroc")))
     return table
 

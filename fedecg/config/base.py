@@ -17,9 +17,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for every fedecg config: unknown keys are errors and values are validated."""
+    """Base for every fedecg config: unknown keys are errors and values are validated; NaN
+    and infinity round-trip through JSON (as ``NaN``/``Infinity``, like Python's json)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              ser_json_inf_nan="constants")
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

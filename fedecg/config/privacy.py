@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedecg.config.base import StrictModel
 
@@ -66,8 +66,6 @@ class ClientDPConfig(StrictModel):
 
 class DPConfig(StrictModel):
     """The ``privacy`` section of a run (ε = ∞ round-trips through JSON as ``Infinity``)."""
-
-    model_config = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="constants")
 
     mode: PrivacyMode = "none"
     target_epsilon: float = Field(float("inf"), gt=0, description=".inf: no DP")

@@ -57,8 +57,8 @@ def check_store(data_dir: Path, study: SimulationConfig | None = None) -> SiteSt
     data_dir = Path(data_dir)
     if not (data_dir / MANIFEST_FILE).is_file():
         raise DeploymentError(f"data-dir {data_dir}: no site store here ({MANIFEST_FILE} "
-                              "missing); make one with `fedecg prepare ... --out "
-                              f"{data_dir}` and point --data-dir at it")
+                              "missing); point --data-dir at the folder that `fedecg prepare "
+                              "--out` wrote")
     try:
         store = SiteStore.open(data_dir)
     except FedecgError as exc:

@@ -46,7 +46,7 @@ metrics), or ``dropout`` / ``rejected`` (an event: ``node_id``, ``phase``, ``rea
 OPT_STATE = ("current_arrays", "m_t", "v_t")
 DROPOUT, REJECTED = "dropout", "rejected"
 NODE_ID = "node_id"  # every metrics line names the Flower node that sent it
-_FLOWER_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+_FLOWER_REASON = re.compile(r"^<class '([^']+)'>:<'(.*)'>$", re.DOTALL)
 
 
 def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Strategy:
@@ -65,11 +65,18 @@ def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Str
     return FedAvg(**common)
 
 
-def error_reason(error: Error) -> str:
-    """A site's error in one line: ``FederationError: site b: ...`` from Flower's wrapping."""
-    text = str(error.reason or f"error code {error.code}")
-    match = _FLOWER_REASON.match(text.strip())
-    return f"{match.group(1)}: {match.group(2)}" if match else text
+def error_reason(error: Error, limit: int = 600) -> str:
+    """A site's error in one line: ``FederationError: site b: ...`` out of Flower's wrapping
+    (``<class '...'>:<'...'>``; in simulation a Ray traceback ending in ``Message: ...``)."""
+    text = str(error.reason or f"error code {error.code}").strip()
+    match = _FLOWER_REASON.match(text)
+    if match:
+        kind, text = match.group(1), match.group(2)
+        text = text.rsplit("Message: ", 1)[-1]
+        name = re.findall(r"\w+", kind)[-1]  # RayTaskError(ClientAppException) -> the inner
+        text = f"{name}: {text}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def sender(reply: Message, asked: list[Message]) -> int:
