@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import flwr.simulation
@@ -67,7 +68,12 @@ def test_simulate_end_to_end_with_ray(store, tmp_path):
         (s, f"site{i}") for s in ("pretrain", "lab", "diagnosis") for i in (0, 1)}
     _model, card = load_inference_model(out / "model")
     assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure", "ckd"]
-    assert (out / "report.html").is_file() and (out / "config.yaml").is_file()
+    assert (out / "config.yaml").is_file()
+    page = (out / "report.html").read_text()
+    federated = summary["federated"]["transfer"]["diagnosis_macro_auroc"]
+    assert re.search(rf"<tr><td>transfer</td><td[^>]*>{federated:.3f}[^<]*</td>", page)
+    for section in ("Per site", "Curves per round and stage", "Site events", "Privacy"):
+        assert f"<h2>{section}</h2>" in page
 
 
 def test_failed_site_makes_simulate_exit_1_with_the_reason(store, tmp_path, monkeypatch):

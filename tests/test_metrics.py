@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from fedecg.errors import TrainingError
 from fedecg.training.metrics import (
     bootstrap_macro,
     fast_auprc,
@@ -49,6 +50,30 @@ def test_fast_metrics_equal_scikit_learn_with_ties(seed):
     score = np.round(rng.random(200) + 0.3 * y, 1)  # many ties
     assert fast_auroc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
     assert fast_auprc(y, score) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_label_metrics_equal_scikit_learn_per_label_with_unknowns(tied):
+    rng = np.random.default_rng(7)
+    y = (rng.random((300, 4)) < [0.05, 0.2, 0.5, 0.8]).astype(float)
+    y[rng.random((300, 4)) < 0.3] = NAN
+    score = rng.random((300, 4)) + 0.4 * np.nan_to_num(y)
+    if tied:
+        score = np.round(score, 1)
+    result = label_metrics(y, score, list("abcd"))
+    for j, name in enumerate("abcd"):
+        known = ~np.isnan(y[:, j])
+        assert result["auroc"][name] == pytest.approx(
+            roc_auc_score(y[known, j], score[known, j]), abs=1e-12)
+        assert result["auprc"][name] == pytest.approx(
+            average_precision_score(y[known, j], score[known, j]), abs=1e-12)
+    assert result["macro_auroc"] == pytest.approx(np.mean(list(result["auroc"].values())))
+
+
+def test_non_finite_scores_name_the_label():
+    y = np.array([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(TrainingError, match=r"\['b'\].*diverged"):
+        label_metrics(y, np.array([[0.2, NAN], [0.1, 0.3]]), ["a", "b"])
 
 
 def test_bootstrap_keeps_only_resamples_with_both_classes():

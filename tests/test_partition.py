@@ -17,6 +17,7 @@ from fedecg.federated.partition import (
     load_partition,
     partition_store,
     patient_table,
+    site_view,
     write_partition,
 )
 
@@ -133,3 +134,17 @@ def test_cli_partition_bad_store_fails_with_one_line(tmp_path):
                                       str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "not a site store folder" in result.output
+
+
+def test_store_matrices_match_the_cohort_and_are_copies(store):
+    rows = np.array([5, 0, 17])
+    expected = store.cohort[store.manifest.diagnosis_columns].iloc[rows].to_numpy(np.float32)
+    first = store.diagnosis_labels(rows)
+    np.testing.assert_array_equal(first, expected)
+    first[:] = 7.0  # a caller's edit must not reach the next caller
+    np.testing.assert_array_equal(store.diagnosis_labels(rows), expected)
+    whole = store.clinical()
+    whole[:] = 7.0
+    assert not (store.clinical() == 7.0).all()
+    view = site_view(store, rows)
+    np.testing.assert_array_equal(view.diagnosis_labels(), store.diagnosis_labels(np.sort(rows)))

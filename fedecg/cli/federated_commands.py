@@ -52,7 +52,8 @@ def partition_table(result: Partition) -> Table:
 
 @friendly_errors
 def simulate(
-    config: Path | None = typer.Option(None, "--config", help="Study YAML (configs/simulate-*)."),
+    config: Path | None = typer.Option(None, "--config",
+                                       help="Study YAML (e.g. configs/quickstart.yaml)."),
     out: Path | None = typer.Option(None, "--out", help="Study folder to write (RUN)."),
     overrides: list[str] | None = typer.Option(
         None, "--set", help="Override a setting, e.g. --set partition.method=dirichlet."),

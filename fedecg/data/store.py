@@ -184,6 +184,7 @@ class SiteStore:
         self.manifest = manifest
         self.cohort = cohort
         self.waveforms = waveforms
+        self._matrices: dict[tuple[str, ...], np.ndarray] = {}  # read-only cohort: cached
 
     @classmethod
     def open(cls, path: Path) -> SiteStore:
@@ -233,8 +234,17 @@ class SiteStore:
         return self._matrix(self.manifest.diagnosis_columns, rows)
 
     def _matrix(self, columns: list[str], rows: np.ndarray | None) -> np.ndarray:
-        frame = self.cohort[columns] if rows is None else self.cohort[columns].iloc[rows]
-        return np.array(frame.to_numpy(dtype=np.float32, na_value=np.nan))
+        """A copy of ``columns`` at ``rows`` (all rows when None) as float32, NaN for missing.
+
+        The whole columns are converted once per store (pandas column selection was a
+        tenth of a federated site's round, paid by every dataset of every round).
+        """
+        key = tuple(columns)
+        if key not in self._matrices:
+            self._matrices[key] = self.cohort[columns].to_numpy(dtype=np.float32,
+                                                                na_value=np.nan)
+        full = self._matrices[key]
+        return full.copy() if rows is None else full[rows]
 
 
 class EcgDataset(Dataset):

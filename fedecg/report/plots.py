@@ -8,7 +8,7 @@ Every function returns a matplotlib ``Figure`` (never shows it) made with the Ag
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,6 +114,51 @@ def plot_curve_grid(records: Sequence[Record], x: str, rows: Sequence[Sequence[s
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+    return figure
+
+
+def plot_round_panels(records: Sequence[Record], panels: Sequence[tuple[str, str]],
+                      group: str = "site", x: str = "round", columns: int = 3,
+                      boundaries: Sequence[tuple[float, str]] = (), marks: Sequence[float] = (),
+                      emphasis: str | None = None, reference: float | None = None,
+                      log_metrics: Collection[str] = (), colors: Colors = None) -> Figure:
+    """Curves against rounds: one axes per ``(title, metric)`` of ``panels``, a line per ``group``.
+
+    ``boundaries`` are ``(x, label)`` dashed vertical lines (where a stage starts); ``marks``
+    the x of events, drawn as red dotted lines (a site that dropped out); ``emphasis`` the group
+    drawn thick and black (the example-weighted ``all``); ``reference`` a dashed horizontal line
+    (a target ε). Metrics in ``log_metrics`` get a log y axis. Panels without data are hidden.
+    """
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.3 * columns, 3.2 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    palette = {**(colors or {}), **({emphasis: "black"} if emphasis else {})}
+    for ax, (title, metric) in zip(axes, panels, strict=False):
+        if not draw_curves(ax, records, x, metric, group, colors=palette):
+            ax.set_visible(False)
+            continue
+        for line in ax.lines:
+            if line.get_label() == emphasis:
+                line.set_linewidth(2.2)
+                line.set_zorder(3)
+        for position, label in boundaries:
+            ax.axvline(position, color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(label, (position, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -2), textcoords="offset points", va="top", fontsize=7)
+        for index, position in enumerate(marks):
+            ax.axvline(position, color="red", linestyle=":", linewidth=1.2,
+                       label="site event" if index == 0 else "_nolegend_")
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=0.8)
+        if metric in log_metrics:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     return figure
 
 

@@ -1,7 +1,9 @@
-"""``RUN/report.html`` from a training run folder: the three-model table, AUROC charts, curves.
+"""``RUN/report.html`` from a run folder: the three-model table, AUROC charts, curves.
 
 Reads ``summary.json`` (required), and when present ``metrics.jsonl``, ``config.yaml`` and the
 model card in ``model/``. A missing optional part becomes a note on the page, not an error.
+A ``fedecg simulate`` study gets the federated sections of ``fedecg.report.federated_report``
+(federated vs pooled vs local-only, per site, curves per round, site events, privacy).
 """
 
 from __future__ import annotations
@@ -45,15 +47,25 @@ def load_summary(path: Path) -> dict[str, dict[str, Any]]:
     level or under ``"models"``. Raises ``InputFileError`` if the file is missing and
     ``TableError`` if it is not JSON or holds no model entry.
     """
+    return model_entries(read_summary(path), path)
+
+
+def read_summary(path: Path) -> Any:
+    """The parsed ``summary.json``; ``InputFileError`` if missing, ``TableError`` if not JSON."""
     if not path.is_file():
         raise InputFileError(f"{path}: summary.json not found; a run report needs the summary "
-                             "that `fedecg train` writes at the end of a run (was the run "
-                             "interrupted? train again with the same --out)")
+                             "that `fedecg train` or `fedecg simulate` writes at the end of a "
+                             "run (was the run interrupted? run again with the same --out, or "
+                             "`fedecg simulate --resume RUN`)")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TableError(f"{path}: not valid JSON ({exc}); expected an object mapping each "
                          "model name to its metrics") from exc
+
+
+def model_entries(data: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """The model entries of a parsed summary (see ``load_summary``)."""
     if isinstance(data, dict) and isinstance(data.get("models"), dict):
         data = data["models"]
     models = {name: entry for name, entry in (data.items() if isinstance(data, dict) else [])
@@ -104,13 +116,24 @@ def gap_closed(models: Mapping[str, Mapping[str, Any]], key: str = "diagnosis_ma
 def write_run_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` and return its path (see the module docstring)."""
     run_dir = Path(run_dir)
-    models = load_summary(run_dir / "summary.json")
-    names = order_models(list(models))
+    path = run_dir / "summary.json"
+    summary = read_summary(path)
+    models = model_entries(summary, path)
     page = HtmlPage(f"fedecg run report — {run_dir.resolve().name}")
-    _results_section(page, models, names)
-    _per_label_section(page, models, names)
-    _per_site_section(page, models, names)
-    _curves_section(page, load_metrics(run_dir / "metrics.jsonl"))
+    records = load_metrics(run_dir / "metrics.jsonl")
+    if is_study(summary):
+        from fedecg.report import federated_report as study  # loads Flower and Opacus
+
+        study.study_results(page, summary)
+        federated = {n: summary["federated"][n] for n in study.study_models(summary)}
+        _per_label_section(page, federated, list(federated), " (federated models)")
+        study.study_rounds(page, summary, records, run_dir)
+    else:
+        names = order_models(list(models))
+        _results_section(page, models, names)
+        _per_label_section(page, models, names)
+        _per_site_section(page, models, names)
+        _curves_section(page, records)
     _card_section(page, run_dir / "model")
     _config_section(page, run_dir / "config.yaml")
     return page.write(run_dir / "report.html")
@@ -137,8 +160,14 @@ def _results_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: l
                         "line is chance.")
 
 
+def is_study(summary: Any) -> bool:
+    """True for the summary of ``fedecg simulate`` (federated, pooled and local-only parts)."""
+    return isinstance(summary, dict) and all(
+        isinstance(summary.get(k), dict) for k in ("federated", "pooled", "local_only"))
+
+
 def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
-                       ) -> None:
+                       which: str = "") -> None:
     for key, what in (("diagnosis_auroc", "diagnosis"), ("lab_auroc", "lab abnormality")):
         values = {n: models[n][key] for n in names if isinstance(models[n].get(key), dict)}
         if not values:
@@ -148,7 +177,8 @@ def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names:
         figure = plot_grouped_bars(values, errors, title=f"{what} AUROC per label",
                                    colors=MODEL_COLORS)
         page.figure(figure,
-                    caption=f"Test AUROC of each {what} label, per model. A missing bar means "
+                    caption=f"Test AUROC of each {what} label, per model{which}. A missing "
+                            "bar means "
                             "the label had a single class in the test split.")
 
 

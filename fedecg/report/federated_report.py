@@ -1,0 +1,386 @@
+"""The sections of ``report.html`` for a ``fedecg simulate`` study.
+
+From the study's ``summary.json``, ``metrics.jsonl`` and ``config.yaml``:
+
+* results: every model federated vs pooled vs local-only (diagnosis and lab macro AUROC), with
+  bootstrap 95% CIs for one seed, mean ± sd over several seeds and a per-seed table with CIs;
+* per site: each model's macro AUROC on every site's test split, federated vs pooled vs the
+  site's own local-only model;
+* curves per round: validation and test loss and AUROC of every site and the example-weighted
+  ``all``, stage boundaries and site events marked;
+* site events: sites that dropped out or whose update the server rejected (metrics lines of
+  kind ``dropout``/``rejected``);
+* privacy: mechanism, unit protected, each site's final (ε, δ), clipping norm, noise
+  multiplier, and each site's cumulative ε per round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedecg.federated import keys
+from fedecg.privacy.card import privacy_card
+from fedecg.privacy.sample_dp import DP_STEPS, EPSILON, STOPPED
+from fedecg.privacy.sweep import site_budgets, study_privacy
+from fedecg.report.html import HtmlPage
+from fedecg.report.plots import format_with_ci, plot_grouped_bars, plot_round_panels
+
+Result = Mapping[str, Any]
+Lookup = Callable[[Result], Any]
+
+MODELS = ("signal-only", "transfer", "multimodal")
+SETTING_COLORS = {"federated": "#d62728", "pooled": "#1f77b4", "local-only": "#7f7f7f"}
+SITE_EVENTS = ("dropout", "rejected")
+"""Kinds of the metrics lines the server writes for a site that failed, timed out or was refused."""
+TASKS = (("diagnosis_macro_auroc", "Diagnosis"), ("lab_macro_auroc", "Lab-abnormality"))
+CURVE_PANELS = (
+    ("validation loss", keys.VAL_PREFIX + keys.LOSS),
+    ("validation diagnosis macro AUROC", keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC),
+    ("validation lab macro AUROC", keys.VAL_PREFIX + keys.LAB_AUROC),
+    ("test loss", keys.LOSS),
+    ("test diagnosis macro AUROC", keys.DIAGNOSIS_AUROC),
+    ("test lab macro AUROC", keys.LAB_AUROC))
+ALL_SITES = "all"
+
+
+def study_models(summary: Result) -> list[str]:
+    """The study's models, signal-only, transfer, multimodal first."""
+    models = [m for m in MODELS if m in summary["federated"]]
+    return models + [m for m in summary["federated"] if m not in models]
+
+
+def study_results(page: HtmlPage, summary: Result) -> None:
+    """The results and per-site sections (from ``summary.json``)."""
+    results = seed_results(summary)
+    results_section(page, summary, results, study_models(summary))
+    per_site_section(page, summary, results, study_models(summary))
+
+
+def study_rounds(page: HtmlPage, summary: Result, records: list[dict[str, Any]],
+                 run_dir: Path) -> None:
+    """The curves, site events and privacy sections (from ``metrics.jsonl``, ``config.yaml``)."""
+    curves_section(page, records, study_models(summary), first_seed(summary))
+    events_section(page, records)
+    privacy_section(page, records, run_dir, first_seed(summary))
+
+
+def seed_results(summary: Result) -> dict[str, Result]:
+    """Each seed's results: ``by_seed`` of a several-seed study, else the summary itself."""
+    if summary.get("by_seed"):
+        return dict(summary["by_seed"])
+    return {str(first_seed(summary)): summary}
+
+
+def first_seed(summary: Result) -> int:
+    """The study's first seed (the one its curves and exported model come from)."""
+    return int((summary.get("seeds") or [0])[0])
+
+
+def dig(mapping: Any, *path: str) -> Any:
+    """``mapping[p0][p1]...``, or None where a step is missing or not a mapping."""
+    for part in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(part)
+    return mapping
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def seed_values(results: Mapping[str, Result], lookup: Lookup, key: str) -> list[float]:
+    """``lookup(result)[key]`` of every seed where it is a finite number."""
+    values = [dig(lookup(r), key) for r in results.values()]
+    return [float(v) for v in values if _finite(v)]
+
+
+def cell(results: Mapping[str, Result], lookup: Lookup, key: str) -> str:
+    """One seed: ``value [CI]``; several: ``mean ± sd`` over the seeds; ``—`` if none."""
+    values = seed_values(results, lookup, key)
+    if not values:
+        return "—"
+    if len(results) == 1:
+        return format_with_ci(values[0], dig(lookup(next(iter(results.values()))), f"{key}_ci"))
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def gap_cell(results: Mapping[str, Result], model: str, key: str) -> str:
+    """Federated minus pooled, per seed (one seed) or as mean ± sd over seeds."""
+    gaps = [f - p for f, p in ((dig(r, "federated", model, key), dig(r, "pooled", model, key))
+                               for r in results.values()) if _finite(f) and _finite(p)]
+    if not gaps:
+        return "—"
+    if len(gaps) == 1:
+        return f"{gaps[0]:+.3f}"
+    return f"{np.mean(gaps):+.3f} ± {np.std(gaps, ddof=1):.3f}"
+
+
+def settings(model: str) -> dict[str, Lookup]:
+    """Where each setting's pooled-test entry of ``model`` sits in a seed's results."""
+    return {"federated": lambda r: dig(r, "federated", model),
+            "pooled": lambda r: dig(r, "pooled", model),
+            "local-only": lambda r: dig(r, "local_only", model)}
+
+
+def site_settings(model: str, site: str) -> dict[str, Lookup]:
+    """Each setting's entry of ``model`` on ``site``'s test split (local-only: the site's own)."""
+    return {"federated": lambda r: dig(r, "sites", model, site),
+            "pooled": lambda r: dig(r, "pooled", model, "per_store", site),
+            "local-only": lambda r: dig(r, "local_only", model, "sites", site, "per_store", site)}
+
+
+def results_rows(results: Mapping[str, Result], models: Sequence[str],
+                 key: str) -> list[list[str]]:
+    """Table rows of ``key``: federated, pooled, local-only (mean and own site), the gap.
+
+    With one seed the local-only mean also shows the range of the site-alone models.
+    """
+    rows = []
+    for model in models:
+        lookups = settings(model)
+        local = cell(results, lookups["local-only"], key)
+        spread = local_range(results, model, key)
+        if spread is not None:
+            local += f" (sites {spread[0]:.3f}–{spread[1]:.3f})"
+        rows.append([model, cell(results, lookups["federated"], key),
+                     cell(results, lookups["pooled"], key), local,
+                     cell(results, lookups["local-only"], f"{key}_own_site"),
+                     gap_cell(results, model, key)])
+    return rows
+
+
+def local_range(results: Mapping[str, Result], model: str, key: str) -> list[float] | None:
+    """With one seed, the lowest and highest ``key`` of the site-alone models, else None."""
+    if len(results) != 1:
+        return None
+    alone = dig(next(iter(results.values())), "local_only", model, "sites") or {}
+    values = [float(v) for v in (dig(e, key) for e in alone.values()) if _finite(v)]
+    return [min(values), max(values)] if values else None
+
+
+def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Result],
+                    models: Sequence[str]) -> None:
+    """Federated vs pooled vs local-only tables and bars."""
+    page.heading("Results: federated vs pooled vs local-only")
+    seeds = ", ".join(results)
+    spread = ("bootstrap 95% CI in brackets" if len(results) == 1
+              else f"mean ± sd over {len(results)} seeds (per-seed CIs below)")
+    headers = ["model", "federated", "pooled", "local-only (mean over sites)",
+               "local-only (each on its own site)", "federated − pooled"]
+    naive = summary.get("naive") or {}
+    for key, task in TASKS:
+        rows = results_rows(results, models, key)
+        rows.append(["naive (training prevalence)",
+                     *[format_with_ci(naive.get(key), naive.get(f"{key}_ci"))] * 2,
+                     "—", "—", "—"])
+        page.table(headers, rows, caption=f"{task} macro AUROC on the pooled test split "
+                   f"(seeds {seeds}; {spread}). local-only (mean): the site-alone models "
+                   "scored on the pooled test split, with their range; own site: each "
+                   "scored on its site's test split.")
+    if len(results) > 1:
+        per_seed = []
+        for seed, result in results.items():
+            dx, lab = (results_rows({seed: result}, models, key) for key, _ in TASKS)
+            per_seed += [[f"{d[0]} · seed {seed}", *d[1:4], *b[1:4]]
+                         for d, b in zip(dx, lab, strict=True)]
+        page.table(["model · seed", "federated dx", "pooled dx", "local-only dx (mean)",
+                    "federated lab", "pooled lab", "local-only lab (mean)"], per_seed,
+                   caption="Each seed: macro AUROC on the pooled test split with its "
+                           "bootstrap 95% CI.")
+    key = "diagnosis_macro_auroc"
+    values, errors = bar_data(results, {m: settings(m) for m in models}, key)
+    for model in models:
+        spread = local_range(results, model, key)
+        if spread is not None:
+            errors["local-only"][model] = spread
+    page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC, pooled test",
+                                  colors=SETTING_COLORS),
+                caption=f"Each model federated, pooled and local-only (mean over sites); "
+                        f"whiskers: {_whisker_words(results)} (local-only with one seed: the "
+                        "range of the site-alone models); dashed line: chance.")
+
+
+def _whisker_words(results: Mapping[str, Result]) -> str:
+    return "bootstrap 95% CI" if len(results) == 1 else "± sd over seeds"
+
+
+def bar_data(results: Mapping[str, Result], groups: Mapping[str, Mapping[str, Lookup]],
+             key: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """``values[setting][group]`` (mean over seeds) and whiskers (CI, or ± sd over seeds)."""
+    values: dict[str, dict[str, float]] = {s: {} for s in SETTING_COLORS}
+    errors: dict[str, dict[str, list[float]]] = {s: {} for s in SETTING_COLORS}
+    for group, lookups in groups.items():
+        for setting, lookup in lookups.items():
+            found = seed_values(results, lookup, key)
+            if not found:
+                continue
+            values[setting][group] = float(np.mean(found))
+            if len(found) > 1:
+                sd = float(np.std(found, ddof=1))
+                errors[setting][group] = [values[setting][group] - sd,
+                                          values[setting][group] + sd]
+            elif len(results) == 1:
+                errors[setting][group] = dig(lookup(next(iter(results.values()))),
+                                             f"{key}_ci")
+    return values, errors
+
+
+def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Result],
+                     models: Sequence[str]) -> None:
+    """Each model at every site: federated vs pooled vs the site's own local-only model."""
+    counts = dig(summary, "partition", "sites") or {}
+    sites = list(counts) or list(dict.fromkeys(s for m in models
+                                               for s in dig(summary, "sites", m) or {}))
+    if not sites:
+        return
+    page.heading("Per site")
+    headers = ["model @ site (test ECGs)", "federated dx", "pooled dx", "local-only dx",
+               "federated lab", "pooled lab", "local-only lab"]
+    rows = []
+    for model in models:
+        for site in sites:
+            lookups = site_settings(model, site)
+            n_test = dig(counts, site, "test")
+            rows.append([f"{model} @ {site}" + (f" ({n_test})" if n_test is not None else ""),
+                         *[cell(results, lookups[s], key) for key, _ in TASKS
+                           for s in SETTING_COLORS]])
+    page.table(headers, rows, caption="Macro AUROC on each site's test split; local-only is "
+               f"the model trained at that site alone ({_whisker_words(results)}).")
+    for model in models:
+        values, errors = bar_data(results, {s: site_settings(model, s) for s in sites},
+                                  "diagnosis_macro_auroc")
+        page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
+                                      title=f"{model}: diagnosis macro AUROC per site"),
+                    caption=f"{model} on each site's test split: federated, pooled, and the "
+                            f"site's own local-only model; whiskers: {_whisker_words(results)}.")
+
+
+def of_seed(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The lines of one seed (lines without a seed belong to every seed)."""
+    return [r for r in records if r.get("seed", seed) == seed]
+
+
+def stage_boundaries(lines: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """``(x, stage)`` half a round before each stage's first round, in round order."""
+    first: dict[str, int] = {}
+    for line in lines:
+        if isinstance(line.get("round"), int) and "stage" in line:
+            first[line["stage"]] = min(first.get(line["stage"], line["round"]), line["round"])
+    return sorted((start - 0.5, stage) for stage, start in first.items())
+
+
+def validation_all(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round, the mean of the sites' validation metrics weighted by their examples."""
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for line in train:
+        by_round.setdefault(line["round"], []).append(line)
+    merged = []
+    for number, lines in sorted(by_round.items()):
+        entry: dict[str, Any] = {"round": number, "site": ALL_SITES}
+        for key in (keys.VAL_PREFIX + k for k in keys.EVALUATION_KEYS):
+            pairs = [(line[key], line.get(keys.NUM_EXAMPLES) or 0) for line in lines
+                     if _finite(line.get(key))]
+            weight = sum(w for _, w in pairs)
+            if weight > 0:
+                entry[key] = sum(v * w for v, w in pairs) / weight
+        merged.append(entry)
+    return merged
+
+
+def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequence[str],
+                   seed: int) -> None:
+    """Per model: validation and test loss/AUROC per round, per site and ``all``."""
+    page.heading("Curves per round and stage")
+    lines = of_seed(records, seed)
+    shown = False
+    for model in models:
+        mine = [r for r in lines if r.get("model") == model]
+        train = [r for r in mine if r.get("kind") == "train" and r.get("site_index", 0) >= 0]
+        curves = train + validation_all(train) + [r for r in mine if r.get("kind") == "evaluate"]
+        if not curves:
+            continue
+        marks = sorted({float(r["round"]) for r in mine if r.get("kind") in SITE_EVENTS})
+        figure = plot_round_panels(curves, CURVE_PANELS, boundaries=stage_boundaries(mine),
+                                   marks=marks, emphasis=ALL_SITES,
+                                   log_metrics={keys.LOSS, keys.VAL_PREFIX + keys.LOSS})
+        page.figure(figure, caption=f"{model}, seed {seed}: after each round, the validation "
+                    "split of each site (its own model, after local training) and the test "
+                    "split of each site (the aggregated model); black: all sites, weighted by "
+                    "their examples for the stage; dashed lines: stage starts; red dotted: a "
+                    "site dropped out or was rejected. Loss axes are logarithmic.")
+        shown = True
+    if not shown:
+        page.paragraph("metrics.jsonl holds no federated round of this study.", note=True)
+
+
+def events_section(page: HtmlPage, records: list[dict[str, Any]]) -> None:
+    """The table of sites that dropped out or were rejected, or a line saying none did."""
+    page.heading("Site events")
+    events = [r for r in records if r.get("kind") in SITE_EVENTS]
+    if not events:
+        page.paragraph("No site dropped out or was rejected.")
+        return
+    headers = ["seed", "model", "stage", "round (in stage)", "site", "node", "event", "reason"]
+    rows = [[r.get("seed", "—"), r.get("model"), r.get("stage"),
+             f"{r.get('round')} ({r.get('stage_round')})", r.get("site"), r.get("node_id"),
+             r.get("kind"), r.get("reason")] for r in events]
+    page.table(headers, rows, caption="Sites that failed or timed out (dropout) or whose "
+               "update the server refused (rejected); the round went on without them.")
+
+
+def privacy_section(page: HtmlPage, records: list[dict[str, Any]], run_dir: Path,
+                    seed: int) -> None:
+    """Mechanism, unit protected, each site's final (ε, δ), clipping, noise; ε per round."""
+    page.heading("Privacy")
+    config = study_privacy(run_dir)
+    if config is None or not config.enabled:
+        page.paragraph("No differential privacy in this study (privacy.mode none or target "
+                       "ε = ∞): the models that leave the sites are not private.")
+        return
+    budgets = site_budgets(run_dir)
+    card = privacy_card(config, next(iter(budgets.values()), {})) or {}
+    page.table(["", ""], [["mechanism", card["mechanism"]],
+                          ["unit protected", card["unit_protected"]],
+                          ["accountant", config.accountant],
+                          ["target ε", f"{config.target_epsilon:g}"],
+                          ["clipping norm", f"{card['clipping_norm']:g}"],
+                          ["not covered", card["not_covered"]]])
+    train = [r for r in records if r.get("kind") == "train" and _finite(r.get(EPSILON))]
+    rows = [[model, site, f"{budget['epsilon']:.3f}", f"{budget['delta']:g}",
+             _number(budget.get("noise_multiplier")), *_steps(train, model, site)]
+            for model, sites in budgets.items() for site, budget in sites.items()]
+    page.table(["model", "site", "final ε", "δ", "noise multiplier", "DP steps",
+                "stopped (budget spent)"], rows,
+               caption="Each site's cumulative (ε, δ) at the end of the run, the largest over "
+                       "seeds; client-level DP protects a whole site, so it has one row (all).")
+    lines = [{**r, "panel": r["model"]} for r in of_seed(train, seed)]
+    if not lines:
+        page.paragraph("No per-round ε in metrics.jsonl (client-level DP is accounted by "
+                       "the server, once per round for all sites).", note=True)
+        return
+    panels = [(f"{m}: cumulative ε", f"epsilon {m}") for m in dict.fromkeys(r["model"]
+                                                                              for r in lines)]
+    curves = [{**r, f"epsilon {r['model']}": r[EPSILON]} for r in lines]
+    page.figure(plot_round_panels(curves, panels, boundaries=stage_boundaries(lines),
+                                  reference=config.target_epsilon),
+                caption=f"Seed {seed}: each site's ε spent since round 1, per round; dashed "
+                        "horizontal line: the target ε.")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if _finite(value) else "—"
+
+
+def _steps(train: list[dict[str, Any]], model: str, site: str) -> list[Any]:
+    """The most DP steps a site took (over seeds) and whether its budget stopped it."""
+    mine = [r for r in train if r.get("model") == model and r.get("site") == site]
+    if not mine:
+        return ["—", "—"]
+    steps = max(r.get(DP_STEPS) or 0 for r in mine)
+    return [int(steps), "yes" if any(r.get(STOPPED) for r in mine) else "no"]
