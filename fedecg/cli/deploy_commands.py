@@ -105,9 +105,24 @@ def server_submit(
                                                                        total=total))
     console.print(results_table(summary, "test macro AUROC (sites' own test splits, "
                                          "example-weighted)"))
-    events = summary.get("deployment", {}).get("events", [])
-    console.print(f"study finished: {len(summary['deployment']['sites'])} sites reported, "
-                  f"{len(events)} dropout/rejection event(s); report {Path(out) / 'report.html'}")
+    deployment = summary["deployment"]
+    if deployment["events"]:
+        console.print(events_table(deployment["events"]))
+    console.print(f"study finished: {len(deployment['sites'])} sites reported, "
+                  f"{len(deployment['events'])} dropout/rejection event(s); report "
+                  f"{Path(out) / 'report.html'}")
+
+
+def events_table(events: list[dict]) -> Table:
+    """Each dropout and rejected update: model, stage, round, site, node, reason."""
+    table = Table(title="site events")
+    for column in ("model", "stage", "round", "site", "event", "reason"):
+        table.add_column(column)
+    for event in events:
+        table.add_row(event["model"], event["stage"], str(event["round"]),
+                      f"{event['site']} (node {event['node_id']})", event["kind"],
+                      event["reason"])
+    return table
 
 
 @server.command("stop")
