@@ -107,18 +107,20 @@ def cell(results: Mapping[str, Result], lookup: Lookup, key: str) -> str:
         return "—"
     if len(results) == 1:
         return format_with_ci(values[0], dig(lookup(next(iter(results.values()))), f"{key}_ci"))
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    return mean_sd(values)
+
+
+def mean_sd(values: list[float], sign: str = "") -> str:
+    """``0.564`` for one value, ``0.564 ± 0.009`` (sample sd) for several; ``sign="+"`` signs it."""
+    text = f"{np.mean(values):{sign}.3f}"
+    return text if len(values) == 1 else f"{text} ± {np.std(values, ddof=1):.3f}"
 
 
 def gap_cell(results: Mapping[str, Result], model: str, key: str) -> str:
-    """Federated minus pooled, per seed (one seed) or as mean ± sd over seeds."""
+    """Federated minus pooled: per seed, then as for ``mean_sd``; ``—`` if either is missing."""
     gaps = [f - p for f, p in ((dig(r, "federated", model, key), dig(r, "pooled", model, key))
                                for r in results.values()) if _finite(f) and _finite(p)]
-    if not gaps:
-        return "—"
-    if len(gaps) == 1:
-        return f"{gaps[0]:+.3f}"
-    return f"{np.mean(gaps):+.3f} ± {np.std(gaps, ddof=1):.3f}"
+    return mean_sd(gaps, "+") if gaps else "—"
 
 
 def settings(model: str) -> dict[str, Lookup]:
@@ -170,7 +172,7 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
     page.heading("Results: federated vs pooled vs local-only")
     seeds = ", ".join(results)
     spread = ("bootstrap 95% CI in brackets" if len(results) == 1
-              else f"mean ± sd over {len(results)} seeds (per-seed CIs below)")
+              else f"mean ± sd over {len(results)} seeds, per-seed CIs below")
     headers = ["model", "federated", "pooled", "local-only (mean over sites)",
                "local-only (each on its own site)", "federated − pooled"]
     naive = summary.get("naive") or {}
@@ -202,8 +204,9 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
     page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC, pooled test",
                                   colors=SETTING_COLORS),
                 caption=f"Each model federated, pooled and local-only (mean over sites); "
-                        f"whiskers: {_whisker_words(results)} (local-only with one seed: the "
-                        "range of the site-alone models); dashed line: chance.")
+                        f"whiskers: {_whisker_words(results)}"
+                        + (" (local-only: the range of the site-alone models)"
+                           if len(results) == 1 else "") + "; dashed line: chance.")
 
 
 def _whisker_words(results: Mapping[str, Result]) -> str:
