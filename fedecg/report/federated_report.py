@@ -362,18 +362,18 @@ def privacy_section(page: HtmlPage, records: list[dict[str, Any]], run_dir: Path
                 "stopped (budget spent)"], rows,
                caption="Each site's cumulative (ε, δ) at the end of the run, the largest over "
                        "seeds; client-level DP protects a whole site, so it has one row (all).")
-    lines = [{**r, "panel": r["model"]} for r in of_seed(train, seed)]
+    lines = of_seed(train, seed)
     if not lines:
         page.paragraph("No per-round ε in metrics.jsonl (client-level DP is accounted by "
                        "the server, once per round for all sites).", note=True)
         return
-    panels = [(f"{m}: cumulative ε", f"epsilon {m}") for m in dict.fromkeys(r["model"]
-                                                                              for r in lines)]
-    curves = [{**r, f"epsilon {r['model']}": r[EPSILON]} for r in lines]
-    page.figure(plot_round_panels(curves, panels, boundaries=stage_boundaries(lines),
-                                  reference=config.target_epsilon),
-                caption=f"Seed {seed}: each site's ε spent since round 1, per round; dashed "
-                        "horizontal line: the target ε.")
+    for model in dict.fromkeys(r["model"] for r in lines):
+        mine = [r for r in lines if r["model"] == model]
+        page.figure(plot_round_panels(mine, [(f"{model}: cumulative ε", EPSILON)], columns=1,
+                                      boundaries=stage_boundaries(mine),
+                                      reference=config.target_epsilon),
+                    caption=f"{model}, seed {seed}: each site's ε spent since round 1, per "
+                            "round; dashed lines: stage starts and the target ε.")
 
 
 def _number(value: Any) -> str:
