@@ -20,6 +20,11 @@ compares it with pooled epochs including their validation, a second one with poo
 alone. It also reports the peak resident memory of the processes
 that ran the virtual sites; and the parameter bytes each site received and sent per round.
 Speeds depend on the machine and its load: compare them only as ratios from one run.
+
+On a shared machine wall times swing with the other jobs, so it also reports CPU seconds
+(``time.process_time``): of a pooled epoch, and of a federated round run in this process
+without Ray (the ServerApp loop and the real ClientApp of every site over an
+``InProcessGrid``), i.e. fedecg's own work per round, apart from Ray's transport.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import torch
 
 from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
 from fedecg.federated import keys
+from fedecg.federated.client_app import app as client_app
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
+from fedecg.federated.inprocess import InProcessGrid
+from fedecg.federated.orchestration import run_server
 from fedecg.federated.simulate import baseline_config, run_federated, sites_of
 from fedecg.training.runner import MetricsLog, fit_model
 
@@ -56,13 +64,25 @@ def time_pooled(config: SimulationConfig, pooled, folder: Path) -> dict[str, flo
     wall time with the per-epoch validation and checkpoint (what a federated round also does)."""
     train = baseline_config(config)
     log = MetricsLog(folder / "pooled.jsonl")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fit_model("signal-only", pooled, train, folder / "pooled.pt", log)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     epochs = [json.loads(line) for line in log.lines if '"diagnosis"' in line]
     return {"train_seconds_per_epoch": sum(e["seconds"] for e in epochs) / len(epochs),
             "wall_seconds_per_epoch": wall / len(epochs),
+            "cpu_seconds_per_epoch": cpu / len(epochs),
             "examples_per_epoch": epochs[-1]["train_examples"]}
+
+
+def cpu_in_process(config: SimulationConfig, store: Path, partition: Path,
+                   folder: Path) -> float:
+    """CPU seconds per round (after the first) of the federated run in this process, no Ray."""
+    plan = make_plan(config, "signal-only", folder / "in-process", store, partition)
+    grid = InProcessGrid(client_app, [{keys.NODE_PARTITION_ID: i}
+                                      for i in range(config.partition.num_sites)])
+    stamps: list[float] = []
+    run_server(grid, plan, progress=lambda event: stamps.append(time.process_time()))
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
 def time_federated(config: SimulationConfig, store: Path, partition: Path,
@@ -99,12 +119,17 @@ def main() -> None:
         _, pooled = sites_of(store, partition)
         central = time_pooled(config, pooled, folder)
         federated = time_federated(config, store, partition, folder)
+        federated["cpu_seconds_per_round_in_process"] = cpu_in_process(config, store,
+                                                                       partition, folder)
     result = {"sites": args.sites, "rounds": args.rounds, "pooled": central,
               "federated": federated,
               "wall_time_ratio_federated_over_pooled":
                   federated["seconds_per_round"] / central["wall_seconds_per_epoch"],
               "ratio_over_pooled_training_only":
                   federated["seconds_per_round"] / central["train_seconds_per_epoch"],
+              "cpu_ratio_in_process_over_pooled":
+                  federated["cpu_seconds_per_round_in_process"]
+                  / central["cpu_seconds_per_epoch"],
               "target_ratio": 1.3}
     text = json.dumps(result, indent=2)
     print(text)

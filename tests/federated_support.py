@@ -92,39 +92,3 @@ def make_store(out: Path, n_patients: int = 40, ecgs_per_patient: int = 3, n_sam
             writer.write(i, signal.astype(np.float16))
         writer.finish(cohort, manifest)
     return out
-
-
-class InProcessGrid:
-    """A Flower ``Grid`` that hands each message to a ClientApp in this process (no Ray).
-
-    Each node keeps its own ``Context`` across rounds, as Flower's simulation does; a ClientApp
-    exception becomes an error reply, as in Flower's simulation runtime.
-    """
-
-    def __init__(self, client_app, node_configs: list[dict]) -> None:
-        from flwr.app import Context, RecordDict
-        from flwr.supercore.task_identity import TaskIdentity
-
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-        self.client_app = client_app
-        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config=dict(cfg),
-                                          state=RecordDict(), run_config={})
-                         for i, cfg in enumerate(node_configs)}
-        self.sent = 0
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        from flwr.app import Error, Message
-
-        replies = []
-        for message in messages:
-            self.sent += 1
-            context = self.contexts[message.metadata.dst_node_id]
-            try:
-                replies.append(self.client_app(message, context))
-            except Exception as exc:  # mirrors flwr's simulation worker
-                replies.append(Message(Error(code=2, reason=f"{type(exc)}:<'{exc}'>"),
-                                       reply_to=message))
-        return replies

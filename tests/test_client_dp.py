@@ -10,11 +10,11 @@ from opacus.accountants import RDPAccountant
 
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import PrivacyError
+from fedecg.federated.inprocess import InProcessGrid
 from fedecg.privacy.accounting import epsilon_of
 from fedecg.privacy.client_dp import RELEASES, ClientLevelDP
 from fedecg.privacy.clipping import client_clipping_mod
 from fedecg.privacy.sample_dp import EPSILON
-from tests.federated_support import InProcessGrid
 
 ROUNDS = {"pretrain": 2, "lab": 1, "diagnosis": 2}
 SITES = 4

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from federated_support import SCHEMA, TINY_TRAIN, InProcessGrid, make_store
+from federated_support import SCHEMA, TINY_TRAIN, make_store
 from flwr.app import Array, ArrayRecord, Error, Message
 
 from fedecg.errors import FederationError
 from fedecg.federated import keys
 from fedecg.federated.checkpoint import load_checkpoint
+from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import read_result
 from fedecg.models.io import load_inference_model
 from fedecg.privacy.apps import client_app
@@ -116,6 +117,10 @@ def test_a_deployed_study_survives_a_poisoned_site_and_writes_its_folder(stores,
     assert summary["naive"]["diagnosis_macro_auroc"] == pytest.approx(0.5)
     for name in ("summary.json", "config.yaml", "report.html", "metrics.jsonl"):
         assert (out / name).is_file(), name
+    report = (out / "report.html").read_text()
+    assert "Results: federated across hospitals" in report
+    assert "on the pooled test split" not in report
+    assert report.count("hospital-2") >= 2 and "rejected" in report  # sites table and events
     _, card = load_inference_model(out / "model")
     assert card.model_name == "transfer" and card.data_summary["stores"] == list(per_site)
 

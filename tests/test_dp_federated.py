@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from federated_support import TINY_TRAIN, InProcessGrid, make_store
+from federated_support import TINY_TRAIN, make_store
 
 from fedecg.config.federated import SimulationConfig
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, make_plan
+from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import METRICS_FILE, run_server
 from fedecg.privacy import normalization
 from fedecg.privacy.apps import client_app

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from federated_support import TINY_TRAIN, InProcessGrid, make_store
+from federated_support import TINY_TRAIN, make_store
 
 from fedecg.config.federated import SimulationConfig
 from fedecg.config.privacy import DPConfig
@@ -24,6 +24,7 @@ from fedecg.federated import keys
 from fedecg.federated.checkpoint import latest_site_state, load_checkpoint
 from fedecg.federated.client_app import app as client_app
 from fedecg.federated.datasource import ensure_partition, make_plan
+from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import METRICS_FILE, initial_model, read_result, run_server
 from fedecg.federated.partition import site_view
 from fedecg.federated.site import RoundPlan, local_train

@@ -161,7 +161,7 @@ def test_several_seeds_give_mean_and_sd_and_a_per_seed_table_with_cis(tmp_path: 
     assert ["transfer · seed 1", "0.580 [0.530, 0.630]", "0.610 [0.560, 0.660]",
             "0.550 (sites 0.540–0.560)", "0.530 [0.490, 0.570]", "0.560 [0.520, 0.600]",
             "0.500 (sites 0.490–0.510)"] in rows
-    assert "mean ± sd over 2 seeds" in page
+    assert "mean ± sd over 2 seeds, per-seed CIs below" in page
     assert "No differential privacy in this study" in page
 
 

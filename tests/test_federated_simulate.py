@@ -10,13 +10,14 @@ from pathlib import Path
 import flwr.simulation
 import pytest
 import yaml
-from federated_support import TINY_TRAIN, InProcessGrid, make_store
+from federated_support import TINY_TRAIN, make_store
 from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.federated import keys
 from fedecg.federated import site as site_module
+from fedecg.federated.inprocess import InProcessGrid
 from fedecg.models.io import load_inference_model
 
 runner = CliRunner()

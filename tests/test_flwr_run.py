@@ -25,7 +25,7 @@ from fedecg.federated.orchestration import METRICS_FILE, read_result
 from fedecg.federated.simulate import FLOWER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_WAIT_S = 90
+RUN_WAIT_S = 180  # the run takes about a minute on 2 shared cores; room for a loaded machine
 
 
 def _free_port() -> int:

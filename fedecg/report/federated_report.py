@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedecg.federated import keys
+from fedecg.federated.strategies import DROPOUT, REJECTED
 from fedecg.privacy.card import privacy_card
 from fedecg.privacy.sample_dp import DP_STEPS, EPSILON, STOPPED
 from fedecg.privacy.sweep import site_budgets, study_privacy
@@ -35,8 +36,12 @@ Lookup = Callable[[Result], Any]
 
 MODELS = ("signal-only", "transfer", "multimodal")
 SETTING_COLORS = {"federated": "#d62728", "pooled": "#1f77b4", "local-only": "#7f7f7f"}
-SITE_EVENTS = ("dropout", "rejected")
+SITE_EVENTS = (DROPOUT, REJECTED)
 """Kinds of the metrics lines the server writes for a site that failed, timed out or was refused."""
+DEPLOYED_SCOPE = ("each hospital's own test split scored at the hospital; the study figure is "
+                  "their test-example-weighted mean, its 95% CI the normal interval from the "
+                  "sites' bootstrap CIs (a deployment has no pooled test split, and trains no "
+                  "pooled or local-only baseline)")
 TASKS = (("diagnosis_macro_auroc", "Diagnosis"), ("lab_macro_auroc", "Lab-abnormality"))
 CURVE_PANELS = (
     ("validation loss", keys.VAL_PREFIX + keys.LOSS),
@@ -107,18 +112,20 @@ def cell(results: Mapping[str, Result], lookup: Lookup, key: str) -> str:
         return "—"
     if len(results) == 1:
         return format_with_ci(values[0], dig(lookup(next(iter(results.values()))), f"{key}_ci"))
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    return mean_sd(values)
+
+
+def mean_sd(values: list[float], sign: str = "") -> str:
+    """``0.564`` for one value, ``0.564 ± 0.009`` (sample sd) for several; ``sign="+"`` signs it."""
+    text = f"{np.mean(values):{sign}.3f}"
+    return text if len(values) == 1 else f"{text} ± {np.std(values, ddof=1):.3f}"
 
 
 def gap_cell(results: Mapping[str, Result], model: str, key: str) -> str:
-    """Federated minus pooled, per seed (one seed) or as mean ± sd over seeds."""
+    """Federated minus pooled: per seed, then as for ``mean_sd``; ``—`` if either is missing."""
     gaps = [f - p for f, p in ((dig(r, "federated", model, key), dig(r, "pooled", model, key))
                                for r in results.values()) if _finite(f) and _finite(p)]
-    if not gaps:
-        return "—"
-    if len(gaps) == 1:
-        return f"{gaps[0]:+.3f}"
-    return f"{np.mean(gaps):+.3f} ± {np.std(gaps, ddof=1):.3f}"
+    return mean_sd(gaps, "+") if gaps else "—"
 
 
 def settings(model: str) -> dict[str, Lookup]:
@@ -164,13 +171,36 @@ def local_range(results: Mapping[str, Result], model: str, key: str) -> list[flo
     return [min(values), max(values)] if values else None
 
 
+def deployed_section(page: HtmlPage, summary: Result, results: Mapping[str, Result],
+                     models: Sequence[str]) -> None:
+    """A deployed study's results (sites' own test splits) and the sites that took part."""
+    page.heading("Results: federated across hospitals")
+    naive = summary.get("naive") or {}
+    for key, task in TASKS:
+        rows = [[model, cell(results, settings(model)["federated"], key)] for model in models]
+        rows.append(["naive (training prevalence)",
+                     format_with_ci(naive.get(key), naive.get(f"{key}_ci"))])
+        page.table(["model", f"{task.lower()} macro AUROC"], rows,
+                   caption=f"{task} macro AUROC (seeds {', '.join(results)}): {DEPLOYED_SCOPE}.")
+    deployment = summary["deployment"]
+    rows = [[site, str(entry.get("train_records")), str(entry.get("test_records"))]
+            for site, entry in deployment["sites"].items()]
+    page.table(["site", "training records", "test records"], rows,
+               caption=f"The sites that reported at the end: {len(rows)} of "
+                       f"{deployment['expected_sites']} expected; a round needed "
+                       f"{deployment['min_sites']} usable updates.")
+
+
 def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Result],
                     models: Sequence[str]) -> None:
-    """Federated vs pooled vs local-only tables and bars."""
+    """Federated vs pooled vs local-only tables and bars (a deployment: its own section)."""
+    if "deployment" in summary:
+        deployed_section(page, summary, results, models)
+        return
     page.heading("Results: federated vs pooled vs local-only")
     seeds = ", ".join(results)
     spread = ("bootstrap 95% CI in brackets" if len(results) == 1
-              else f"mean ± sd over {len(results)} seeds (per-seed CIs below)")
+              else f"mean ± sd over {len(results)} seeds, per-seed CIs below")
     headers = ["model", "federated", "pooled", "local-only (mean over sites)",
                "local-only (each on its own site)", "federated − pooled"]
     naive = summary.get("naive") or {}
@@ -202,8 +232,9 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
     page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC, pooled test",
                                   colors=SETTING_COLORS),
                 caption=f"Each model federated, pooled and local-only (mean over sites); "
-                        f"whiskers: {_whisker_words(results)} (local-only with one seed: the "
-                        "range of the site-alone models); dashed line: chance.")
+                        f"whiskers: {_whisker_words(results)}"
+                        + (" (local-only: the range of the site-alone models)"
+                           if len(results) == 1 else "") + "; dashed line: chance.")
 
 
 def _whisker_words(results: Mapping[str, Result]) -> str:
@@ -240,25 +271,27 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
     if not sites:
         return
     page.heading("Per site")
-    headers = ["model @ site (test ECGs)", "federated dx", "pooled dx", "local-only dx",
-               "federated lab", "pooled lab", "local-only lab"]
+    shown = ["federated"] if "deployment" in summary else list(SETTING_COLORS)
+    headers = ["model @ site (test ECGs)", *(f"{s} {task}" for task in ("dx", "lab")
+                                             for s in shown)]
     rows = []
     for model in models:
         for site in sites:
             lookups = site_settings(model, site)
             n_test = dig(counts, site, "test")
             rows.append([f"{model} @ {site}" + (f" ({n_test})" if n_test is not None else ""),
-                         *[cell(results, lookups[s], key) for key, _ in TASKS
-                           for s in SETTING_COLORS]])
-    page.table(headers, rows, caption="Macro AUROC on each site's test split; local-only is "
-               f"the model trained at that site alone ({_whisker_words(results)}).")
+                         *[cell(results, lookups[s], key) for key, _ in TASKS for s in shown]])
+    baselines = "" if len(shown) == 1 else "; local-only is the model trained at that site alone"
+    page.table(headers, rows, caption=f"Macro AUROC on each site's test split{baselines} "
+               f"({_whisker_words(results)}).")
     for model in models:
         values, errors = bar_data(results, {s: site_settings(model, s) for s in sites},
                                   "diagnosis_macro_auroc")
+        values = {s: v for s, v in values.items() if s in shown}
         page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
                                       title=f"{model}: diagnosis macro AUROC per site"),
-                    caption=f"{model} on each site's test split: federated, pooled, and the "
-                            f"site's own local-only model; whiskers: {_whisker_words(results)}.")
+                    caption=f"{model} on each site's test split: {', '.join(shown)}; "
+                            f"whiskers: {_whisker_words(results)}.")
 
 
 def of_seed(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -359,18 +392,18 @@ def privacy_section(page: HtmlPage, records: list[dict[str, Any]], run_dir: Path
                 "stopped (budget spent)"], rows,
                caption="Each site's cumulative (ε, δ) at the end of the run, the largest over "
                        "seeds; client-level DP protects a whole site, so it has one row (all).")
-    lines = [{**r, "panel": r["model"]} for r in of_seed(train, seed)]
+    lines = of_seed(train, seed)
     if not lines:
         page.paragraph("No per-round ε in metrics.jsonl (client-level DP is accounted by "
                        "the server, once per round for all sites).", note=True)
         return
-    panels = [(f"{m}: cumulative ε", f"epsilon {m}") for m in dict.fromkeys(r["model"]
-                                                                              for r in lines)]
-    curves = [{**r, f"epsilon {r['model']}": r[EPSILON]} for r in lines]
-    page.figure(plot_round_panels(curves, panels, boundaries=stage_boundaries(lines),
-                                  reference=config.target_epsilon),
-                caption=f"Seed {seed}: each site's ε spent since round 1, per round; dashed "
-                        "horizontal line: the target ε.")
+    for model in dict.fromkeys(r["model"] for r in lines):
+        mine = [r for r in lines if r["model"] == model]
+        page.figure(plot_round_panels(mine, [(f"{model}: cumulative ε", EPSILON)], columns=1,
+                                      boundaries=stage_boundaries(mine),
+                                      reference=config.target_epsilon),
+                    caption=f"{model}, seed {seed}: each site's ε spent since round 1, per "
+                            "round; dashed lines: stage starts and the target ε.")
 
 
 def _number(value: Any) -> str:
