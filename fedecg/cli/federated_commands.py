@@ -81,7 +81,8 @@ def simulate(
         torch.set_num_threads(1)
     summary = run_study(settings, Path(run_dir), resume=resume is not None,
                         say=lambda text: console.print(f"[bold]•[/] {text}", highlight=False),
-                        progress=_progress, client_app=client_app, wrap_for=client_level)
+                        progress=_progress, client_app=client_app, wrap_for=client_level,
+                        console=console)
     card_entry(Path(run_dir), site_budgets(Path(run_dir)))  # privacy section of the model card
     console.print(results_table(summary))
     _report(Path(run_dir))

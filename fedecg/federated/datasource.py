@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 import fedecg
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
@@ -39,8 +42,10 @@ def cache_dir(data: DataSourceConfig) -> Path:
     return Path(os.environ.get("FEDECG_CACHE", DEFAULT_CACHE))
 
 
-def ensure_store(data: DataSourceConfig) -> Path:
-    """The store to study: ``data.store``, or the cached twin (synthesized and prepared once)."""
+def ensure_store(data: DataSourceConfig, say: Callable[[str], None] | None = None,
+                 console: Console | None = None) -> Path:
+    """The store to study: ``data.store``, or the cached twin (synthesized and prepared once;
+    ``say`` tells, and ``console`` shows the prepare's progress bar)."""
     if data.store is not None:
         return Path(data.store)
     if data.synthesize is None:
@@ -52,13 +57,15 @@ def ensure_store(data: DataSourceConfig) -> Path:
     store = folder / "store"
     if (store / "manifest.json").is_file():
         return store
-    log.info("synthesizing a twin of %d patients at %d hospitals into %s", twin.patients,
-             twin.sites, folder)
+    (say or log.info)(f"synthesizing the twin: {twin.patients} patients at {twin.sites} "
+                      f"hospitals into {folder} (once; later studies reuse it)")
     if not (folder / "raw" / "record_list.csv").is_file():
         generate_twin(folder / "raw", patients=twin.patients, sites=twin.sites, seed=twin.seed,
                       overwrite=True)
     settings = PrepareConfig(site_name=folder.name, waveform=WaveformConfig(fs=twin.fs))
-    prepare_store(MimicInput(folder / "raw", folder / "raw"), store, settings, overwrite=True)
+    result = prepare_store(MimicInput(folder / "raw", folder / "raw"), store, settings,
+                           overwrite=True, console=console)
+    (say or log.info)(result.summary())
     return store
 
 

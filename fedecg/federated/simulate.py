@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from flwr.clientapp import ClientApp
+from rich.console import Console
 
 from fedecg.config.base import dump_config, read_yaml
 from fedecg.config.federated import SimulationConfig
@@ -88,11 +89,12 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
     sites = plan.config.num_sites
     backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
                "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
-                             "include_dashboard": False,
+                             "include_dashboard": False, "log_to_driver": False,
                              "object_store_memory": 128 * 1024 ** 2}}
     flower_log = logging.getLogger("flwr")
     level = flower_log.level
-    flower_log.setLevel(logging.WARNING)  # fedecg reports progress itself
+    # fedecg reports progress itself, and site failures from their replies (strategies.py)
+    flower_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -203,18 +205,18 @@ def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir:
 
 def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
               say: Say | None = None, progress: Progress | None = None,
-              client_app: ClientApp | None = None,
-              wrap_for: WrapFor | None = None) -> dict[str, Any]:
+              client_app: ClientApp | None = None, wrap_for: WrapFor | None = None,
+              console: Console | None = None) -> dict[str, Any]:
     """Run the whole study into ``out`` (see the module docstring); return the summary.
 
     ``client_app`` and ``wrap_for``: the ClientApp the sites run and the server's strategy
     wrapper (``fedecg.privacy.apps`` applies the config's ``privacy`` section; default:
-    fedecg's plain apps).
+    fedecg's plain apps). ``console`` shows the progress of preparing a synthesized twin.
     """
     say = say or log.info
     out = Path(out)
     prepare_run_dir(out, config, resume)
-    store = ensure_store(config.data)
+    store = ensure_store(config.data, say, console)
     partition_dir = ensure_partition(store, config.partition, out)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in config.seeds:
