@@ -18,6 +18,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from fedecg.config.federated import SimulationConfig
+from fedecg.errors import FedecgError
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.datasource import (
     run_models,
@@ -94,7 +95,10 @@ def _serve(grid: Grid, config: SimulationConfig, out: Path, models: list[str],
                    deployment=_deployment(out, config, per_seed[config.seeds[0]]))
     atomic_write_json(out / SUMMARY_FILE, summary)
     card_entry(out, site_budgets(out))
-    write_run_report(out)
+    try:
+        write_run_report(out)
+    except FedecgError as exc:  # the study is written; a report problem is logged, not fatal
+        log.warning("report not written: %s", exc)
     return summary
 
 
