@@ -182,3 +182,24 @@ def test_too_few_connected_sites_fail_at_start_with_the_count(stores, tmp_path):
     grid = FaultyGrid(stores[:1])
     with pytest.raises(FederationError, match=r"1 of 3 site\(s\) connected .*min_sites=2"):
         serve(tmp_path, grid)
+
+
+def test_a_site_that_leaves_between_rounds_is_a_named_dropout(stores, tmp_path):
+    class LeavingGrid(FaultyGrid):
+        """Site 2 disconnects after the first round (train and evaluate)."""
+
+        exchanges = 0
+
+        def send_and_receive(self, messages, *, timeout=None):
+            self.exchanges += 1
+            return super().send_and_receive(messages, timeout=timeout)
+
+        def get_node_ids(self):
+            nodes = super().get_node_ids()
+            return [n for n in nodes if n != 102] if self.exchanges >= 2 else nodes
+
+    summary = serve(tmp_path, LeavingGrid(stores))
+    left = [e for e in summary["deployment"]["events"] if e["kind"] == "dropout"]
+    assert [(e["site"], e["round"], e["phase"]) for e in left] == [("hospital-2", 2, "train")]
+    assert "left the federation" in left[0]["reason"]
+    assert set(summary["sites"]["transfer"]) == {"hospital-0", "hospital-1"}

@@ -38,7 +38,7 @@ from fedecg.federated.checkpoint import (
     save_checkpoint,
 )
 from fedecg.federated.params import plain_state, to_arrays, to_state
-from fedecg.federated.strategies import DROPOUT, REJECTED, StageRounds, make_strategy
+from fedecg.federated.strategies import DROPOUT, REJECTED, Roster, StageRounds, make_strategy
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
 from fedecg.training.runner import build_model
@@ -150,7 +150,7 @@ def _serve(grid: Grid, plan: RunPlan, progress: Progress | None,
     if not run.position.done:
         await_sites(grid, plan)
     offsets = round_offsets(plan, stages)
-    known: dict[int, tuple[int, str]] = {}  # node id -> the site it named, across stages
+    roster = Roster()  # the sites heard from, across stages
     try:
         for index, stage in enumerate(stages):
             rounds = plan.config.federation.rounds.of(stage.name)
@@ -158,7 +158,7 @@ def _serve(grid: Grid, plan: RunPlan, progress: Progress | None,
             if index < run.position.stage_index or done >= rounds:
                 continue
             _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index],
-                       progress, wrap, known)
+                       progress, wrap, roster)
     except BaseException:
         _keep_events(out, run)
         raise
@@ -205,7 +205,7 @@ def await_sites(grid: Grid, plan: RunPlan) -> int:
 
 def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Stage,
                model: JointModel, run: Checkpoint, offset: int, progress: Progress | None,
-               wrap: StrategyWrap | None, known: dict[int, tuple[int, str]]) -> None:
+               wrap: StrategyWrap | None, roster: Roster) -> None:
     out = Path(plan.out)
     federation = plan.config.federation
     rounds = federation.rounds.of(stage.name)
@@ -218,7 +218,7 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
 
     strategy = make_strategy(federation.strategy, plan.config.num_sites, federation.min_sites)
     wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, done, record,
-                          federation.min_sites, federation.round_timeout_s, known)
+                          federation.min_sites, federation.round_timeout_s, roster)
     if done > 0:
         wrapper.load_state(run.strategy_state)
 

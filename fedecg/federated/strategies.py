@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,26 @@ def screen_update(reply: Message, sent: ArrayRecord) -> str | None:
     return None
 
 
+@dataclass
+class Roster:
+    """The sites a run has heard from (node id -> site index and name), across its stages, and
+    which of them are no longer connected."""
+
+    names: dict[int, tuple[int, str]] = field(default_factory=dict)
+    gone: set[int] = field(default_factory=set)
+
+    def name(self, node: int) -> str:
+        """The site a node named, or ``node <id>`` before it has answered."""
+        return self.names[node][1] if node in self.names else f"node {node}"
+
+    def newly_gone(self, online: Iterable[int]) -> list[int]:
+        """Sites heard from before that are not connected now and were at the last look."""
+        missing = set(self.names) - set(online)
+        new = sorted(missing - self.gone)
+        self.gone = missing
+        return new
+
+
 class StageRounds(Strategy):
     """Wrap ``inner`` for one stage: round offset, screened replies, per-site metrics.
 
@@ -130,7 +151,7 @@ class StageRounds(Strategy):
 
     def __init__(self, inner: Strategy, offset: int, on_site_metrics: SiteMetrics,
                  min_sites: int = 1, timeout: float = 3600.0,
-                 known: dict[int, tuple[int, str]] | None = None) -> None:
+                 roster: Roster | None = None) -> None:
         self.inner = inner
         self.offset = offset
         self.on_site_metrics = on_site_metrics
@@ -139,7 +160,7 @@ class StageRounds(Strategy):
         self.bytes_down = 0
         self.sent = ArrayRecord()
         self.asked: list[Message] = []
-        self.known = {} if known is None else known  # node id -> (site index, site name)
+        self.roster = Roster() if roster is None else roster
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
@@ -192,6 +213,9 @@ class StageRounds(Strategy):
                     f"{self.min_sites}; the run stops here and resumes from its last "
                     "finished round once enough sites are back")
             time.sleep(1.0)
+        for node in self.roster.newly_gone(grid.get_node_ids()):
+            self._event(DROPOUT, kind, self.offset + server_round, node,
+                        "no longer connected to the SuperLink (left the federation)")
 
     def _checked(self, replies: Iterable[Message], kind: str, server_round: int) -> list[Message]:
         stage_round = self.offset + server_round
@@ -204,9 +228,10 @@ class StageRounds(Strategy):
                 continue
             if keys.SITE in message.content.config_records:
                 site = message.content[keys.SITE]
-                self.known[node] = (int(site[keys.SITE_INDEX]), str(site[keys.SITE_NAME]))
+                self.roster.names[node] = (int(site[keys.SITE_INDEX]),
+                                           str(site[keys.SITE_NAME]))
             problem = screen_update(message, self.sent) if kind == "train" else (
-                None if node in self.known else "the reply names no site")
+                None if node in self.roster.names else "the reply names no site")
             if problem is not None:
                 events.append((REJECTED, node, problem))
                 continue
@@ -217,10 +242,11 @@ class StageRounds(Strategy):
                    if node not in answered]
         for event, node, reason in events:
             self._event(event, kind, stage_round, node, reason)
-        ordered = sorted(usable, key=lambda m: (*self.known[sender(m, self.asked)],
+        ordered = sorted(usable, key=lambda m: (*self.roster.names[sender(m, self.asked)],
                                                 sender(m, self.asked)))
         if kind == "train" and len(ordered) < self.min_sites:
-            reasons = "; ".join(f"{self._name(node)}: {reason}" for _, node, reason in events)
+            reasons = "; ".join(f"{self.roster.name(node)}: {reason}"
+                                for _, node, reason in events)
             raise FederationError(
                 f"train round {stage_round}: {len(ordered)} usable update(s), fewer than "
                 f"federation.min_sites={self.min_sites} ({reasons or 'no site answered'}); "
@@ -233,7 +259,7 @@ class StageRounds(Strategy):
                 metrics[keys.BYTES_SENT] = record_bytes(message.content[keys.ARRAYS])
                 metrics[keys.BYTES_RECEIVED] = self.bytes_down
             node = sender(message, self.asked)
-            index, name = self.known[node]
+            index, name = self.roster.names[node]
             self.on_site_metrics(kind, stage_round, index, name, {**metrics, NODE_ID: node})
         if ordered and total <= 0:
             raise FederationError(f"{kind} round {stage_round}: every site "
@@ -241,11 +267,8 @@ class StageRounds(Strategy):
                                   "this stage")
         return ordered
 
-    def _name(self, node: int) -> str:
-        return self.known[node][1] if node in self.known else f"node {node}"
-
     def _event(self, event: str, kind: str, stage_round: int, node: int, reason: str) -> None:
-        index, name = self.known.get(node, (None, f"node {node}"))
+        index, name = self.roster.names.get(node, (None, f"node {node}"))
         log.warning("%s round %d: %s %s (node %d): %s", kind, stage_round, name, event,
                     node, reason)
         self.on_site_metrics(event, stage_round, index, name,
