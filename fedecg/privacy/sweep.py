@@ -1,8 +1,9 @@
 """The privacy-utility study: the federated study of ``fedecg simulate`` at several budgets.
 
 ``run_sweep(config, epsilons, out)`` runs ``fedecg.federated.simulate.run_study`` once per ε
-(signal-only and transfer models; ``inf`` means no DP) into ``out/epsilon-<ε>/``, each with
-its own ``summary.json`` (the same keys as ``fedecg simulate``), and writes into ``out``:
+(signal-only, transfer and multimodal side by side, as in every results table; ``inf`` means
+no DP) into ``out/epsilon-<ε>/``, each with its own ``summary.json`` (the same keys as
+``fedecg simulate``), and writes into ``out``:
 
 * ``privacy_utility.csv``: one row per ε and model: diagnosis and lab macro AUROC with their
   bootstrap CIs, the share of the non-private AUROC above chance kept, and the largest final
@@ -38,7 +39,7 @@ from fedecg.privacy.card import annotate_model, privacy_card
 from fedecg.privacy.client_dp import LEDGER_FILE
 from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
 
-SWEEP_MODELS = ["signal-only", "transfer"]
+SWEEP_MODELS = ["signal-only", "transfer", "multimodal"]
 TABLE_FILE = "privacy_utility.csv"
 TASKS = ("diagnosis", "lab")
 Say = Callable[[str], None]
@@ -65,7 +66,7 @@ def epsilon_label(epsilon: float) -> str:
 
 
 def budget_config(config: SimulationConfig, epsilon: float) -> SimulationConfig:
-    """``config`` for one budget: the two models; DP off at ``inf``, else the configured mode
+    """``config`` for one budget: the three models; DP off at ``inf``, else the configured mode
     (``sample`` when the config says ``none``) at target ``epsilon``."""
     base: DPConfig | None = getattr(config, "privacy", None)
     if base is None:
