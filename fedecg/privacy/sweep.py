@@ -128,14 +128,20 @@ def utility_rows(epsilon: float, summary: dict[str, Any],
     return rows
 
 
+def kept_share(value: float | None, reference: float | None) -> float | None:
+    """(AUROC_ε − 0.5) / (AUROC_∞ − 0.5); None without both, or with a reference at chance."""
+    if value is None or reference is None or reference <= 0.5:
+        return None
+    return (value - 0.5) / (reference - 0.5)
+
+
 def add_retention(rows: list[dict[str, Any]]) -> None:
-    """``dx_auroc_kept``: (AUROC_ε − 0.5) / (AUROC_∞ − 0.5) per model, when ∞ was run."""
+    """``dx_auroc_kept``: ``kept_share`` of each row's diagnosis AUROC, when ∞ was run."""
     reference = {r["model"]: r["diagnosis_macro_auroc"] for r in rows
-                 if math.isinf(r["target_epsilon"]) and r["diagnosis_macro_auroc"] is not None}
+                 if math.isinf(r["target_epsilon"])}
     for row in rows:
-        base, value = reference.get(row["model"]), row["diagnosis_macro_auroc"]
-        usable = base is not None and value is not None and base > 0.5
-        row["dx_auroc_kept"] = (value - 0.5) / (base - 0.5) if usable else None
+        row["dx_auroc_kept"] = kept_share(row["diagnosis_macro_auroc"],
+                                          reference.get(row["model"]))
 
 
 def study_privacy(run_dir: Path) -> DPConfig | None:
