@@ -17,11 +17,13 @@ the batch loss is a mean of per-example losses, each depending on its own exampl
     row's F standardized clinical values (labs, vitals, demographics; clipped at ±5 as the
     clinical encoder clips them), a squared error averaged over the row's **known** values
     (missing ones are masked out, not imputed): the knowledge transfer made direct. At the
-    quickstart scale it kept no more diagnosis AUROC than ``align`` (README, "Utility").
+    quickstart scale it kept no more diagnosis AUROC than ``align``.
 
-  Neither needs negatives, and neither can collapse (the targets differ between patients).
-  Only the ECG encoder and ECG projection train; the stage shares the same keys as
-  ``PretrainStage`` (the clinical ones come back unchanged), so a server needs no other stage.
+  Neither needs negatives. Without them nothing keeps the ECG side diverse: in the federated
+  quickstart study both collapsed the ECG projections onto one direction even at ε = 10⁵, and
+  transfer ended below signal-only (README, "Utility"). Only the ECG encoder and ECG projection
+  train; the stage shares the same keys as ``PretrainStage`` (the clinical ones come back
+  unchanged), so a server needs no other stage.
 * **Lab and diagnosis heads** use masked BCE averaged over the known labels of the whole
   batch, so one example's missing labels change every other example's weight. The private
   versions average over each example's own known labels, then over the batch.

@@ -58,7 +58,7 @@ def seed_values(runs: Path, label: str, model: str) -> list[float | None]:
 
 
 def _share(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
+    return "–" if value is None else f"{round(100 * value)}%"  # int: never "-0%"
 
 
 def results_table(rows: list[dict[str, Any]], runs: Path) -> str:
