@@ -24,13 +24,17 @@ def store(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("fed") / "store", n_patients=40)
 
 
-def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("model", "rounds"), [("transfer", 5), ("multimodal", 3)])
+def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, monkeypatch,
+                                                              model, rounds):
+    """Every model of the privacy sweep trains under DP (multimodal: the clinical encoder too,
+    on public standardization), each round adding to each site's ε."""
     monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
     config = SimulationConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": 2},
         "federation": {"rounds": {"pretrain": 2, "lab": 1, "diagnosis": 2}},
         "train": TINY_TRAIN, "privacy": {"mode": "sample", "target_epsilon": 4.0}})
-    plan = make_plan(config, "transfer", tmp_path / "run", store,
+    plan = make_plan(config, model, tmp_path / "run", store,
                      ensure_partition(store, config.partition, tmp_path))
     grid = InProcessGrid(client_app, [{keys.NODE_PARTITION_ID: i} for i in range(2)])
     run_server(grid, plan)
@@ -38,7 +42,7 @@ def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, m
     train = [line for line in map(json.loads, text.splitlines()) if line["kind"] == "train"]
     for site in (0, 1):
         spent = [line[EPSILON] for line in train if line["site_index"] == site]
-        assert len(spent) == 5 and all(b > a for a, b in itertools.pairwise(spent))
+        assert len(spent) == rounds and all(b > a for a, b in itertools.pairwise(spent))
         assert 3.5 < spent[-1] <= 4.0
     assert all(line.get(keys.TRAIN_LOSS) is None for line in train)  # not released under DP
     assert all(line[STOPPED] == 0 for line in train)

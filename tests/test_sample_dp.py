@@ -10,7 +10,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from fedecg.config.privacy import DPConfig
 from fedecg.data.labs import DEFAULT_LAB_PANEL
@@ -18,56 +18,33 @@ from fedecg.errors import PrivacyError
 from fedecg.models.joint import JointModel
 from fedecg.privacy.accounting import Ledger, PrivacyPlan, plan_stage
 from fedecg.privacy.normalization import apply_public_normalization, public_statistics
-from fedecg.privacy.objectives import PrivatePretrainStage, private_stage
+from fedecg.privacy.objectives import private_stage
 from fedecg.privacy.sample_dp import EPSILON, STOPPED, SitePrivacy
 from fedecg.privacy.validation import validate_model
-from fedecg.training.losses import masked_bce
-from fedecg.training.stages import DiagnosisStage, LabHeadStage, PretrainStage
 from fedecg.training.trainer import activate, make_optimizer, train_epochs
+from tests.dp_support import (
+    BATCH,
+    ENCODER,
+    N_DX,
+    N_LAB,
+    STAGES,
+    N,
+    TinyRecords,
+    fixed_batches,
+    tiny_model,
+)
 
 torch.set_num_threads(1)
-N, BATCH, LEADS_T, N_LAB, N_DX, N_CLIN = 24, 6, 48, 3, 2, 5
-ENCODER = {"stem_width": 8, "widths": [8, 16], "blocks": [1, 1], "groups": 4, "kernel_size": 5}
-STAGES = [PretrainStage(), LabHeadStage(), DiagnosisStage(lab_loss_weight=0.5)]
-
-
-class TinyRecords(Dataset):
-    """Seeded per-example dicts shaped like ``fedecg.training.data.CropDataset`` items."""
-
-    def __init__(self, n: int = N, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.ecg = torch.randn(n, 12, LEADS_T, generator=g)
-        self.clinical = torch.randn(n, N_CLIN, generator=g)
-        self.lab = (torch.rand(n, N_LAB, generator=g) > 0.5).float()
-        self.dx = (torch.rand(n, N_DX, generator=g) > 0.6).float()
-        self.lab[::3, 0] = float("nan")
-        self.dx[::4] = float("nan")  # ECGs outside any stay: unknown diagnoses
-
-    def __len__(self) -> int:
-        return len(self.ecg)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"ecg": self.ecg[i], "clinical": self.clinical[i], "lab": self.lab[i],
-                "dx": self.dx[i]}
-
-
-def tiny_model(seed: int = 0, **encoder) -> JointModel:
-    torch.manual_seed(seed)
-    return JointModel(N_LAB, N_DX, N_CLIN, encoder={**ENCODER, **encoder},
-                      clinical={"hidden": 16, "embedding_dim": 8}, projection_dim=8)
 
 
 def site_privacy(noise: float | None = None, clip: float = 1.0, rounds: int = 2,
-                 target: float = 3.0) -> SitePrivacy:
-    config = DPConfig(mode="sample", target_epsilon=target, sample={"max_grad_norm": clip})
+                 target: float = 3.0, objective: str = "align") -> SitePrivacy:
+    config = DPConfig(mode="sample", target_epsilon=target,
+                      sample={"max_grad_norm": clip, "pretrain_objective": objective})
     plan = PrivacyPlan(tuple(plan_stage(s.name, N, BATCH, rounds) for s in STAGES), N, "s0")
     if noise is None:
         return SitePrivacy.start(config, plan)  # calibrated for the plan
     return SitePrivacy(config, plan, noise, Ledger(delta=config.resolved_delta(N)))
-
-
-def fixed_batches() -> DataLoader:
-    return DataLoader(TinyRecords(), batch_size=BATCH, shuffle=False)
 
 
 def proximal(anchor: JointModel, mu: float = 0.5):
@@ -79,17 +56,20 @@ def proximal(anchor: JointModel, mu: float = 0.5):
     return term
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_zero_noise_and_infinite_clip_equals_plain_training(stage):
+@pytest.mark.parametrize(("stage", "objective"),
+                         [(STAGES[0], "align"), (STAGES[0], "features"), (STAGES[1], "align"),
+                          (STAGES[2], "align")],
+                         ids=["pretrain-align", "pretrain-features", "lab", "diagnosis"])
+def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
     """With σ = 0 and C = ∞, DP-SGD on the same batches is plain SGD on the same objective
     (here with a FedProx term, which the DP path adds after noising)."""
     plain, private = tiny_model(), tiny_model()
     extra = proximal(tiny_model(seed=1))
-    objective = private_stage(stage)
+    site = site_privacy(noise=0.0, clip=1e9, objective=objective)
+    objective = private_stage(stage, site.config.sample)
     optimizer = make_optimizer(activate(plain, objective), lr=1e-2)
     train_epochs(plain, objective, fixed_batches(), optimizer, 1, extra_loss=extra)
 
-    site = site_privacy(noise=0.0, clip=1e9)
     optimizer = make_optimizer(activate(private, stage), lr=1e-2)
     with site.private_round(private, stage, fixed_batches(), optimizer, seed=0,
                             extra_loss=extra) as dp:
@@ -158,40 +138,6 @@ def test_loader_that_does_not_match_the_plan_is_refused():
     with (pytest.raises(PrivacyError, match=r"calibrated for rate 0\.25"),
           site.private_round(model, STAGES[1], loader, optimizer, seed=0)):
         pass
-
-
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_private_objectives_are_per_example(stage):
-    """Changing other rows of the batch leaves each row's loss unchanged."""
-    model, batch = tiny_model(), next(iter(fixed_batches()))
-    other = {k: v.clone() for k, v in batch.items()}
-    for key in ("ecg", "clinical"):
-        other[key][1:] = torch.randn_like(other[key][1:])
-    other["lab"][1:] = float("nan")
-    other["dx"][1:] = 1.0
-    objective = private_stage(stage)
-    model.eval()
-    with torch.no_grad():
-        first = objective.per_example_loss(model, batch)[0]
-        again = objective.per_example_loss(model, other)[0]
-    assert float(again) == pytest.approx(float(first), rel=1e-5)
-
-
-def test_plain_masked_bce_couples_examples_and_the_private_one_does_not():
-    logits = torch.zeros(2, 3)
-    one_known = torch.tensor([[1.0, float("nan"), float("nan")], [0.0, 1.0, 0.0]])
-    none_known = torch.tensor([[1.0, float("nan"), float("nan")], [float("nan")] * 3])
-    grad = [torch.autograd.grad(masked_bce(lg, t), lg)[0][0, 0]
-            for t in (one_known, none_known) for lg in [logits.clone().requires_grad_()]]
-    assert grad[0] != grad[1]  # example 0's gradient depends on example 1's labels
-
-
-def test_private_pretraining_trains_only_the_ecg_side_and_shares_the_usual_keys():
-    model = tiny_model()
-    stage = PrivatePretrainStage()
-    names = {n for n, p in model.named_parameters() if any(p is q for q in stage.trainable(model))}
-    assert names and all(n.startswith(("classifier.encoder.", "ecg_projection.")) for n in names)
-    assert stage.shared_keys(model) == PretrainStage().shared_keys(model)
 
 
 def test_public_normalization_uses_reference_ranges_and_refuses_unknown_features():

@@ -25,6 +25,7 @@ PrivacyMode = Literal["none", "sample", "client"]
 AccountantName = Literal["rdp", "prv"]
 GradSampleMode = Literal["hooks", "functorch"]
 ClippingSide = Literal["server", "client"]
+PretrainObjective = Literal["align", "features"]
 
 
 def default_delta(n_units: int) -> float:
@@ -42,6 +43,9 @@ class SampleDPConfig(StrictModel):
     grad_sample_mode: GradSampleMode = "hooks"
     max_noise_multiplier: float = Field(
         10.0, gt=0, description="largest noise multiplier calibration may choose")
+    pretrain_objective: PretrainObjective = Field(
+        "align", description="per-example pretraining loss (fedecg.privacy.objectives): "
+        "align = cosine to a frozen random embedding, features = regress own clinical values")
 
     @model_validator(mode="after")
     def _poisson(self) -> SampleDPConfig:

@@ -131,7 +131,7 @@ class SitePrivacy:
                       extra_loss: ExtraLoss | None = None) -> Iterator[PrivateTraining]:
         """Opacus around ``model``/``optimizer``/``loader`` for one round (see module doc)."""
         validate_model(model, f"site {self.plan.site}")
-        private = private_stage(stage)
+        private = private_stage(stage, self.config.sample)
         activate(model, private)
         rate = self.stage_rate(private.name)
         n = len(loader.dataset)

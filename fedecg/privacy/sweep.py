@@ -1,8 +1,9 @@
 """The privacy-utility study: the federated study of ``fedecg simulate`` at several budgets.
 
 ``run_sweep(config, epsilons, out)`` runs ``fedecg.federated.simulate.run_study`` once per ε
-(signal-only and transfer models; ``inf`` means no DP) into ``out/epsilon-<ε>/``, each with
-its own ``summary.json`` (the same keys as ``fedecg simulate``), and writes into ``out``:
+(signal-only, transfer and multimodal side by side, as in every results table; ``inf`` means
+no DP) into ``out/epsilon-<ε>/``, each with its own ``summary.json`` (the same keys as
+``fedecg simulate``), and writes into ``out``:
 
 * ``privacy_utility.csv``: one row per ε and model: diagnosis and lab macro AUROC with their
   bootstrap CIs, the share of the non-private AUROC above chance kept, and the largest final
@@ -38,7 +39,7 @@ from fedecg.privacy.card import annotate_model, privacy_card
 from fedecg.privacy.client_dp import LEDGER_FILE
 from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
 
-SWEEP_MODELS = ["signal-only", "transfer"]
+SWEEP_MODELS = ["signal-only", "transfer", "multimodal"]
 TABLE_FILE = "privacy_utility.csv"
 TASKS = ("diagnosis", "lab")
 Say = Callable[[str], None]
@@ -65,7 +66,7 @@ def epsilon_label(epsilon: float) -> str:
 
 
 def budget_config(config: SimulationConfig, epsilon: float) -> SimulationConfig:
-    """``config`` for one budget: the two models; DP off at ``inf``, else the configured mode
+    """``config`` for one budget: the three models; DP off at ``inf``, else the configured mode
     (``sample`` when the config says ``none``) at target ``epsilon``."""
     base: DPConfig | None = getattr(config, "privacy", None)
     if base is None:
@@ -127,14 +128,20 @@ def utility_rows(epsilon: float, summary: dict[str, Any],
     return rows
 
 
+def kept_share(value: float | None, reference: float | None) -> float | None:
+    """(AUROC_ε − 0.5) / (AUROC_∞ − 0.5); None without both, or with a reference at chance."""
+    if value is None or reference is None or reference <= 0.5:
+        return None
+    return (value - 0.5) / (reference - 0.5)
+
+
 def add_retention(rows: list[dict[str, Any]]) -> None:
-    """``dx_auroc_kept``: (AUROC_ε − 0.5) / (AUROC_∞ − 0.5) per model, when ∞ was run."""
+    """``dx_auroc_kept``: ``kept_share`` of each row's diagnosis AUROC, when ∞ was run."""
     reference = {r["model"]: r["diagnosis_macro_auroc"] for r in rows
-                 if math.isinf(r["target_epsilon"]) and r["diagnosis_macro_auroc"] is not None}
+                 if math.isinf(r["target_epsilon"])}
     for row in rows:
-        base, value = reference.get(row["model"]), row["diagnosis_macro_auroc"]
-        usable = base is not None and value is not None and base > 0.5
-        row["dx_auroc_kept"] = (value - 0.5) / (base - 0.5) if usable else None
+        row["dx_auroc_kept"] = kept_share(row["diagnosis_macro_auroc"],
+                                          reference.get(row["model"]))
 
 
 def study_privacy(run_dir: Path) -> DPConfig | None:
