@@ -19,9 +19,9 @@ the batch loss is a mean of per-example losses, each depending on its own exampl
     (missing ones are masked out, not imputed): the knowledge transfer made direct. At the
     quickstart scale it kept no more diagnosis AUROC than ``align``.
 
-  Neither needs negatives. Without them nothing keeps the ECG side diverse: in the federated
-  quickstart study both collapsed the ECG projections onto one direction even at ε = 10⁵, and
-  transfer ended below signal-only (README, "Utility"). Only the ECG encoder and ECG projection
+  Neither needs negatives. In the federated quickstart study both learn only the mean target
+  (no per-example structure), and transfer gains nothing from them (simulation/README.md,
+  "What was tried for the ε = 8 target"). Only the ECG encoder and ECG projection
   train; the stage shares the same keys as ``PretrainStage`` (the clinical ones come back
   unchanged), so a server needs no other stage.
 * **Lab and diagnosis heads** use masked BCE averaged over the known labels of the whole
