@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import yaml
+from benchmark_json import emit
 
 from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
 from fedecg.deploy.node_keys import create_node_keys
@@ -171,10 +172,7 @@ def main() -> None:
               "deployed_over_simulated": dep["seconds_per_round"] / sim["seconds_per_round"],
               "bytes_per_round_per_site": message_bytes(dep["lines"]),
               "final_evaluation_reply_per_site": dep["final_reply"]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

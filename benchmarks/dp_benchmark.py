@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_json import emit
 from torch.utils.data import DataLoader, Dataset
 
 from fedecg.config.privacy import DPConfig
@@ -184,10 +185,7 @@ def main() -> None:
                           "ratio_to_plain": seconds[mode] / seconds["plain"],
                           **json.loads(result.stdout.strip().splitlines()[-1])}
         report["stages"][stage] = rows
-    text = json.dumps(report, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

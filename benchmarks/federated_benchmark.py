@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark_json import emit
 
 from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
 from fedecg.federated import keys
@@ -131,10 +132,7 @@ def main() -> None:
                   federated["cpu_seconds_per_round_in_process"]
                   / central["cpu_seconds_per_epoch"],
               "target_ratio": 1.3}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

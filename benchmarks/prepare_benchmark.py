@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark_json import emit
 from torch.utils.data import DataLoader
 
 from fedecg.config.data import PrepareConfig
@@ -189,9 +190,7 @@ def main() -> None:
                                        / small["waveform_stage"]["anon_growth_mib"]),
         "tracemalloc_peak": (large["prepare_tracemalloc"]["tracemalloc_peak_mib"]
                              / small["prepare_tracemalloc"]["tracemalloc_peak_mib"])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

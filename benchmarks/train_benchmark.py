@@ -16,7 +16,6 @@ on the machine and its load: compare them only as ratios taken on the same machi
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from benchmark_json import emit
 
 from fedecg.config.train import TrainConfig
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
@@ -111,10 +111,7 @@ def main() -> None:
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
