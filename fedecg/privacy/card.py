@@ -19,13 +19,20 @@ NOT_COVERED = ("validation/test records and the metrics computed on them; each s
                "of training records; the training losses a site reports")
 
 
+PRETRAIN_OBJECTIVE_WORDS = {
+    "align": "each ECG aligns with a frozen embedding of its own clinical row",
+    "features": "each ECG regresses its own standardized clinical values"}
+
+
 def mechanism(config: DPConfig) -> dict[str, str]:
     """The mechanism and the unit it protects, in words, for ``config.mode``."""
     if config.mode == "sample":
+        objective = PRETRAIN_OBJECTIVE_WORDS[config.sample.pretrain_objective]
         return {"mechanism": "DP-SGD at each site (Opacus): per-example gradient clipping, "
                              "Gaussian noise, Poisson sampling, one accountant across all rounds "
-                             "and stages. Pretraining uses a per-example objective (each ECG "
-                             "aligns with a frozen embedding of its own clinical row)",
+                             "and stages. Pretraining, where the model has it, uses a "
+                             f"per-example objective instead of InfoNCE ({objective}), which on "
+                             "the synthetic twin transferred none of InfoNCE's gain",
                 "unit_protected": "one ECG record of a site's training split; a patient with k "
                                   "records is protected as a group, at about k times epsilon"}
     side = config.client.clipping
