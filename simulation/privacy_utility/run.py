@@ -1,11 +1,12 @@
-"""The privacy-utility study at quickstart scale: the federated study at several ε.
+"""The privacy-utility study at the 600-patient quickstart scale: the federated study at several ε.
 
 Usage::
 
     python simulation/privacy_utility/run.py [--runs runs/privacy-utility] [--epsilons 1,3,8,inf]
         [--seeds 0,1] [--figure simulation/figures/privacy-utility.png] [--set KEY=VALUE]
 
-``config.yaml`` (beside this script) is the quickstart simulation with DP-SGD at every site;
+``config.yaml`` (beside this script) is the quickstart simulation at 600 patients with
+DP-SGD at every site (``--set data.synthesize.patients=1000`` for the main job's twin);
 ``fedecg.privacy.sweep.run_sweep`` runs it once per ε (signal-only, transfer and multimodal;
 ``inf`` = no DP) into ``RUNS/epsilon-<ε>/`` and writes ``RUNS/privacy_utility.csv``. A finished
 ε is read back and an unfinished one resumed, so rerunning continues the study. Then
