@@ -1,7 +1,10 @@
 """A real federation on 127.0.0.1: a SuperLink with TLS and SuperNode authentication, and
 SuperNodes over their own site stores, all real processes started and stopped by PID.
 
-One study runs across three admitted hospitals. One of them sends NaN updates (the test app's
+An outsider who can reach the address hospitals dial and holds only the public ``ca.crt`` cannot
+list runs, register a node of their own or run an app: the address serves only the Fleet API,
+while the center's own commands reach the SuperLink on loopback. One study runs across three
+admitted hospitals. One of them sends NaN updates (the test app's
 ``faulty_client``), which the server rejects, and is killed (``kill``, SIGTERM) after the
 first round; the study completes with the other two, its report shows the rejection
 and the dropout, and the global model stays finite. Meanwhile a node whose key is not registered is
@@ -14,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,9 +27,17 @@ import torch
 import yaml
 from federated_support import SCHEMA, TINY_TRAIN, make_store
 
+from fedecg.deploy.flower import flower_env, write_connection
 from fedecg.deploy.node_keys import create_node_keys
 from fedecg.deploy.submit import rounds_done, submit_study
-from fedecg.deploy.superlink import init_server, register_node, start_superlink, stop_superlink
+from fedecg.deploy.superlink import (
+    CONNECTION,
+    init_server,
+    list_nodes,
+    register_node,
+    start_superlink,
+    stop_superlink,
+)
 from fedecg.deploy.supernode import NodeKit, start_supernode, stop_supernode
 from fedecg.errors import DeploymentError
 from fedecg.federated.checkpoint import load_checkpoint
@@ -64,6 +76,91 @@ def federation(tmp_path_factory):
         for node in nodes.values():
             stop_supernode(node)
         stop_superlink(kit)
+
+
+ROGUE_APP = {
+    "pyproject.toml": """[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "rogue"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "rogue"
+
+[tool.flwr.app.components]
+serverapp = "rogue_app:server_app"
+clientapp = "rogue_app:client_app"
+
+[tool.flwr.app.config]
+marker = ""
+""",
+    "rogue_app.py": """from pathlib import Path
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+@server_app.main()
+def main(grid, context):
+    Path(context.run_config["marker"]).write_text("the outsider's code ran")
+""",
+}
+
+
+def outsider_flwr(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """A stock ``flwr`` command from a home that holds only the public ca.crt."""
+    return subprocess.run(["flwr", *args], capture_output=True, text=True, timeout=120,
+                          env=flower_env(home), check=False)
+
+
+def refused(done: subprocess.CompletedProcess) -> bool:
+    """The command failed (exit code) and said the gateway's refusal."""
+    return done.returncode != 0 and "serves only the Fleet API" in done.stdout + done.stderr
+
+
+def test_an_outsider_holding_the_ca_cannot_control_the_federation(federation):
+    kit, address, _, root = federation
+    home = root / "outsider"
+    ca = home / "ca.crt"
+    home.mkdir()
+    ca.write_bytes(kit.ca.read_bytes())  # public: every hospital has it
+    write_connection(home, "attack", address, ca)
+    registered = {n["node-id"] for n in list_nodes(kit)}
+    runs_before = center_runs(kit)
+
+    listing = outsider_flwr(home, "ls", "attack")
+    assert refused(listing), listing.stdout + listing.stderr
+
+    rogue = create_node_keys(root / "rogue")
+    registering = outsider_flwr(home, "supernode", "register", str(rogue), "attack")
+    assert refused(registering), registering.stdout + registering.stderr
+
+    app = root / "rogue-app"
+    app.mkdir()
+    for name, text in ROGUE_APP.items():
+        (app / name).write_text(text)
+    marker = root / "rogue-ran"
+    running = outsider_flwr(home, "run", str(app), "attack", "--run-config",
+                            f'marker="{marker}"')
+    assert refused(running), running.stdout + running.stderr
+    time.sleep(3)  # a run the SuperLink had accepted would start its ServerApp by now
+    assert not marker.exists()
+    # the center's own commands still work, and see no trace of the outsider
+    assert {n["node-id"] for n in list_nodes(kit)} == registered
+    assert center_runs(kit) == runs_before
+
+
+def center_runs(kit) -> list[int]:
+    done = subprocess.run(["flwr", "ls", CONNECTION, "--format", "json"], capture_output=True,
+                          text=True, timeout=60, env=flower_env(kit.flwr_home), check=True)
+    return sorted(int(run["run-id"]) for run in json.loads(done.stdout)["runs"])
 
 
 def test_an_unregistered_node_is_refused(federation):

@@ -43,13 +43,19 @@ def server_start(
     address: str = typer.Option(..., help="HOST:PORT hospitals dial (certificate must cover "
                                 "HOST)."),
     bind: str | None = typer.Option(None, help="Interface to listen on (default: HOST)."),
+    control: str | None = typer.Option(None, help="Loopback HOST:PORT of the SuperLink's own "
+                                       "APIs, for this machine's commands (default: a free "
+                                       "port on 127.0.0.1)."),
 ) -> None:
-    """Start the SuperLink (TLS, SuperNode authentication) in the background."""
+    """Start the SuperLink on loopback (TLS, SuperNode authentication) and the Fleet gateway
+    on ADDRESS, in the background: hospitals reach only the Fleet API."""
     from fedecg.deploy.superlink import ServerKit, start_superlink
 
     server_kit = ServerKit(kit)
-    pid = start_superlink(server_kit, address, bind)
-    console.print(f"SuperLink on {address} (PID {pid}); log {server_kit.superlink.log_file}")
+    pid = start_superlink(server_kit, address, bind, control)
+    console.print(f"Fleet gateway on {address} (PID {server_kit.gateway.pid()}), SuperLink "
+                  f"on {server_kit.control_address()} (PID {pid}, this machine only); logs "
+                  f"{server_kit.superlink.log_file.parent}")
 
 
 @server.command("register")
