@@ -8,6 +8,7 @@ site send a poisoned update, fail, or never answer. The real ServerApp logic
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,20 +50,25 @@ def study_file(tmp_path: Path, **federation) -> Path:
 
 class FaultyGrid(InProcessGrid):
     """The in-process grid, where ``faults[site index](message, reply)`` may replace a site's
-    train reply (return None: the site never answers)."""
+    train reply (return None: the site never answers), and ``final_faults`` its reply to the
+    final evaluation."""
 
-    def __init__(self, stores: list[Path], faults=None) -> None:
+    def __init__(self, stores: list[Path], faults=None, final_faults=None) -> None:
         super().__init__(client_app, [{keys.NODE_DATA_DIR: str(s), keys.NODE_SITE_INDEX: i}
                                       for i, s in enumerate(stores)])
         self.faults = faults or {}
+        self.final_faults = final_faults or {}
         self.replies: list[Message] = []
 
     def send_and_receive(self, messages, *, timeout=None):
         out = []
         for message in messages:
             reply = super().send_and_receive([message], timeout=timeout)[0]
-            fault = self.faults.get(message.metadata.dst_node_id - 100)
-            if fault is not None and message.metadata.message_type == "train":
+            site = message.metadata.dst_node_id - 100
+            final = message.content[keys.CONFIG].get(keys.FINAL, 0)
+            fault = (self.faults.get(site) if message.metadata.message_type == "train" else
+                     self.final_faults.get(site) if final else None)
+            if fault is not None:
                 reply = fault(message, reply)
             if reply is not None:
                 self.replies.append(reply)
@@ -83,6 +89,22 @@ def poisoned(message: Message, reply: Message) -> Message:
     for key in list(arrays):
         values = arrays[key].numpy().astype(np.float32)
         arrays[key] = Array(np.full_like(values, np.nan))
+    return reply
+
+
+def inflated(message: Message, reply: Message) -> Message:
+    """Claim a million training examples, to weigh a million times more in the average."""
+    reply.content[keys.METRICS][keys.NUM_EXAMPLES] = 1e6
+    return reply
+
+
+def amplified(message: Message, reply: Message) -> Message:
+    """Send the global model plus 1000 times the site's own change to it."""
+    sent, arrays = message.content[keys.ARRAYS], reply.content[keys.ARRAYS]
+    for key in list(arrays):
+        start = sent[key].numpy()
+        arrays[key] = Array(np.asarray(start + 1000 * (arrays[key].numpy() - start),
+                                       dtype=start.dtype))
     return reply
 
 
@@ -123,6 +145,33 @@ def test_a_deployed_study_survives_a_poisoned_site_and_writes_its_folder(stores,
     assert report.count("hospital-2") >= 2 and "rejected" in report  # sites table and events
     _, card = load_inference_model(out / "model")
     assert card.model_name == "transfer" and card.data_summary["stores"] == list(per_site)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    (inflated, r"num-examples is 1e\+06, more than the \d+ ECGs the site declared"),
+    (amplified, r"update norm .* the round's median .*max_update_norm_ratio=10")])
+def test_a_site_cannot_dominate_the_average(stores, tmp_path, fault, reason):
+    summary = serve(tmp_path, FaultyGrid(stores, {2: fault}))
+    rejected = [e for e in summary["deployment"]["events"] if e["kind"] == "rejected"]
+    assert {(e["stage"], e["site"], e["node_id"]) for e in rejected} == {
+        (stage, "hospital-2", 102) for stage in ("pretrain", "lab", "diagnosis")}
+    assert all(re.search(reason, e["reason"]) for e in rejected)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert {x["site"] for x in lines if x["kind"] == "train"} == {"hospital-0", "hospital-1"}
+
+
+def test_a_final_report_claiming_more_test_ecgs_than_declared_is_left_out(stores, tmp_path):
+    def lying(message: Message, reply: Message) -> Message:
+        reply.content[keys.METRICS]["n_test"] = 1e6
+        return reply
+
+    summary = serve(tmp_path, FaultyGrid(stores, final_faults={0: lying}))
+    rejected = [e for e in summary["deployment"]["events"] if e["kind"] == "rejected"]
+    assert [(e["site"], e["phase"]) for e in rejected] == [("hospital-0", "final evaluation")]
+    assert "n_test is 1000000.0" in rejected[0]["reason"]
+    assert set(summary["sites"]["transfer"]) == {"hospital-1", "hospital-2"}
+    assert summary["federated"]["transfer"]["n_test"] < 1000
 
 
 def test_too_few_usable_updates_stop_the_run_and_a_resubmission_resumes(stores, tmp_path):
@@ -175,7 +224,9 @@ def test_only_parameters_and_scalar_metrics_leave_a_site(stores, tmp_path):
             assert parameters[key] == tuple(array.shape), key  # a model parameter, nothing else
         for name, value in content[keys.METRICS].items():
             assert isinstance(value, int | float), name  # scalars only, no per-record values
-        assert set(content[keys.SITE]) == {keys.SITE_NAME, keys.SITE_INDEX}
+        site = content[keys.SITE]
+        assert set(site) == {keys.SITE_NAME, keys.SITE_INDEX, keys.SITE_ECGS}
+        assert isinstance(site[keys.SITE_ECGS], int)  # a count: the cap on its num-examples
 
 
 def test_too_few_connected_sites_fail_at_start_with_the_count(stores, tmp_path):

@@ -74,8 +74,10 @@ class FederationConfig(StrictModel):
     """How sites train together: strategy, rounds per stage, local work, personal heads.
 
     Faults: a round aggregates the sites whose update arrived within ``round_timeout_s`` and
-    passed the server's checks; a site that failed, timed out or sent a malformed update is
-    logged and left out. With fewer than ``min_sites`` usable updates the run stops, resumable
+    passed the server's checks (``fedecg.federated.screening``); a site that failed, timed out
+    or sent a malformed update (bad keys, shapes or values, an example count above what it
+    declared, a norm over ``max_update_norm_ratio`` × the round's median) is logged and left
+    out. With fewer than ``min_sites`` usable updates the run stops, resumable
     from its last finished round. Before round 1 the server waits up to ``connect_timeout_s``
     for every expected site to connect, then starts with those present (at least ``min_sites``).
     """
@@ -89,6 +91,9 @@ class FederationConfig(StrictModel):
     client_cpus: float = Field(default=1.0, gt=0, description="CPUs per virtual client (Ray)")
     round_timeout_s: float = Field(default=3600.0, gt=0, description="wait for replies")
     connect_timeout_s: float = Field(default=600.0, ge=0, description="wait for all sites")
+    max_update_norm_ratio: float | None = Field(
+        default=10.0, gt=1, description="reject an update farther from the global model than "
+        "this many times the round's median (null: no bound)")
 
 
 class SynthesizeConfig(StrictModel):

@@ -12,9 +12,10 @@ to the run folder so that a resumed run restores it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from fedecg.federated.final_report import site_final_metrics
 from fedecg.federated.orchestration import RunPlan, round_offsets, stages_for
 from fedecg.federated.params import load_arrays, plain_state, to_arrays
 from fedecg.federated.partition import load_partition, site_view
+from fedecg.federated.screening import redact_paths
 from fedecg.federated.site import RoundPlan, RoundPrivacy, local_evaluate, local_train
 from fedecg.models.joint import JointModel
 from fedecg.training.runner import TrainingData, build_model
@@ -116,8 +118,9 @@ def _round(message: Message, plan: RunPlan) -> tuple[int, int, int]:
 def _reply(message: Message, site: Site, metrics: dict[str, float],
            arrays: RecordDict | None = None) -> Message:
     content = RecordDict({keys.METRICS: MetricRecord(metrics),
-                          keys.SITE: ConfigRecord({keys.SITE_NAME: site.name,
-                                                   keys.SITE_INDEX: site.index})})
+                          keys.SITE: ConfigRecord({
+                              keys.SITE_NAME: site.name, keys.SITE_INDEX: site.index,
+                              keys.SITE_ECGS: sum(len(s) for s in site.data.stores)})})
     if arrays is not None:
         content[keys.ARRAYS] = arrays
     return Message(content, reply_to=message)
@@ -230,13 +233,24 @@ def build_client_app(privacy_for: PrivacyFor | None = None,
 
     @client.train(mods=list(train_mods))
     def train(message: Message, context: Context) -> Message:
-        return handle_train(message, context, privacy_for)
+        with _errors_without_paths():
+            return handle_train(message, context, privacy_for)
 
     @client.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        return handle_evaluate(message, context, privacy_for)
+        with _errors_without_paths():
+            return handle_evaluate(message, context, privacy_for)
 
     return client
+
+
+@contextlib.contextmanager
+def _errors_without_paths() -> Iterator[None]:
+    """A site's error leaves it as one line without its file paths (``redact_paths``)."""
+    try:
+        yield
+    except FedecgError as exc:
+        raise FederationError(redact_paths(str(exc))) from None
 
 
 app = build_client_app()

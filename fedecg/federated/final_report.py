@@ -30,7 +30,8 @@ from fedecg.federated import keys
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.orchestration import RunPlan, initial_model, stages_for, write_metrics
 from fedecg.federated.params import to_arrays
-from fedecg.federated.strategies import DROPOUT, NODE_ID, error_reason, sender
+from fedecg.federated.screening import declared_ecgs, screen_final
+from fedecg.federated.strategies import DROPOUT, NODE_ID, REJECTED, error_reason, sender
 from fedecg.models.joint import JointModel
 from fedecg.training.evaluate import TASKS, evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
@@ -107,7 +108,8 @@ def final_evaluation(grid: Grid, plan: RunPlan) -> dict[str, dict[str, Any]]:
     """Ask every connected site to test the finished model; ``{site: decoded reply}``.
 
     A site that fails or does not answer within the round timeout is logged as a dropout in
-    the run's ``metrics.jsonl`` and left out.
+    the run's ``metrics.jsonl`` and left out; a report with impossible counts or scores
+    (``screen_final``) is logged as rejected and left out.
     """
     out = Path(plan.out)
     checkpoint = load_checkpoint(out)
@@ -123,20 +125,25 @@ def final_evaluation(grid: Grid, plan: RunPlan) -> dict[str, dict[str, Any]]:
     for reply in sorted(replies, key=_site_order):
         node = sender(reply, asked)
         if reply.has_error():
-            events.append((node, error_reason(reply.error)))
+            events.append((DROPOUT, node, error_reason(reply.error)))
             continue
         site = reply.content[keys.SITE]
         metrics = dict(reply.content[keys.METRICS])
+        problem = screen_final(metrics, declared_ecgs(reply), ("n_test", N_TRAIN))
+        if problem is not None:
+            events.append((REJECTED, node, problem))
+            continue
         sites[str(site[keys.SITE_NAME])] = {
             **decode_entry(metrics), N_TRAIN: int(metrics.get(N_TRAIN, 0)),
             "naive": decode_entry(metrics, NAIVE_PREFIX)}
     names = {line[NODE_ID]: line["site"] for line in checkpoint.history if NODE_ID in line}
     history = checkpoint.history + [
-        _event(plan, checkpoint.position.global_round, node, names.get(node), reason)
-        for node, reason in events]
+        _event(plan, checkpoint.position.global_round, kind, node, names.get(node), reason)
+        for kind, node, reason in events]
     write_metrics(out, history)
-    for node, reason in events:
-        log.warning("final evaluation: node %d dropped out: %s", node, reason)
+    for kind, node, reason in events:
+        log.warning("final evaluation: node %d %s: %s", node,
+                    "dropped out" if kind == DROPOUT else "was rejected", reason)
     return sites
 
 
@@ -157,10 +164,10 @@ def _site_order(reply: Message) -> tuple[int, str, int]:
     return (int(site[keys.SITE_INDEX]), str(site[keys.SITE_NAME]), reply.metadata.src_node_id)
 
 
-def _event(plan: RunPlan, global_round: int, node: int, site: str | None,
+def _event(plan: RunPlan, global_round: int, kind: str, node: int, site: str | None,
            reason: str) -> dict[str, Any]:
     return {"model": plan.model, "stage": "final", "round": global_round, "stage_round": 0,
-            "kind": DROPOUT, "site_index": None, "site": site or f"node {node}", NODE_ID: node,
+            "kind": kind, "site_index": None, "site": site or f"node {node}", NODE_ID: node,
             "phase": "final evaluation", "reason": reason}
 
 

@@ -29,6 +29,7 @@ NODE_SITE_NAME = "site-name"
 # Site → server (ConfigRecord SITE).
 SITE_NAME = "name"
 SITE_INDEX = "index"
+SITE_ECGS = "ecgs"  # the ECGs the site holds: the server caps num-examples by the first one
 
 # Site → server (MetricRecord). NUM_EXAMPLES is Flower's default weighting key.
 NUM_EXAMPLES = "num-examples"
@@ -39,6 +40,7 @@ TRAIN_SECONDS = "train-seconds"
 PEAK_RSS_MB = "peak-rss-mb"
 BYTES_RECEIVED = "bytes-received"  # added by the server: parameter bytes a site received
 BYTES_SENT = "bytes-sent"  # added by the server: parameter bytes a site sent back
+UPDATE_NORM = "update-norm"  # added by the server: distance of a site's update from the global
 VAL_PREFIX = "val-"  # val-<evaluation key> in a train reply
 LOSS = "loss"  # evaluation keys: the stage's loss and the macro AUROCs
 DIAGNOSIS_AUROC = "diagnosis-auroc"

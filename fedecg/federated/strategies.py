@@ -4,11 +4,13 @@
 example-weighted by ``num-examples``. ``StageRounds`` wraps any of them, the way Flower's DP
 strategies wrap a strategy, and adds what a fedecg run needs on top:
 
-* every reply is screened before aggregation (``screen_update``): a site that failed or did
-  not reply within the round's timeout is a *dropout*, a site whose update has other keys or
-  shapes than the global model, or NaN/Inf values, is *rejected*; each is logged with its node
-  id and handed to ``on_site_metrics`` as an event, and the round goes on with the rest. With
-  fewer than ``min_sites`` usable updates the run stops with every site's reason;
+* every reply is screened before aggregation (``fedecg.federated.screening``): a site that
+  failed or did not reply within the round's timeout is a *dropout*; a reply whose update has
+  other keys or shapes than the global model, NaN/Inf values, a norm far above the round's
+  median, an example count above what its site declared, or impossible scores is *rejected*;
+  each is logged with its node id and handed to ``on_site_metrics`` as an event, and the round
+  goes on with the rest. With fewer than ``min_sites`` usable updates the run stops with every
+  site's reason;
 * a round waits (up to its timeout) for ``min_sites`` connected sites instead of Flower's
   endless wait, and fails with the count when they do not come;
 * replies are ordered by site before aggregation, so sums run in one order and resuming gives
@@ -38,6 +40,15 @@ from fedecg.config.federated import StrategyConfig
 from fedecg.errors import FederationError
 from fedecg.federated import keys
 from fedecg.federated.params import record_bytes
+from fedecg.federated.screening import (
+    declared_ecgs,
+    norm_outliers,
+    redact_paths,
+    screen_examples,
+    screen_scores,
+    screen_update,
+    update_distance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +78,9 @@ def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Str
 
 
 def error_reason(error: Error, limit: int = 600) -> str:
-    """A site's error in one line: ``FederationError: site b: ...`` out of Flower's wrapping
-    (``<class '...'>:<'...'>``; in simulation a Ray traceback ending in ``Message: ...``)."""
+    """A site's error in one line without file paths: ``FederationError: site b: ...`` out of
+    Flower's wrapping (``<class '...'>:<'...'>``; in simulation a Ray traceback ending in
+    ``Message: ...``)."""
     text = str(error.reason or f"error code {error.code}").strip()
     match = _FLOWER_REASON.match(text)
     if match:
@@ -76,7 +88,7 @@ def error_reason(error: Error, limit: int = 600) -> str:
         text = text.rsplit("Message: ", 1)[-1]
         name = re.findall(r"\w+", kind)[-1]  # RayTaskError(ClientAppException) -> the inner
         text = f"{name}: {text}"
-    text = " ".join(text.split())
+    text = redact_paths(text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -90,44 +102,13 @@ def sender(reply: Message, asked: list[Message]) -> int:
     return by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
-def screen_update(reply: Message, sent: ArrayRecord) -> str | None:
-    """Why a train reply cannot be aggregated (None when it can).
-
-    The update must carry the site record, a finite non-negative ``num-examples``, and exactly
-    the keys and shapes of ``sent`` (the global arrays of the round) with finite values.
-    """
-    content = reply.content
-    if keys.SITE not in content.config_records:
-        return "the reply names no site"
-    examples = content.metric_records.get(keys.METRICS, {}).get(keys.NUM_EXAMPLES)
-    if not isinstance(examples, int | float) or not np.isfinite(examples) or examples < 0:
-        return f"{keys.NUM_EXAMPLES} is {examples!r}, expected a finite count >= 0"
-    if keys.ARRAYS not in content.array_records:
-        return "the reply carries no parameters"
-    arrays = content.array_records[keys.ARRAYS]
-    missing, extra = sorted(set(sent) - set(arrays)), sorted(set(arrays) - set(sent))
-    if missing or extra:
-        return f"parameter keys differ from the global model: missing {missing[:4]} " \
-               f"({len(missing)}), unexpected {extra[:4]} ({len(extra)})"
-    for key, array in arrays.items():
-        if tuple(array.shape) != tuple(sent[key].shape):
-            return f"parameter {key!r} has shape {tuple(array.shape)}, the global model " \
-                   f"{tuple(sent[key].shape)}"
-        values = array.numpy()
-        if not np.issubdtype(values.dtype, np.number):
-            return f"parameter {key!r} has dtype {values.dtype}, expected numbers"
-        bad = int(values.size - np.isfinite(values).sum())
-        if bad:
-            return f"parameter {key!r} has {bad} non-finite value(s) (NaN/Inf)"
-    return None
-
-
 @dataclass
 class Roster:
-    """The sites a run has heard from (node id -> site index and name), across its stages, and
-    which of them are no longer connected."""
+    """The sites a run has heard from (node id -> site index and name, and the number of ECGs
+    each declared the first time), across its stages, and which are no longer connected."""
 
     names: dict[int, tuple[int, str]] = field(default_factory=dict)
+    declared: dict[int, int | None] = field(default_factory=dict)
     gone: set[int] = field(default_factory=set)
 
     def name(self, node: int) -> str:
@@ -146,17 +127,19 @@ class StageRounds(Strategy):
     """Wrap ``inner`` for one stage: round offset, screened replies, per-site metrics.
 
     ``min_sites`` usable updates make a round; ``timeout`` (the round's reply timeout) also
-    bounds the wait for connected sites.
+    bounds the wait for connected sites; ``max_norm_ratio`` rejects updates that far from the
+    global model, relative to the round's median (None: no bound).
     """
 
     def __init__(self, inner: Strategy, offset: int, on_site_metrics: SiteMetrics,
                  min_sites: int = 1, timeout: float = 3600.0,
-                 roster: Roster | None = None) -> None:
+                 roster: Roster | None = None, max_norm_ratio: float | None = None) -> None:
         self.inner = inner
         self.offset = offset
         self.on_site_metrics = on_site_metrics
         self.min_sites = min_sites
         self.timeout = timeout
+        self.max_norm_ratio = max_norm_ratio
         self.bytes_down = 0
         self.sent = ArrayRecord()
         self.asked: list[Message] = []
@@ -226,16 +209,18 @@ class StageRounds(Strategy):
             if message.has_error():
                 events.append((DROPOUT, node, error_reason(message.error)))
                 continue
-            if keys.SITE in message.content.config_records:
-                site = message.content[keys.SITE]
-                self.roster.names[node] = (int(site[keys.SITE_INDEX]),
-                                           str(site[keys.SITE_NAME]))
-            problem = screen_update(message, self.sent) if kind == "train" else (
-                None if node in self.roster.names else "the reply names no site")
+            problem = self._screen(message, node, kind)
             if problem is not None:
                 events.append((REJECTED, node, problem))
                 continue
             usable.append(message)
+        distances: dict[int, float] = {}
+        if kind == "train":
+            distances = {sender(m, self.asked): update_distance(m.content[keys.ARRAYS],
+                                                                self.sent) for m in usable}
+            outliers = norm_outliers(distances, self.max_norm_ratio)
+            events += [(REJECTED, node, reason) for node, reason in outliers.items()]
+            usable = [m for m in usable if sender(m, self.asked) not in outliers]
         answered = {sender(m, self.asked) for m in replies}
         events += [(DROPOUT, node, f"no reply within the round timeout of {self.timeout:g} s")
                    for node in (m.metadata.dst_node_id for m in self.asked)
@@ -255,10 +240,11 @@ class StageRounds(Strategy):
         for message in ordered:
             metrics = dict(message.content[keys.METRICS])
             total += float(metrics[keys.NUM_EXAMPLES])
+            node = sender(message, self.asked)
             if kind == "train":
                 metrics[keys.BYTES_SENT] = record_bytes(message.content[keys.ARRAYS])
                 metrics[keys.BYTES_RECEIVED] = self.bytes_down
-            node = sender(message, self.asked)
+                metrics[keys.UPDATE_NORM] = distances[node]
             index, name = self.roster.names[node]
             self.on_site_metrics(kind, stage_round, index, name, {**metrics, NODE_ID: node})
         if ordered and total <= 0:
@@ -266,6 +252,19 @@ class StageRounds(Strategy):
                                   "reported 0 examples; the sites hold no labelled rows for "
                                   "this stage")
         return ordered
+
+    def _screen(self, message: Message, node: int, kind: str) -> str | None:
+        """Why a reply cannot count (None when it can); remembers its site on first sight."""
+        if keys.SITE not in message.content.config_records:
+            return "the reply names no site"
+        site = message.content[keys.SITE]
+        self.roster.names[node] = (int(site[keys.SITE_INDEX]), str(site[keys.SITE_NAME]))
+        declared = self.roster.declared.setdefault(node, declared_ecgs(message))
+        problem = screen_examples(message, declared)
+        if problem is None:
+            problem = screen_update(message, self.sent) if kind == "train" else \
+                screen_scores(message)
+        return problem
 
     def _event(self, event: str, kind: str, stage_round: int, node: int, reason: str) -> None:
         index, name = self.roster.names.get(node, (None, f"node {node}"))
