@@ -48,6 +48,9 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
     assert "transfer: dx" in result.output and "naive: dx 0.500" in result.output
     if importlib.util.find_spec("fedecg.report.run_report") is not None:
         assert (run / "report.html").is_file()
+        assert (run / "report.html").stat().st_mode & 0o777 == 0o640
+    assert (run / "summary.json").stat().st_mode & 0o777 == 0o640  # no patient data: group
+    assert (run / "model" / "model.pt").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_finished_run_is_not_overwritten_without_the_flag(store, tmp_path):

@@ -37,14 +37,19 @@ class Validity:
     start: dt.datetime | None = None
 
     def __post_init__(self) -> None:
-        if self.days < 1:
-            raise DeploymentError(f"certificate validity --days {self.days}: expected at least "
-                                  "1 day (e.g. --days 365)")
+        check_days(self.days)
 
     def window(self) -> tuple[dt.datetime, dt.datetime]:
         """(not before, not after)."""
         start = self.start or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         return start, start + dt.timedelta(days=self.days)
+
+
+def check_days(days: int) -> None:
+    """Refuse a certificate lifetime of less than one day (``--days 0`` or negative)."""
+    if days < 1:
+        raise DeploymentError(f"certificate validity --days {days}: expected at least 1 day "
+                              "(e.g. --days 365)")
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
