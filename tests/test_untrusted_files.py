@@ -13,12 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from federated_support import TINY_TRAIN, make_store
 from inference_support import saved_model
 from typer.testing import CliRunner
 
 from fedecg.cli import app
+from fedecg.config.base import load_config
+from fedecg.config.federated import SimulationConfig
 from fedecg.errors import FedecgError
 from fedecg.federated import checkpoint as federated
+from fedecg.federated.simulate import prepare_run_dir
 from fedecg.models.io import MODEL_FILE, load_inference_model
 from fedecg.training import checkpoint as training
 
@@ -61,6 +66,28 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path, name, loa
     assert not marker.exists()
     assert "\n" not in message and str(folder / name) in message
     assert "run Python code (posix.system)" in message and "weights_only" not in message
+
+
+def test_simulate_resume_refuses_a_crafted_checkpoint_and_nothing_runs(tmp_path):
+    """The path `simulate --resume RUN` takes, up to the checkpoint, with a real study folder."""
+    store = make_store(tmp_path / "store", n_patients=20)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "data": {"store": str(store)}, "partition": {"num_sites": 2},
+        "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}},
+        "train": {**TINY_TRAIN, "models": ["transfer"]}}))
+    run = tmp_path / "run"
+    prepare_run_dir(run, load_config(SimulationConfig, study, []), resume=False)
+    crafted = run / "seed-0" / "transfer" / "federated" / federated.CHECKPOINT_FILE
+    crafted.parent.mkdir(parents=True)
+    marker = tmp_path / "payload-ran"
+    torch.save({"evil": Payload(marker)}, crafted)
+    result = CliRunner().invoke(app, ["simulate", "--resume", str(run)])
+    assert result.exit_code == 1 and not marker.exists()
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error:") and str(crafted) in lines[-1]
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert "weights_only" not in result.output and "Traceback" not in result.output
 
 
 def test_predict_on_a_model_file_of_random_bytes_is_one_line(shared_data, tmp_path):
