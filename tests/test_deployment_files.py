@@ -122,10 +122,13 @@ def test_a_process_that_ends_at_start_leaves_no_pid_file(tmp_path):
     assert "refused" in service.log_text()
 
 
-def test_a_corrupt_pid_file_is_one_line(tmp_path):
+@pytest.mark.parametrize("content", [
+    "12ab\n", "4242\n",  # garbage; a bare PID (an older fedecg's file) cannot be verified
+    '{"pid": 0, "start_time": 1, "cmdline": []}'])  # 0 would signal our own process group
+def test_a_corrupt_pid_file_is_one_line(tmp_path, content):
     kit = tmp_path / "node"
     kit.mkdir()
-    (kit / "supernode.pid").write_text("12ab\n")
+    (kit / "supernode.pid").write_text(content)
     result = runner.invoke(app, ["node", "stop", "--kit", str(kit)])
     assert result.exit_code == 1
     line = _one_error_line(result.output)

@@ -144,13 +144,16 @@ class Service:
             return None
         try:
             fields = json.loads(text)
-            return ProcessIdentity(int(fields["pid"]), int(fields["start_time"]),
-                                   [str(part) for part in fields["cmdline"]])
+            recorded = ProcessIdentity(int(fields["pid"]), int(fields["start_time"]),
+                                       [str(part) for part in fields["cmdline"]])
         except (ValueError, KeyError, TypeError):
+            recorded = None  # reported below, with the file's content
+        if recorded is None or recorded.pid <= 0:
             raise DeploymentError(
                 f"{self.pid_file}: not a PID file fedecg wrote ({_one_line(text)[:60]!r}); "
                 f"nothing was started or stopped. If a {self.name} still runs, stop it by "
-                "hand, then delete the file") from None
+                "hand, then delete the file")
+        return recorded
 
     def start(self, command: Sequence[str], env: dict[str, str]) -> int:
         """Start ``command`` in its own session, output to the log; return its PID.
