@@ -116,3 +116,13 @@ def test_the_server_checkpoint_keeps_fedadam_moments_and_history_exactly(tmp_pat
         kept = loaded.strategy_state[name]["w"]
         assert isinstance(kept, np.ndarray) and kept.dtype == moments[name]["w"].dtype
         assert np.array_equal(kept, moments[name]["w"])
+
+
+def test_an_older_fedecgs_server_checkpoint_is_named_not_resumed(tmp_path):
+    """The layout before the JSON part (plain data, so it loads weights-only) is refused."""
+    torch.save({"position": {"stage_index": 0, "stage_round": 1, "global_round": 1,
+                             "done": False}, "global_state": {"w": torch.ones(2)},
+                "fingerprint": "abc", "strategy_state": {}, "history": []},
+               tmp_path / federated.CHECKPOINT_FILE)
+    with pytest.raises(FedecgError, match="an older fedecg's checkpoint cannot be resumed"):
+        federated.load_checkpoint(tmp_path)

@@ -64,7 +64,7 @@ def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
         "global_state": checkpoint.global_state,
         "strategy_state": {name: _tensors(value)
                            for name, value in checkpoint.strategy_state.items()},
-        "meta": json.dumps(meta, allow_nan=False)})
+        "meta": json.dumps(meta)})
 
 
 def load_checkpoint(out: Path, expected_fingerprint: str | None = None) -> Checkpoint | None:
@@ -72,24 +72,33 @@ def load_checkpoint(out: Path, expected_fingerprint: str | None = None) -> Check
     path = Path(out) / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    try:
-        payload = load_weights(path)
-        meta = json.loads(payload["meta"])
-        checkpoint = Checkpoint(
-            position=Position(**meta["position"]), global_state=payload["global_state"],
-            fingerprint=meta["fingerprint"], history=meta["history"],
-            strategy_state={name: _arrays(value)
-                            for name, value in payload["strategy_state"].items()})
-    except Exception as exc:  # an unreadable file cannot be resumed from, whatever the cause
-        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-        raise FederationError(f"{path}: not a checkpoint this fedecg can resume from "
-                              f"({_first_line(reason)}); delete it to restart the run") from None
+    checkpoint = _read(path)
     if expected_fingerprint is not None and checkpoint.fingerprint != expected_fingerprint:
         raise FederationError(
             f"{path}: made by a run with another config (fingerprint {checkpoint.fingerprint}, "
             f"this run {expected_fingerprint}); resume with the run's own config.yaml or "
             "start a new run folder")
     return checkpoint
+
+
+def _read(path: Path) -> Checkpoint:
+    try:
+        payload = load_weights(path)
+    except ValueError as exc:
+        raise FederationError(f"{path}: cannot resume from this checkpoint: {exc}; delete it "
+                              "to restart the run") from None
+    try:
+        meta = json.loads(payload["meta"])
+        return Checkpoint(
+            position=Position(**meta["position"]), global_state=payload["global_state"],
+            fingerprint=meta["fingerprint"], history=meta["history"],
+            strategy_state={name: _arrays(value)
+                            for name, value in payload["strategy_state"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FederationError(
+            f"{path}: not a checkpoint this fedecg wrote ({type(exc).__name__}: "
+            f"{_first_line(str(exc))}; an older fedecg's checkpoint cannot be resumed); "
+            "delete it to restart the run") from None
 
 
 def _tensors(arrays: dict[str, Any] | None) -> dict[str, torch.Tensor] | None:
