@@ -112,9 +112,13 @@ def load_weights(path: Path) -> Any:
                          "fedecg)") from None
 
 
-def mark_output(folder: Path, kind: OutputKind) -> None:
-    """Record in ``folder`` that fedecg wrote it as an output of ``kind``."""
-    atomic_write_json(Path(folder) / MARKER, {"kind": str(kind), "fedecg_version": __version__})
+def mark_output(folder: Path, kind: OutputKind, record_contents: bool = False) -> None:
+    """Record in ``folder`` that fedecg wrote it as an output of ``kind`` (and, with
+    ``record_contents``, the names it holds now: all of them fedecg's)."""
+    marker: dict[str, Any] = {"kind": str(kind), "fedecg_version": __version__}
+    if record_contents:
+        marker["contents"] = sorted(p.name for p in Path(folder).iterdir())
+    atomic_write_json(Path(folder) / MARKER, marker)
 
 
 def output_kind(folder: Path) -> OutputKind | None:
@@ -125,13 +129,22 @@ def output_kind(folder: Path) -> OutputKind | None:
         return None
 
 
+def _foreign_entries(folder: Path) -> list[str]:
+    """Names in ``folder`` that its marker does not list as fedecg's (none if it lists none)."""
+    recorded = json.loads((folder / MARKER).read_text()).get("contents")
+    if not isinstance(recorded, list):
+        return []
+    return sorted({p.name for p in folder.iterdir()} - set(recorded) - {MARKER})
+
+
 def claim_output(folder: Path, kind: OutputKind, *, inputs: Iterable[Path | str] = (),
                  overwrite: bool = False, existing_ok: bool = False) -> bool:
     """Check that ``folder`` may be written as a fedecg ``kind``; True if it already holds one.
 
     Refused (``OutputExistsError``, one line): a folder that is, holds or lies inside one of
-    ``inputs``; a non-empty folder fedecg did not write, or wrote as another kind; and one of
-    this kind unless ``overwrite`` (the caller replaces it) or ``existing_ok`` (it continues it).
+    ``inputs``; a non-empty folder fedecg did not write, or wrote as another kind; one of this
+    kind unless ``overwrite`` (the caller replaces it) or ``existing_ok`` (it continues it);
+    and, to overwrite, one holding names its marker does not list (``record_contents``).
     """
     folder = Path(folder)
     _refuse_inputs(folder, inputs)
@@ -143,6 +156,11 @@ def claim_output(folder: Path, kind: OutputKind, *, inputs: Iterable[Path | str]
         return False
     found = output_kind(folder)
     if found == kind:
+        foreign = _foreign_entries(folder) if overwrite else []
+        if foreign:
+            raise OutputExistsError(f"{folder}: holds files fedecg did not write there "
+                                    f"({', '.join(foreign[:3])}); move them out first, or "
+                                    "choose another path")
         if overwrite or existing_ok:
             return True
         raise OutputExistsError(f"{folder}: already holds a fedecg {kind}; choose another "
@@ -182,7 +200,7 @@ def atomic_directory(final: Path, kind: OutputKind, *, overwrite: bool = False,
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=_staging_prefix(final, os.getpid())))
     try:
         yield staging
-        mark_output(staging, kind)
+        mark_output(staging, kind, record_contents=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -59,6 +59,15 @@ def test_prepare_overwrite_replaces_its_own_store(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o700  # a store holds patient waveforms
 
 
+def test_prepare_overwrite_keeps_a_store_that_holds_someone_elses_file(tmp_path):
+    out = tmp_path / "store"
+    assert _prepare(tmp_path, out).exit_code == 0
+    (out / "my-notes.txt").write_text("mine")
+    line = _error_line(_prepare(tmp_path, out, "--overwrite").output)
+    assert "holds files fedecg did not write there (my-notes.txt)" in line
+    assert (out / "my-notes.txt").read_text() == "mine" and (out / MANIFEST_FILE).is_file()
+
+
 def test_prepare_never_overwrites_a_run_folder(tmp_path):
     store = make_store(tmp_path / "site-a", n=20)
     run = tmp_path / "run"
