@@ -90,6 +90,8 @@ def test_sweep_assembles_table_plot_and_summary_from_finished_studies(tmp_path):
     assert card["target_epsilon"] == 8 and card["clipping_norm"] == 1.0
     assert summary["runs"]["inf"]["model_card_privacy"] is None
     assert (out / "privacy_utility.png").stat().st_size > 0
+    for name in ("privacy_utility.png", "privacy_utility.csv", "summary.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640  # results, no patient data
     assert "privacy-utility" in result.output
 
 
