@@ -121,7 +121,7 @@ def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
     config = _study(tmp_path, store)
     busy = runner.invoke(app, ["simulate", "--config", str(config), "--out",
                                str(tmp_path / "run")])
-    assert busy.exit_code == 1 and "not empty" in busy.output
+    assert busy.exit_code == 1 and "not written by fedecg" in busy.output
     bad = runner.invoke(app, ["simulate", "--config", str(config), "--out",
                               str(tmp_path / "new"), "--set", "federation.roundz=3"])
     assert bad.exit_code == 1 and "federation.roundz" in bad.output

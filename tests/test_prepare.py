@@ -220,7 +220,7 @@ def test_cli_prepare_with_overrides_and_errors(tmp_path: Path) -> None:
     manifest = SiteStore.open(tmp_path / "store").manifest
     assert (manifest.fs, manifest.n_samples, manifest.site_name) == (250, 2500, "north")
     again = runner.invoke(app, args)
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 1 and "already holds a fedecg store" in again.output
     bad = runner.invoke(app, [*args, "--overwrite", "--set", "cohort.n_folds=1"])
     assert bad.exit_code == 1 and "cohort.n_folds" in bad.output
     both = runner.invoke(app, [*args, "--site-dir", str(tmp_path)])

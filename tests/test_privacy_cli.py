@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from fedecg.cli import app
 from fedecg.cli.privacy_commands import plot_records
 from fedecg.errors import ConfigError
+from fedecg.io import OutputKind, mark_output
 from fedecg.models.classifier import EcgClassifier
 from fedecg.models.io import ModelCard, load_inference_model, save_inference_model
 from fedecg.privacy.sweep import parse_epsilons
@@ -27,8 +28,11 @@ AUROC = {("inf", "signal-only"): (0.70, 0.62), ("inf", "transfer"): (0.80, 0.71)
 
 
 def finished_study(run_dir: Path, label: str, site_epsilons: dict[str, list[float]]) -> None:
-    """What ``run_study`` writes: summary.json (federated entries) and metrics.jsonl."""
+    """What ``run_study`` writes: summary.json (federated entries) and metrics.jsonl, in a
+    folder marked as a study, inside one the sweep marked before it started the study."""
     run_dir.mkdir(parents=True)
+    mark_output(run_dir.parent, OutputKind.SWEEP)
+    mark_output(run_dir, OutputKind.STUDY)
     federated = {model: {"diagnosis_macro_auroc": dx, "diagnosis_macro_auroc_ci": [dx - .05,
                                                                                    dx + .05],
                          "lab_macro_auroc": lab, "lab_macro_auroc_ci": [lab - .04, lab + .04]}
@@ -86,6 +90,8 @@ def test_sweep_assembles_table_plot_and_summary_from_finished_studies(tmp_path):
     assert card["target_epsilon"] == 8 and card["clipping_norm"] == 1.0
     assert summary["runs"]["inf"]["model_card_privacy"] is None
     assert (out / "privacy_utility.png").stat().st_size > 0
+    for name in ("privacy_utility.png", "privacy_utility.csv", "summary.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640  # results, no patient data
     assert "privacy-utility" in result.output
 
 

@@ -272,7 +272,7 @@ def test_cli_writes_twin_and_refuses_to_overwrite(tmp_path: Path):
     assert "ECGs of 4 patients" in result.output
     assert (out / "README.txt").read_text().startswith("fedecg synthetic twin")
     again = runner.invoke(app, ["synth", "--out", str(out), "--patients", "4"])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 1 and "already holds a fedecg synthetic dataset" in again.output
     empty = runner.invoke(app, ["synth", "--out", str(tmp_path / "y"), "--patients", "0"])
     assert empty.exit_code == 1 and "patients=0" in empty.output
     lonely = runner.invoke(app, ["synth", "--out", str(tmp_path / "x"), "--record-list", "r.csv"])

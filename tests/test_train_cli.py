@@ -48,6 +48,9 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
     assert "transfer: dx" in result.output and "naive: dx 0.500" in result.output
     if importlib.util.find_spec("fedecg.report.run_report") is not None:
         assert (run / "report.html").is_file()
+        assert (run / "report.html").stat().st_mode & 0o777 == 0o640
+    assert (run / "summary.json").stat().st_mode & 0o777 == 0o640  # no patient data: group
+    assert (run / "model" / "model.pt").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_finished_run_is_not_overwritten_without_the_flag(store, tmp_path):
@@ -97,6 +100,21 @@ def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "stray.txt").write_text("x")
-    result = runner.invoke(app, _args(store, run))
-    assert result.exit_code == 1 and "not a fedecg run" in result.output
-    assert [p.name for p in run.iterdir()] == ["stray.txt"]
+    for extra in ((), ("--overwrite",)):
+        result = runner.invoke(app, _args(store, run, *extra))
+        assert result.exit_code == 1 and "not written by fedecg" in result.output
+        assert "delete it by hand" in result.output and "pass --overwrite" not in result.output
+        assert [p.name for p in run.iterdir()] == ["stray.txt"]
+
+
+def test_overwrite_never_deletes_the_input_store(tmp_path):
+    """`train --store S --out S --overwrite` is refused in one line, and S stays whole."""
+    store = make_store(tmp_path / "site-a", n=20)
+    before = sorted(p.name for p in store.iterdir())
+    result = runner.invoke(app, _args(store, store, "--overwrite"))
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert "is the input" in result.output and "pass --overwrite" not in result.output
+    assert sorted(p.name for p in store.iterdir()) == before
+    inside = runner.invoke(app, _args(store, store.parent, "--overwrite"))
+    assert inside.exit_code == 1 and "holds the input" in inside.output
+    assert sorted(p.name for p in store.iterdir()) == before

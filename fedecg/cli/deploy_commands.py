@@ -30,8 +30,10 @@ def server_init(
     renew: bool = typer.Option(False, help="Keep the CA, issue a new server certificate."),
 ) -> None:
     """Create the federation's CA and the SuperLink's TLS certificate."""
+    from fedecg.deploy.certs import check_days
     from fedecg.deploy.superlink import init_server
 
+    check_days(days)  # before the CA is written
     made = init_server(kit, hosts, days=days, renew=renew)
     console.print(f"wrote {made.tls}: give {made.ca} to every hospital; keep ca.key offline")
 

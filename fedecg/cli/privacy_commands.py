@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from rich.table import Table
 from fedecg.cli.common import console, friendly_errors
 from fedecg.config.base import load_config
 from fedecg.config.federated import SimulationConfig
+from fedecg.io import SHARED, atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,7 +48,9 @@ def privacy(
                      say=lambda text: console.print(f"[bold]•[/] {text}", highlight=False))
     console.print(sweep_table(rows))
     plot_path = Path(out) / PLOT_FILE
-    utility_figure(rows).savefig(plot_path, dpi=120)
+    png = io.BytesIO()
+    utility_figure(rows).savefig(png, format="png", dpi=120)
+    atomic_write_bytes(plot_path, png.getvalue(), SHARED)
     console.print(f"wrote {Path(out) / 'privacy_utility.csv'} and {plot_path}")
 
 

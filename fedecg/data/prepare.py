@@ -39,6 +39,7 @@ from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
 from fedecg.data.tables import Rejects
 from fedecg.data.waveform import preprocess, read_ecg
 from fedecg.errors import RecordError, TableError
+from fedecg.io import OutputKind, claim_output
 
 
 @dataclass(frozen=True)
@@ -211,13 +212,15 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
 
     With ``console`` a progress bar is drawn there. Returns counts and timing.
     """
+    sources = [Path(value) for value in vars(inputs).values()]
+    claim_output(Path(out), OutputKind.STORE, inputs=sources, overwrite=overwrite)
     start = time.perf_counter()
     rejects = Rejects(config.on_error)
     loaded = load_input(inputs, config, rejects)
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
     with StoreWriter(Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
-                     overwrite=overwrite) as writer:
+                     overwrite=overwrite, inputs=sources) as writer:
         keep, source_fs = _write_waveforms(writer, cohort, config, rejects, console)
         if not keep.any():
             reasons = "; ".join(rejects.frame()["reason"].tail(3))

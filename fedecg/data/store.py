@@ -33,7 +33,7 @@ from fedecg.data.diagnoses import DiagnosisLabel
 from fedecg.data.labs import LabDefinition
 from fedecg.data.leads import CANONICAL_LEADS
 from fedecg.errors import StoreError
-from fedecg.io import atomic_directory, atomic_write_json
+from fedecg.io import OutputKind, atomic_directory, atomic_write_json
 
 SCHEMA_VERSION = 1
 WAVEFORMS_FILE = "waveforms.npy"
@@ -118,8 +118,9 @@ class StoreWriter:
     """
 
     def __init__(self, out: Path, n_records: int, n_samples: int, dtype: str = "float16",
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
         self.out = Path(out)
+        self.inputs = list(inputs)
         self.shape = (n_records, len(CANONICAL_LEADS), n_samples)
         self.dtype = dtype
         self.overwrite = overwrite
@@ -129,7 +130,8 @@ class StoreWriter:
         self.waveforms: np.memmap | None = None
 
     def __enter__(self) -> StoreWriter:
-        self.staging = self._stack.enter_context(atomic_directory(self.out, self.overwrite))
+        self.staging = self._stack.enter_context(atomic_directory(
+            self.out, OutputKind.STORE, overwrite=self.overwrite, inputs=self.inputs))
         self.waveforms = np.lib.format.open_memmap(
             self.staging / WAVEFORMS_FILE, mode="w+", dtype=self.dtype, shape=self.shape)
         return self

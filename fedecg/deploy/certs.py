@@ -2,9 +2,10 @@
 
 The coordinating center creates a CA once (``create_ca``) and a server certificate whose
 subject alternative names cover every host name and address the hospitals will dial
-(``issue_server_cert``); hospitals receive only ``ca.crt``. ``check_server_cert`` and
-``check_ca`` say in one line what is wrong (missing, unreadable, expired, not covering an
-address, not issued by the CA, key not matching) before any Flower process starts.
+(``issue_server_cert``); hospitals receive only ``ca.crt``. Keys are written 0600 into a
+folder only its owner may enter (0700). ``check_server_cert`` and ``check_ca`` say in one
+line what is wrong (missing, unreadable, expired, not covering an address, not issued by the
+CA, key not matching) before any Flower process starts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedecg.errors import DeploymentError, InputFileError
-from fedecg.io import atomic_write_bytes
+from fedecg.io import PRIVATE, atomic_write_bytes, private_dir
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
@@ -35,10 +36,20 @@ class Validity:
     days: int = 365
     start: dt.datetime | None = None
 
+    def __post_init__(self) -> None:
+        check_days(self.days)
+
     def window(self) -> tuple[dt.datetime, dt.datetime]:
         """(not before, not after)."""
         start = self.start or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         return start, start + dt.timedelta(days=self.days)
+
+
+def check_days(days: int) -> None:
+    """Refuse a certificate lifetime of less than one day (``--days 0`` or negative)."""
+    if days < 1:
+        raise DeploymentError(f"certificate validity --days {days}: expected at least 1 day "
+                              "(e.g. --days 365)")
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -46,10 +57,10 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    private_dir(path.parent)
     atomic_write_bytes(path, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    path.chmod(0o600)
+                                               serialization.NoEncryption()), PRIVATE)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:

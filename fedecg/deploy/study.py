@@ -44,7 +44,7 @@ from fedecg.federated.simulate import (
     report_models,
 )
 from fedecg.federated.strategies import DROPOUT, REJECTED
-from fedecg.io import atomic_write_json
+from fedecg.io import SHARED, atomic_write_json
 from fedecg.privacy.apps import client_level
 from fedecg.privacy.sweep import card_entry, site_budgets
 from fedecg.report.run_report import write_run_report
@@ -93,7 +93,7 @@ def _serve(grid: Grid, config: SimulationConfig, out: Path, models: list[str],
     summary.update(seeds=config.seeds, model_names=models, models=report_models(summary),
                    by_seed={str(k): v for k, v in per_seed.items()} if len(per_seed) > 1 else {},
                    deployment=_deployment(out, config, per_seed[config.seeds[0]]))
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    atomic_write_json(out / SUMMARY_FILE, summary, SHARED)
     card_entry(out, site_budgets(out))
     try:
         write_run_report(out)

@@ -1,7 +1,9 @@
 """Per-round checkpoints of a federated run, written atomically, and the sites' saved states.
 
 The server writes ``checkpoint.pt`` after every round: the global model (every key), where the
-run stands, the server optimizer's state and the metric history. In simulation each site also
+run stands, the server optimizer's state and the metric history. It holds tensors and one JSON
+string (position, fingerprint, history) and is read with ``weights_only=True``, so a crafted
+file cannot run code on ``--resume`` or in the deployed ServerApp. In simulation each site also
 saves its whole model (personal layers included) after each of its training rounds as
 ``sites/site<i>/round-<g>.pt``, so a resumed run restores the sites exactly as they were after
 the last checkpointed round. A checkpoint remembers its plan's fingerprint and refuses to resume
@@ -11,16 +13,16 @@ a different plan.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedecg.errors import FederationError
-from fedecg.io import atomic_write_bytes
+from fedecg.io import load_weights, save_weights
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SITES_DIR = "sites"
@@ -54,18 +56,15 @@ def fingerprint(plan_json: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
-    """Write ``out/checkpoint.pt`` atomically."""
-    _save(Path(out) / CHECKPOINT_FILE, {
-        "position": asdict(checkpoint.position), "global_state": checkpoint.global_state,
-        "fingerprint": checkpoint.fingerprint, "strategy_state": checkpoint.strategy_state,
-        "history": checkpoint.history})
+    """Write ``out/checkpoint.pt`` atomically: tensors, and the rest as one JSON string."""
+    meta = {"position": asdict(checkpoint.position), "fingerprint": checkpoint.fingerprint,
+            "history": checkpoint.history}
+    save_weights(Path(out) / CHECKPOINT_FILE, {
+        "global_state": checkpoint.global_state,
+        "strategy_state": {name: _tensors(value)
+                           for name, value in checkpoint.strategy_state.items()},
+        "meta": json.dumps(meta)})
 
 
 def load_checkpoint(out: Path, expected_fingerprint: str | None = None) -> Checkpoint | None:
@@ -73,18 +72,50 @@ def load_checkpoint(out: Path, expected_fingerprint: str | None = None) -> Check
     path = Path(out) / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        checkpoint = Checkpoint(position=Position(**payload.pop("position")), **payload)
-    except Exception as exc:  # an unreadable file cannot be resumed from, whatever the cause
-        raise FederationError(f"{path}: checkpoint is unreadable ({exc}); delete it to "
-                              "restart the run") from None
+    checkpoint = _read(path)
     if expected_fingerprint is not None and checkpoint.fingerprint != expected_fingerprint:
         raise FederationError(
             f"{path}: made by a run with another config (fingerprint {checkpoint.fingerprint}, "
             f"this run {expected_fingerprint}); resume with the run's own config.yaml or "
             "start a new run folder")
     return checkpoint
+
+
+def _read(path: Path) -> Checkpoint:
+    try:
+        payload = load_weights(path)
+    except ValueError as exc:
+        raise FederationError(f"{path}: cannot resume from this checkpoint: {exc}; delete it "
+                              "to restart the run") from None
+    try:
+        meta = json.loads(payload["meta"])
+        return Checkpoint(
+            position=Position(**meta["position"]), global_state=payload["global_state"],
+            fingerprint=meta["fingerprint"], history=meta["history"],
+            strategy_state={name: _arrays(value)
+                            for name, value in payload["strategy_state"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FederationError(
+            f"{path}: not a checkpoint this fedecg wrote ({type(exc).__name__}: "
+            f"{_first_line(str(exc))}; an older fedecg's checkpoint cannot be resumed); "
+            "delete it to restart the run") from None
+
+
+def _tensors(arrays: dict[str, Any] | None) -> dict[str, torch.Tensor] | None:
+    """The server optimizer's arrays (numpy) as tensors, which a weights-only file holds."""
+    if arrays is None:
+        return None
+    return {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
+
+
+def _arrays(tensors: dict[str, torch.Tensor] | None) -> dict[str, np.ndarray] | None:
+    if tensors is None:
+        return None
+    return {key: value.numpy() for key, value in tensors.items()}
+
+
+def _first_line(text: str) -> str:
+    return " ".join(text.split())[:200]
 
 
 def site_state_path(out: Path, site_index: int, global_round: int) -> Path:
@@ -96,7 +127,7 @@ def save_site_state(out: Path, site_index: int, global_round: int,
                     state: dict[str, torch.Tensor]) -> None:
     """Save a site's whole model after a round; drop its saves older than two rounds."""
     path = site_state_path(out, site_index, global_round)
-    _save(path, {"global_round": global_round, "state": state})
+    save_weights(path, {"global_round": global_round, "state": state})
     for old in path.parent.glob("round-*.pt"):
         if _round_of(old) <= global_round - KEEP_SITE_ROUNDS:
             old.unlink(missing_ok=True)
@@ -110,7 +141,11 @@ def latest_site_state(out: Path, site_index: int,
                     if up_to is None or _round_of(p) <= up_to), key=_round_of)
     if not saves:
         return None
-    return torch.load(saves[-1], map_location="cpu", weights_only=True)["state"]
+    try:
+        return load_weights(saves[-1])["state"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FederationError(f"{saves[-1]}: not a site state this fedecg can resume from "
+                              f"({exc}); delete it to retrain the site") from None
 
 
 def _round_of(path: Path) -> int:

@@ -35,7 +35,14 @@ from fedecg.federated.evaluation import consensus_model, score_everywhere, site_
 from fedecg.federated.orchestration import METRICS_FILE, Progress, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.server_app import WrapFor
-from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.io import (
+    SHARED,
+    OutputKind,
+    atomic_write_json,
+    atomic_write_text,
+    claim_output,
+    mark_output,
+)
 from fedecg.models.joint import JointModel
 from fedecg.training.pipeline import data_summary, export_model, naive_results
 from fedecg.training.runner import MetricsLog, TrainingData, fit_model
@@ -53,18 +60,21 @@ Say = Callable[[str], None]
 def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> None:
     """Create RUN for a new study, or check that RUN holds this study when resuming."""
     out = Path(out)
+    inputs = [config.data.store] if config.data.store is not None else []
+    existing = claim_output(out, OutputKind.STUDY, inputs=inputs, existing_ok=True)
     if resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise FederationError(f"{out}: no {CONFIG_FILE}; --resume needs a study folder "
+        if not existing or not (out / CONFIG_FILE).is_file():
+            raise FederationError(f"{out}: no study here; --resume needs a study folder "
                                   "made by `fedecg simulate`")
         if read_yaml(out / CONFIG_FILE) != config.model_dump(mode="json"):
             raise FederationError(f"{out}: its {CONFIG_FILE} differs from this config; resume "
                                   "without --config/--set, or start a new --out")
         return
-    if out.exists() and any(out.iterdir()):
-        raise OutputExistsError(f"{out}: exists and is not empty; choose another --out, or "
+    if existing:
+        raise OutputExistsError(f"{out}: already holds a study; choose another --out, or "
                                 "pass --resume RUN to continue it")
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, OutputKind.STUDY)
     dump_config(config, out / CONFIG_FILE)
 
 
@@ -235,7 +245,7 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
                    by_seed={str(k): v for k, v in per_seed.items()} if len(per_seed) > 1 else {},
                    models=report_models(summary))
     collect_metrics(out, config)
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    atomic_write_json(out / SUMMARY_FILE, summary, SHARED)
     return summary
 
 

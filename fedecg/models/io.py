@@ -7,19 +7,24 @@ human-readable ``model_card.md``. The folder is written atomically.
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field, ValidationError
 
 from fedecg import __version__
 from fedecg.config.base import StrictModel
 from fedecg.errors import StoreError
-from fedecg.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from fedecg.io import (
+    OutputKind,
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    load_weights,
+    save_weights,
+)
 from fedecg.models.classifier import EcgClassifier
 
 MODEL_FILE = "model.pt"
@@ -55,12 +60,11 @@ def save_inference_model(directory: Path, model: EcgClassifier, card: ModelCard,
     """Write ``model`` and ``card`` into ``directory`` atomically."""
     card = card.model_copy(update={"architecture": model.architecture})
     _check_card(card, model, Path(directory))
-    buffer = io.BytesIO()
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    torch.save({"format": MODEL_FORMAT, "architecture": model.architecture,
-                "state_dict": state}, buffer)
-    with atomic_directory(Path(directory), overwrite=overwrite) as staging:
-        atomic_write_bytes(staging / MODEL_FILE, buffer.getvalue())
+    with atomic_directory(Path(directory), OutputKind.MODEL, overwrite=overwrite) as staging:
+        save_weights(staging / MODEL_FILE, {"format": MODEL_FORMAT,
+                                            "architecture": model.architecture,
+                                            "state_dict": state})
         atomic_write_json(staging / CARD_FILE, card.model_dump(mode="json"))
         atomic_write_text(staging / CARD_MARKDOWN, card_markdown(card))
 
@@ -85,12 +89,18 @@ def load_inference_model(directory: Path) -> tuple[EcgClassifier, ModelCard]:
     except (ValidationError, json.JSONDecodeError) as exc:
         raise StoreError(f"{directory / CARD_FILE}: not a valid model card: {exc}") from None
     try:
-        payload = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        payload = load_weights(directory / MODEL_FILE)
+    except ValueError as exc:
+        raise StoreError(f"{directory / MODEL_FILE}: cannot load the model: {exc}; "
+                         "train again or restore the file") from None
+    try:
         model = EcgClassifier(**payload["architecture"])
         model.load_state_dict(payload["state_dict"])
-    except Exception as exc:  # any unpickling/shape error means the file is unusable
-        raise StoreError(f"{directory / MODEL_FILE}: cannot load the model ({exc}); "
-                         "train again or restore the file") from None
+    except Exception as exc:  # a wrong key or shape means the file is not this model
+        reason = " ".join(str(exc).split())[:200]
+        raise StoreError(f"{directory / MODEL_FILE}: not a model fedecg can rebuild "
+                         f"({type(exc).__name__}: {reason}); train again or restore the "
+                         "file") from None
     _check_card(card, model, directory)
     model.eval()
     return model, card

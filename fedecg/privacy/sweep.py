@@ -32,7 +32,14 @@ from fedecg.config.privacy import DPConfig
 from fedecg.errors import ConfigError, PrivacyError
 from fedecg.federated.orchestration import METRICS_FILE, Progress
 from fedecg.federated.simulate import CONFIG_FILE, SUMMARY_FILE, run_study
-from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.io import (
+    SHARED,
+    OutputKind,
+    atomic_write_json,
+    atomic_write_text,
+    claim_output,
+    mark_output,
+)
 from fedecg.privacy.accounting import Ledger
 from fedecg.privacy.apps import client_app, client_level
 from fedecg.privacy.card import annotate_model, privacy_card
@@ -177,6 +184,9 @@ def run_sweep(config: SimulationConfig, epsilons: Sequence[float], out: Path, *,
               say: Say | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Run (or continue) the study at each ε into ``out``; write the table; return its rows."""
     out = Path(out)
+    claim_output(out, OutputKind.SWEEP, existing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, OutputKind.SWEEP)
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
     for epsilon in epsilons:
@@ -195,10 +205,10 @@ def run_sweep(config: SimulationConfig, epsilons: Sequence[float], out: Path, *,
         runs[label] = {"study": str(run_dir), "sites": budgets,
                        "model_card_privacy": card_entry(run_dir, budgets)}
     add_retention(rows)
-    atomic_write_text(out / TABLE_FILE, table_csv(rows))
+    atomic_write_text(out / TABLE_FILE, table_csv(rows), SHARED)
     written = [{k: v for k, v in row.items() if k != "target_epsilon"} for row in rows]
     atomic_write_json(out / SUMMARY_FILE, {"epsilons": [epsilon_label(e) for e in epsilons],
-                                           "rows": written, "runs": runs})
+                                           "rows": written, "runs": runs}, SHARED)
     return rows
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from fedecg.io import atomic_write_text
+from fedecg.io import SHARED, atomic_write_text
 
 _STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -97,7 +97,7 @@ class HtmlPage:
 
     def write(self, path: Path) -> Path:
         """Write the page atomically to ``path`` and return it."""
-        atomic_write_text(Path(path), self.render())
+        atomic_write_text(Path(path), self.render(), SHARED)
         return Path(path)
 
 

@@ -9,7 +9,6 @@ stopping.
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from fedecg.errors import TrainingError
-from fedecg.io import atomic_write_bytes
+from fedecg.io import load_weights, save_weights
 
 
 @dataclass
@@ -37,9 +36,7 @@ def save_checkpoint(path: Path, position: Position, model: torch.nn.Module,
     payload = {"position": asdict(position), "model": model.state_dict(),
                "optimizer": optimizer.state_dict() if optimizer is not None else None,
                "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    save_weights(Path(path), payload)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -48,9 +45,9 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_weights(path)
         payload["position"] = Position(**payload["position"])
-    except Exception as exc:  # any unpickling error means the file cannot be resumed from
+    except (ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: checkpoint is unreadable ({exc}); delete it to restart "
                             "this model, or pass --overwrite to restart the run") from None
     return payload

@@ -26,7 +26,7 @@ from fedecg.config.base import dump_config, read_yaml, validate_config
 from fedecg.config.train import TrainConfig
 from fedecg.data.store import SiteStore, StoreManifest
 from fedecg.errors import OutputExistsError, StoreError
-from fedecg.io import atomic_write_json
+from fedecg.io import SHARED, OutputKind, atomic_write_json, claim_output, mark_output
 from fedecg.models.io import ModelCard, save_inference_model
 from fedecg.models.joint import JointModel
 from fedecg.training.evaluate import evaluate, flatten, score
@@ -53,26 +53,32 @@ def open_stores(paths: list[Path]) -> TrainingData:
 
 def prepare_run_dir(out: Path, config: TrainConfig, stores: list[Path],
                     overwrite: bool) -> None:
-    """Create ``out``, or accept it to resume an unfinished run with the same settings."""
+    """Create ``out``, or accept it to resume an unfinished run with the same settings.
+
+    ``overwrite`` replaces only a run folder fedecg wrote (``claim_output``), never a store.
+    """
     out = Path(out)
     run_info = {"stores": [str(Path(p).resolve()) for p in stores], "models": config.models}
-    if out.exists() and overwrite:
+    existing = claim_output(out, OutputKind.RUN, inputs=stores, overwrite=overwrite,
+                            existing_ok=True)
+    if existing and overwrite:
         shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
+    elif existing:
         if (out / "summary.json").is_file():
             raise OutputExistsError(f"{out}: holds a finished run; choose another --out or "
                                     "pass --overwrite")
         _check_resumable(out, config, run_info)
         logger.info("%s: resuming an unfinished run from its checkpoints", out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    mark_output(out, OutputKind.RUN)
     dump_config(config, out / "config.yaml")
     atomic_write_json(out / "run.json", run_info)
 
 
 def _check_resumable(out: Path, config: TrainConfig, run_info: dict[str, Any]) -> None:
     if not (out / "config.yaml").is_file() or not (out / "run.json").is_file():
-        raise OutputExistsError(f"{out}: exists and is not a fedecg run; choose another --out "
-                                "or pass --overwrite")
+        raise OutputExistsError(f"{out}: an unfinished run without its config.yaml or run.json;"
+                                " pass --overwrite to start it again")
     previous = read_yaml(out / "config.yaml")
     current = config.model_dump(mode="json")
     changed = [key for key in sorted(set(previous) | set(current))
@@ -178,5 +184,5 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
     summary.update(seed=config.seed, models=list(config.models),
                    stores=[{"path": str(s.path), "site": s.manifest.site_name}
                            for s in data.stores])
-    atomic_write_json(Path(out) / "summary.json", summary)
+    atomic_write_json(Path(out) / "summary.json", summary, SHARED)
     return summary

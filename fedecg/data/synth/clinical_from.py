@@ -39,7 +39,7 @@ from fedecg.data.tables import (
     read_csv_checked,
 )
 from fedecg.errors import InputFileError
-from fedecg.io import atomic_directory, atomic_write_text
+from fedecg.io import OutputKind, atomic_directory, atomic_write_text, claim_output
 
 logger = logging.getLogger(__name__)
 HOSP_TABLES = ("patients", "admissions", "labevents", "d_labitems", "omr", "diagnoses_icd",
@@ -144,6 +144,8 @@ def _copy_clinical(mimic_root: Path, staging: Path) -> None:
 def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, seed: int = 0,
                              overwrite: bool = False, workers: int = 1) -> TwinSummary:
     """Write ``out``: the real ``hosp/`` tables and record list plus synthetic WFDB records."""
+    sources = (mimic_root, record_list)
+    claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite, inputs=sources)
     started = time.perf_counter()
     ecgs = read_ecg_list(Path(record_list))
     skipped = Rejects("skip")  # rows the real tables cannot give (e.g. labs without a number)
@@ -159,7 +161,8 @@ def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, see
     frame["hospital"] = 0
     frame["cart_id"] = rng.choice(site.cart_ids, size=len(frame))
     frame["ecg_time_text"] = frame["ecg_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    with atomic_directory(Path(out), overwrite=overwrite) as staging:
+    with atomic_directory(Path(out), OutputKind.TWIN, overwrite=overwrite,
+                          inputs=sources) as staging:
         _copy_clinical(Path(mimic_root), staging)
         shutil.copyfile(record_list, staging / "record_list.csv")
         nan_runs = write_waveforms(staging, frame, [site], seed, workers)

@@ -33,7 +33,7 @@ from fedecg.data.synth.morphology import MORPHOLOGY_COLUMNS
 from fedecg.data.synth.sites import SiteProfile, make_sites
 from fedecg.data.synth.waveform import FS, synthesize_record
 from fedecg.errors import ConfigError
-from fedecg.io import atomic_directory, atomic_write_text
+from fedecg.io import OutputKind, atomic_directory, atomic_write_text, claim_output
 
 SYNTH_VERSION = 1
 """Bumped whenever the same seed would give different data; part of any twin cache key."""
@@ -153,6 +153,7 @@ def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0
     if patients < 1 or sites < 1 or workers < 1:
         raise ConfigError(f"synth: patients={patients}, sites={sites}, workers={workers}; "
                           "expected each to be at least 1")
+    claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite)
     started = time.perf_counter()
     profiles = make_sites(sites, seed)
     world = build_world(patients, profiles, seed)
@@ -160,7 +161,7 @@ def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0
     ecgs["path"] = [v10_path(s, t) for s, t in zip(ecgs["subject_id"], ecgs["study_id"],
                                                     strict=True)]
     ecgs["ecg_time_text"] = ecgs["ecg_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    with atomic_directory(Path(out), overwrite=overwrite) as staging:
+    with atomic_directory(Path(out), OutputKind.TWIN, overwrite=overwrite) as staging:
         lab_rows, coded = _write_hosp(staging / "hosp", world, np.random.default_rng(
             [seed, TABLES_STREAM]))
         nan_runs = write_waveforms(staging, ecgs, profiles, seed, workers)
