@@ -38,7 +38,7 @@ from fedecg.deploy.certs import (
 from fedecg.deploy.flower import Service, flower_env, flwr_json, write_connection
 from fedecg.deploy.node_keys import check_public_key
 from fedecg.errors import DeploymentError
-from fedecg.io import atomic_write_json
+from fedecg.io import PRIVATE, OutputKind, atomic_write_json, claim_output, mark_output, private_dir
 
 CONNECTION = "fedecg"
 SERVER_FILE = "server.json"
@@ -107,21 +107,18 @@ def init_server(folder: Path, hosts: list[str], days: int = 365, renew: bool = F
     ``renew`` keeps the CA (hospitals keep their ca.crt) and issues a new server certificate.
     """
     kit = ServerKit(Path(folder))
+    validity = Validity(days=days)  # refuses --days < 1 before anything is written
+    claim_output(kit.folder, OutputKind.SERVER_KIT, existing_ok=True)
     if kit.ca.exists() and not renew:
         raise DeploymentError(f"{kit.ca} exists: this kit already has a CA; pass --renew to "
                               "issue a new server certificate with the same CA")
-    _private_folder(kit.folder)
+    private_dir(kit.folder)
+    mark_output(kit.folder, OutputKind.SERVER_KIT)
     if not kit.ca.exists():
         create_ca(kit.tls)
     covered = list(dict.fromkeys([*hosts, *LOOPBACK_NAMES]))
-    issue_server_cert(kit.tls, covered, Validity(days=days))
+    issue_server_cert(kit.tls, covered, validity)
     return kit
-
-
-def _private_folder(folder: Path) -> None:
-    """Create ``folder`` readable by its owner only (0700), or make it so."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
 
 
 def start_superlink(kit: ServerKit, address: str, bind: str | None = None,
@@ -138,8 +135,10 @@ def start_superlink(kit: ServerKit, address: str, bind: str | None = None,
     control = control or f"127.0.0.1:{_free_port()}"
     local_host, local_port = loopback_address(control)
     check_server_cert(kit.tls, local_host)
-    _private_folder(kit.folder)
+    private_dir(kit.folder)
     database = Path(kit.folder) / "superlink.db"
+    database.touch(mode=PRIVATE, exist_ok=True)
+    database.chmod(PRIVATE)  # SQLite gives its -wal/-shm files the database's mode
     command = ["flower-superlink", "--ssl-ca-certfile", str(kit.ca),
                "--ssl-certfile", str(kit.tls / SERVER_CERT),
                "--ssl-keyfile", str(kit.tls / SERVER_KEY), "--enable-supernode-auth",
@@ -147,7 +146,6 @@ def start_superlink(kit: ServerKit, address: str, bind: str | None = None,
                "--port", str(local_port), "--database", str(database)]
     pid = kit.superlink.start(command, flower_env(kit.flwr_home))
     _await_tls(kit, kit.superlink, local_host, local_port, wait_s)
-    database.chmod(0o600)
     gateway = [sys.executable, "-m", "fedecg.deploy.gateway", "--listen",
                f"{bind or host}:{port}", "--upstream", control, "--ca", str(kit.ca),
                "--cert", str(kit.tls / SERVER_CERT), "--key", str(kit.tls / SERVER_KEY)]
