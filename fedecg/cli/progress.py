@@ -35,6 +35,9 @@ def output_mode(quiet: bool, log_json: bool) -> Output:
     return Output.QUIET if quiet else Output.LINES
 
 
+RESULT_KEYS = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
+               "lab_macro_auroc_ci", "diagnosis_macro_auprc", "lab_macro_auprc", "n_test")
+"""What the final JSON line (``--log-json``) carries per model."""
 QUIET_HELP = "Print no per-epoch/per-round lines (the result and errors still print)."
 LOG_JSON_HELP = "Print progress as one JSON object per line on stdout (for machines)."
 

@@ -14,6 +14,7 @@ from fedecg.cli.common import console, friendly_errors
 from fedecg.cli.progress import (
     LOG_JSON_HELP,
     QUIET_HELP,
+    RESULT_KEYS,
     Output,
     RunProgress,
     output_mode,
@@ -148,10 +149,6 @@ def train(
     progress.result({"out": str(out), "report": str(report) if report else None,
                      **{name: {k: summary.get(name, {}).get(k) for k in RESULT_KEYS}
                         for name in [*summary.get("models", []), "naive"]}})
-
-
-RESULT_KEYS = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
-               "lab_macro_auroc_ci", "diagnosis_macro_auprc", "lab_macro_auprc", "n_test")
 
 
 def register(app: typer.Typer) -> None:

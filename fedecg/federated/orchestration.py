@@ -234,7 +234,9 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
         write_metrics(out, run.history)
         if progress is not None:
             progress({"model": plan.model, "stage": stage.name, "round": stage_round,
-                      "rounds": rounds, "global_round": offset + stage_round})
+                      "rounds": rounds, "global_round": offset + stage_round,
+                      "seed": plan.config.train.seed,
+                      "lines": [h for h in run.history if h["round"] == offset + stage_round]})
         return None
 
     def message_config() -> ConfigRecord:
