@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 import typer
 from rich.table import Table
 
-from fedecg.cli.common import console, friendly_errors
+from fedecg.cli.common import console, friendly_errors, record_command
 from fedecg.cli.progress import (
     LOG_JSON_HELP,
     QUIET_HELP,
@@ -95,6 +96,7 @@ def simulate(
     from fedecg.privacy.apps import client_app, client_level
     from fedecg.privacy.sweep import card_entry, site_budgets
 
+    started = time.time()
     if (resume is None) == (out is None):
         raise ConfigError("give --out RUN for a new study, or --resume RUN to continue one")
     run_dir = resume if resume is not None else out
@@ -119,6 +121,7 @@ def simulate(
                         wrap_for=client_level, console=console)
     card_entry(Path(run_dir), site_budgets(Path(run_dir)))  # privacy section of the model card
     console.print(results_table(summary))
+    record_command(Path(run_dir), started)
     report = _report(Path(run_dir))
     progress.result({"out": str(run_dir), "report": str(report) if report else None,
                      "federated": {model: {k: entry.get(k) for k in RESULT_KEYS}

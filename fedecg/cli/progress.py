@@ -3,7 +3,7 @@
 ``fedecg train`` and ``fedecg simulate`` report through ``RunProgress``: by default a short
 human line on stderr (``transfer · lab 3/4 · val loss 0.412 · val lab AUROC 0.655 · 6.1 s/epoch
 · ETA 2m05s``); ``--quiet`` prints none; ``--log-json`` prints one JSON object per line on
-stdout instead, for machines. The ETA is the mean wall-clock time of the units (epochs or
+stdout instead, for machines. The ETA is the median wall-clock time of the units (epochs or
 rounds) seen so far in this process times the units left.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Mapping
 from enum import StrEnum
@@ -18,6 +19,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
+
+from fedecg.report.provenance import format_duration
 
 
 class Output(StrEnum):
@@ -40,16 +43,6 @@ RESULT_KEYS = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_a
 """What the final JSON line (``--log-json``) carries per model."""
 QUIET_HELP = "Print no per-epoch/per-round lines (the result and errors still print)."
 LOG_JSON_HELP = "Print progress as one JSON object per line on stdout (for machines)."
-
-
-def format_duration(seconds: float) -> str:
-    """``45s``, ``3m05s``, ``1h02m``."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _number(value: Any) -> str | None:
@@ -77,7 +70,7 @@ class RunProgress:
         """Seconds left for the ``total - done`` units, or None before the first one."""
         if not self._seconds:
             return None
-        return sum(self._seconds) / len(self._seconds) * max(self.total - done, 0)
+        return statistics.median(self._seconds) * max(self.total - done, 0)
 
     def unit_done(self, done: int, label: str, metrics: Mapping[str, Any],
                   fields: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedecg.cli.common import console, friendly_errors
+from fedecg.cli.common import console, friendly_errors, record_command
 from fedecg.cli.progress import (
     LOG_JSON_HELP,
     QUIET_HELP,
@@ -126,6 +127,7 @@ def train(
 
     Prints one line per epoch with the validation loss and AUROC and an ETA.
     """
+    started = time.time()
     settings = load_config(TrainConfig, config, build_overrides(models, seed, overrides))
     progress = RunProgress(epoch_plan(settings)[1], "epoch", output_mode(quiet, log_json),
                            console)
@@ -143,6 +145,7 @@ def train(
                                    on_epoch=on_epoch)
     else:
         summary = train_models(store, settings, out, overwrite=overwrite, on_epoch=on_epoch)
+    record_command(out, started)
     report = write_report(out)
     console.print(one_line(summary), highlight=False, soft_wrap=True)
     console.print(f"wrote {out}" + (f" (report {report})" if report else ""), highlight=False)

@@ -43,6 +43,12 @@ DEPLOYED_SCOPE = ("each hospital's own test split scored at the hospital; the st
                   "sites' bootstrap CIs (a deployment has no pooled test split, and trains no "
                   "pooled or local-only baseline)")
 TASKS = (("diagnosis_macro_auroc", "Diagnosis"), ("lab_macro_auroc", "Lab-abnormality"))
+TABLE_METRICS = (("diagnosis_macro_auroc", "Diagnosis macro AUROC"),
+                 ("diagnosis_macro_auprc", "Diagnosis macro AUPRC"),
+                 ("lab_macro_auroc", "Lab-abnormality macro AUROC"),
+                 ("lab_macro_auprc", "Lab-abnormality macro AUPRC"))
+COLOUR_NOTE = "Colours: red federated, blue pooled, grey local-only, in every figure."
+EXPORTED = "from the federated run of the first seed (the sites' final models averaged)"
 CURVE_PANELS = (
     ("validation loss", keys.VAL_PREFIX + keys.LOSS),
     ("validation diagnosis macro AUROC", keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC),
@@ -57,6 +63,29 @@ def study_models(summary: Result) -> list[str]:
     """The study's models, signal-only, transfer, multimodal first."""
     models = [m for m in MODELS if m in summary["federated"]]
     return models + [m for m in summary["federated"] if m not in models]
+
+
+def study_facts(summary: Result) -> list[tuple[str, object]]:
+    """The models, seeds, sites and test split of a study, for the top of its report."""
+    models = study_models(summary)
+    deployed = "deployment" in summary
+    partition = summary.get("partition") or {}
+    sites = partition.get("sites") or dig(summary, "deployment", "sites") or {}
+    n_test = dig(summary, "federated", models[0], "n_test")
+    facts: list[tuple[str, object]] = [
+        ("kind", "federated study across hospitals (fedecg server submit)" if deployed
+         else "federated study on virtual sites (fedecg simulate), with "
+         + ("pooled and local-only baselines" if summary.get("pooled") else "no baselines")),
+        ("models", ", ".join(models)),
+        ("seeds", ", ".join(str(s) for s in summary.get("seeds") or [first_seed(summary)]))]
+    if partition:
+        facts.append(("partition", f"{partition.get('method')} over {len(sites)} sites, "
+                      f"label skew {partition.get('label_skew', float('nan')):.3f}"))
+    facts += [(f"site {name}", ", ".join(f"{k} {v}" for k, v in entry.items()))
+              for name, entry in sites.items() if isinstance(entry, Mapping)]
+    facts.append(("test split", f"{n_test if n_test is not None else '—'} ECGs "
+                  + ("(the sites' own, combined)" if deployed else "(pooled over the sites)")))
+    return facts
 
 
 def study_results(page: HtmlPage, summary: Result) -> None:
@@ -132,7 +161,33 @@ def settings(model: str) -> dict[str, Lookup]:
     """Where each setting's pooled-test entry of ``model`` sits in a seed's results."""
     return {"federated": lambda r: dig(r, "federated", model),
             "pooled": lambda r: dig(r, "pooled", model),
-            "local-only": lambda r: dig(r, "local_only", model)}
+            "local-only": lambda r: with_site_means(dig(r, "local_only", model))}
+
+
+def with_site_means(entry: Any) -> Any:
+    """The local-only entry, with each metric it lacks (AUPRC, per-label AUROC) filled in as
+    the mean over the site-alone models on the pooled test split."""
+    if not isinstance(entry, Mapping):
+        return entry
+    alone = [e for e in (entry.get("sites") or {}).values() if isinstance(e, Mapping)]
+    filled = dict(entry)
+    for key in dict.fromkeys(k for e in alone for k in e):
+        if key in filled or key.endswith("_ci") or key == "per_store":
+            continue
+        if all(isinstance(e.get(key), Mapping) for e in alone):
+            labels = dict.fromkeys(label for e in alone for label in e[key])
+            filled[key] = {label: _mean([e[key].get(label) for e in alone]) for label in labels}
+        else:
+            filled[key] = _mean([e.get(key) for e in alone])
+            own = [dig(e, "per_store", site, key)
+                   for site, e in (entry.get("sites") or {}).items() if isinstance(e, Mapping)]
+            filled.setdefault(f"{key}_own_site", _mean(own))
+    return filled
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    finite = [float(v) for v in values if _finite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def site_settings(model: str, site: str) -> dict[str, Lookup]:
@@ -201,40 +256,51 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
     seeds = ", ".join(results)
     spread = ("bootstrap 95% CI in brackets" if len(results) == 1
               else f"mean ± sd over {len(results)} seeds, per-seed CIs below")
-    headers = ["model", "federated", "pooled", "local-only (mean over sites)",
-               "local-only (each on its own site)", "federated − pooled"]
+    n_test = dig(summary, "federated", study_models(summary)[0], "n_test")
     naive = summary.get("naive") or {}
-    for key, task in TASKS:
+    for key, task in TABLE_METRICS:
+        page.heading(task, level=3)
+        metric = task.split(" ", 1)[1]
+        headers = ["model", f"federated {metric}", f"pooled {metric}",
+                   f"local-only {metric} (mean over sites)",
+                   f"local-only {metric} (each on its own site)", "federated − pooled"]
         rows = results_rows(results, models, key)
         rows.append(["naive (training prevalence)",
                      *[format_with_ci(naive.get(key), naive.get(f"{key}_ci"))] * 2,
                      "—", "—", "—"])
-        page.table(headers, rows, caption=f"{task} macro AUROC on the pooled test split "
-                   f"(seeds {seeds}; {spread}). local-only (mean): the site-alone models "
+        page.table(headers, rows, caption=f"{task} on the pooled test split of {n_test or '—'} "
+                   f"ECGs (seeds {seeds}; {spread}). local-only (mean): the site-alone models "
                    "scored on the pooled test split, with their range; own site: each "
-                   "scored on its site's test split.")
+                   "scored on its site's test split. naive scores every ECG with the training "
+                   "prevalence.")
     if len(results) > 1:
-        per_seed = []
-        for seed, result in results.items():
-            dx, lab = (results_rows({seed: result}, models, key) for key, _ in TASKS)
-            per_seed += [[f"{d[0]} · seed {seed}", *d[1:4], *b[1:4]]
-                         for d, b in zip(dx, lab, strict=True)]
-        page.table(["model · seed", "federated dx", "pooled dx", "local-only dx (mean)",
-                    "federated lab", "pooled lab", "local-only lab (mean)"], per_seed,
-                   caption="Each seed: macro AUROC on the pooled test split with its "
-                           "bootstrap 95% CI.")
-    key = "diagnosis_macro_auroc"
-    values, errors = bar_data(results, {m: settings(m) for m in models}, key)
-    for model in models:
-        spread = local_range(results, model, key)
-        if spread is not None:
-            errors["local-only"][model] = spread
-    page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC, pooled test",
-                                  colors=SETTING_COLORS),
-                caption=f"Each model federated, pooled and local-only (mean over sites); "
-                        f"whiskers: {_whisker_words(results)}"
-                        + (" (local-only: the range of the site-alone models)"
-                           if len(results) == 1 else "") + "; dashed line: chance.")
+        per_seed_table(page, results, models)
+    for key, task in TASKS:
+        values, errors = bar_data(results, {m: settings(m) for m in models}, key)
+        page.figure(plot_grouped_bars(values, errors, title=f"{task} macro AUROC, pooled test",
+                                      colors=SETTING_COLORS),
+                    caption=f"{task} macro AUROC of each model, federated, pooled and "
+                            f"local-only (mean over the site-alone models); whiskers: "
+                            f"{_whisker_words(results)}"
+                            + (" (none for local-only: its spread over sites is in the table)"
+                               if len(results) == 1 else "")
+                            + f"; dashed line: chance. {COLOUR_NOTE}")
+
+
+def per_seed_table(page: HtmlPage, results: Mapping[str, Result],
+                   models: Sequence[str]) -> None:
+    """Each seed's macro AUROCs with their bootstrap CIs."""
+    page.heading("Each seed", level=3)
+    per_seed = []
+    for seed, result in results.items():
+        dx, lab = (results_rows({seed: result}, models, key) for key, _ in TASKS)
+        per_seed += [[f"{d[0]} · seed {seed}", *d[1:4], *b[1:4]]
+                     for d, b in zip(dx, lab, strict=True)]
+    page.table(["model · seed", "federated dx AUROC", "pooled dx AUROC",
+                "local-only dx AUROC (mean)", "federated lab AUROC", "pooled lab AUROC",
+                "local-only lab AUROC (mean)"], per_seed,
+               caption="Each seed: macro AUROC on the pooled test split with its "
+                       "bootstrap 95% CI.")
 
 
 def _whisker_words(results: Mapping[str, Result]) -> str:
@@ -256,7 +322,7 @@ def bar_data(results: Mapping[str, Result], groups: Mapping[str, Mapping[str, Lo
                 sd = float(np.std(found, ddof=1))
                 errors[setting][group] = [values[setting][group] - sd,
                                           values[setting][group] + sd]
-            elif len(results) == 1:
+            elif len(results) == 1 and setting != "local-only":  # a mean over sites: no CI
                 errors[setting][group] = dig(lookup(next(iter(results.values()))),
                                              f"{key}_ci")
     return values, errors
@@ -284,14 +350,58 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
     baselines = "" if len(shown) == 1 else "; local-only is the model trained at that site alone"
     page.table(headers, rows, caption=f"Macro AUROC on each site's test split{baselines} "
                f"({_whisker_words(results)}).")
-    for model in models:
-        values, errors = bar_data(results, {s: site_settings(model, s) for s in sites},
-                                  "diagnosis_macro_auroc")
+    for key, task in TASKS:
+        groups = {f"{model} @ {site}": site_settings(model, site)
+                  for model in models for site in sites}
+        values, errors = bar_data(results, groups, key)
         values = {s: v for s, v in values.items() if s in shown}
         page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
-                                      title=f"{model}: diagnosis macro AUROC per site"),
-                    caption=f"{model} on each site's test split: {', '.join(shown)}; "
-                            f"whiskers: {_whisker_words(results)}.")
+                                      title=f"{task} macro AUROC per site"),
+                    caption=f"Each model on each site's test split: {', '.join(shown)}; "
+                            f"whiskers: {_whisker_words(results)}. {COLOUR_NOTE}")
+
+
+def per_label_section(page: HtmlPage, summary: Result) -> None:
+    """Each label's AUROC: a chart of the exported model, a table of every model."""
+    from fedecg.report.run_report import LABEL_TASKS, SINGLE_CLASS
+
+    results = seed_results(summary)
+    models = study_models(summary)
+    shown = ["federated"] if "deployment" in summary else list(SETTING_COLORS)
+    exported = "transfer" if "transfer" in models else models[0]
+    page.heading("Per-label AUROC")
+    for key, what in LABEL_TASKS:
+        skipped = key.replace("_auroc", "_skipped")
+        labels = list(dict.fromkeys(label for r in results.values() for m in models
+                                    for part in (key, skipped)
+                                    for label in dig(r, "federated", m, part) or {}))
+        if not labels:
+            continue
+        page.heading(f"{what.capitalize()} labels", level=3)
+        values, errors = bar_data(results, {label: _label_lookups(exported, key, label)
+                                            for label in labels}, "value")
+        values = {s: v for s, v in values.items() if s in shown}
+        page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
+                                      title=f"{exported}: {what} AUROC per label"),
+                    caption=f"{exported} (the exported model) on the pooled test split: "
+                            f"{', '.join(shown)}; whiskers: {_whisker_words(results)}. "
+                            f"{SINGLE_CLASS} {COLOUR_NOTE}")
+        columns = [(m, s) for m in models for s in shown]
+        rows = [[label, *(cell(results, _label_lookups(m, key, label, ci=False)[s], "value")
+                          for m, s in columns)] for label in labels]
+        page.table(["label", *(f"{m} {s}" for m, s in columns)], rows,
+                   caption=f"{what.capitalize()} AUROC of each label on the pooled test split"
+                           + ("" if len(results) == 1 else " (mean ± sd over seeds)")
+                           + "; —: a single class in the test split. Local-only: the mean "
+                           "over the site-alone models.")
+
+
+def _label_lookups(model: str, key: str, label: str, ci: bool = True) -> dict[str, Lookup]:
+    """Each setting's ``{"value": AUROC, "value_ci": CI}`` of one label of ``model``."""
+    def one(lookup: Lookup) -> Lookup:
+        return lambda r: {"value": dig(lookup(r), key, label),
+                          "value_ci": dig(lookup(r), f"{key}_ci", label) if ci else None}
+    return {setting: one(lookup) for setting, lookup in settings(model).items()}
 
 
 def of_seed(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -315,7 +425,8 @@ def validation_all(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_round.setdefault(line["round"], []).append(line)
     merged = []
     for number, lines in sorted(by_round.items()):
-        entry: dict[str, Any] = {"round": number, "site": ALL_SITES}
+        entry: dict[str, Any] = {"round": number, "site": ALL_SITES,
+                                 "stage": lines[0].get("stage")}
         for key in (keys.VAL_PREFIX + k for k in keys.EVALUATION_KEYS):
             pairs = [(line[key], line.get(keys.NUM_EXAMPLES) or 0) for line in lines
                      if _finite(line.get(key))]
@@ -324,6 +435,13 @@ def validation_all(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 entry[key] = sum(v * w for v, w in pairs) / weight
         merged.append(entry)
     return merged
+
+
+def trained_heads_only(record: dict[str, Any]) -> dict[str, Any]:
+    """See ``fedecg.report.run_report.trained_heads_only``."""
+    from fedecg.report.run_report import trained_heads_only as mask
+
+    return mask(record)
 
 
 def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequence[str],
@@ -335,10 +453,12 @@ def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequen
     for model in models:
         mine = [r for r in lines if r.get("model") == model]
         train = [r for r in mine if r.get("kind") == "train" and r.get("site_index", 0) >= 0]
-        curves = train + validation_all(train) + [r for r in mine if r.get("kind") == "evaluate"]
+        curves = [trained_heads_only(r) for r in
+                  train + validation_all(train) + [r for r in mine if r.get("kind") == "evaluate"]]
         if not curves:
             continue
         marks = sorted({float(r["round"]) for r in mine if r.get("kind") in SITE_EVENTS})
+        page.heading(model, level=3)
         figure = plot_round_panels(curves, CURVE_PANELS, boundaries=stage_boundaries(mine),
                                    marks=marks, emphasis=ALL_SITES,
                                    log_metrics={keys.LOSS, keys.VAL_PREFIX + keys.LOSS})
@@ -346,7 +466,8 @@ def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequen
                     "split of each site (its own model, after local training) and the test "
                     "split of each site (the aggregated model); black: all sites, weighted by "
                     "their examples for the stage; dashed lines: stage starts; red dotted: a "
-                    "site dropped out or was rejected. Loss axes are logarithmic.")
+                    "site dropped out or was rejected. Loss axes are logarithmic. A head's "
+                    "AUROC is drawn from the stage that trains it on.")
         shown = True
     if not shown:
         page.paragraph("metrics.jsonl holds no federated round of this study.", note=True)
