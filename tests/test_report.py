@@ -167,8 +167,8 @@ def test_curve_grid_hides_empty_cells_and_styles_second_metrics():
                              panel="stage", group="model", panels=["pretrain", "diagnosis"])
     visible = [ax for ax in figure.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == [
-        "pretrain\ntrain_loss (solid)\nval_loss (dashed)", "diagnosis\ntrain_loss (solid)",
-        "diagnosis\nval_dx_macro_auroc"]
+        "pretrain\ntrain loss (solid)\nval loss (dashed)", "diagnosis\ntrain loss (solid)",
+        "diagnosis\nval dx macro AUROC"]
     pretrain = visible[0]
     assert [(line.get_linestyle(), line.get_label()) for line in pretrain.lines] == [
         ("-", "transfer"), ("--", "_nolegend_")]

@@ -363,7 +363,7 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
 
 def per_label_section(page: HtmlPage, summary: Result) -> None:
     """Each label's AUROC: a chart of the exported model, a table of every model."""
-    from fedecg.report.run_report import LABEL_TASKS, SINGLE_CLASS
+    from fedecg.report.run_report import LABEL_TASKS, SINGLE_CLASS, SINGLE_CLASS_NOTE
 
     results = seed_results(summary)
     models = study_models(summary)
@@ -381,8 +381,11 @@ def per_label_section(page: HtmlPage, summary: Result) -> None:
         values, errors = bar_data(results, {label: _label_lookups(exported, key, label)
                                             for label in labels}, "value")
         values = {s: v for s, v in values.items() if s in shown}
+        for label in labels:  # a label with a single class everywhere: named, marked n/a
+            values["federated"].setdefault(label, float("nan"))
         page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
-                                      title=f"{exported}: {what} AUROC per label"),
+                                      title=f"{exported}: {what} AUROC per label",
+                                      missing=SINGLE_CLASS_NOTE),
                     caption=f"{exported} (the exported model) on the pooled test split: "
                             f"{', '.join(shown)}; whiskers: {_whisker_words(results)}. "
                             f"{SINGLE_CLASS} {COLOUR_NOTE}")

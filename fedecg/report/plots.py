@@ -120,7 +120,7 @@ def plot_curve_grid(records: Sequence[Record], x: str, rows: Sequence[Sequence[s
             if not any(drawn):
                 ax.set_visible(False)
                 continue
-            shown = [f"{m} ({word})" if len(styles) > 1 else m
+            shown = [f"{_readable(m)} ({word})" if len(styles) > 1 else _readable(m)
                      for (m, (_, word)), n in zip(styles, drawn, strict=True) if n]
             ax.set_title("\n".join([name, *shown]), fontsize=9)
             ax.set_xlabel(x, fontsize=9)
@@ -128,6 +128,12 @@ def plot_curve_grid(records: Sequence[Record], x: str, rows: Sequence[Sequence[s
             ax.grid(alpha=0.3)
     figure_legend(figure, axes.ravel())
     return figure
+
+
+def _readable(key: str) -> str:
+    """``val_diagnosis_macro_auroc`` → ``val diagnosis macro AUROC``."""
+    words = key.replace("_", " ").split()
+    return " ".join(w.upper() if w in ("auroc", "auprc") else w for w in words)
 
 
 def plot_round_panels(records: Sequence[Record], panels: Sequence[tuple[str, str]],
@@ -181,13 +187,14 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]],
                       errors: Mapping[str, Mapping[str, Interval]] | None = None,
                       title: str = "", xlabel: str = "AUROC",
                       reference: float | None = 0.5, limits: tuple[float, float] | None = None,
-                      colors: Colors = None) -> Figure:
+                      colors: Colors = None, missing: str = "n/a") -> Figure:
     """Horizontal bars: one cluster per label, one bar per group (model, site, ...).
 
     ``values[group][label]`` is the bar length; ``errors[group][label]`` an optional
     ``[low, high]`` interval drawn as whiskers. Labels keep first-seen order. Every bar is
     labelled with its value, a missing or non-finite one with ``n/a`` (so a 0.0 bar and a
-    missing one differ). ``reference`` draws a dashed line (chance AUROC).
+    missing one differ); a label no group has a value for gets the one note ``missing``.
+    ``reference`` draws a dashed line (chance AUROC).
     """
     groups = list(values)
     labels = list(dict.fromkeys(label for g in groups for label in values[g]))
@@ -197,6 +204,8 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]],
     width = 0.8 / max(len(groups), 1)
     positions = np.arange(len(labels))
     small = 7 if len(labels) * len(groups) > 2 * _MANY_LABELS else 8
+    empty = {label for label in labels
+             if not any(_finite(values[g].get(label)) for g in groups)}
     for index, group in enumerate(groups):
         offsets = positions - 0.4 + width * (index + 0.5)
         lengths = [_bar_value(values[group].get(label)) for label in labels]
@@ -206,14 +215,18 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]],
                 error_kw={"elinewidth": 0.8, "capsize": 2})
         ends = [length + (whiskers[1][k] if whiskers is not None else 0.0)
                 for k, length in enumerate(np.nan_to_num(lengths))]
-        for end, y, length in zip(ends, offsets, lengths, strict=True):
-            ax.annotate("n/a" if math.isnan(length) else f"{length:.2f}", (end, y),
-                        xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize=small, color="#333")
+        for end, y, length, label in zip(ends, offsets, lengths, labels, strict=True):
+            if label not in empty:
+                ax.annotate("n/a" if math.isnan(length) else f"{length:.2f}", (end, y),
+                            xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=small, color="#333")
+    for label in empty:  # one note for a label no group has a value for
+        ax.annotate(missing, (0.0, labels.index(label)), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=small, color="#333")
     if reference is not None:
         ax.axvline(reference, color="grey", linestyle="--", linewidth=0.8)
     ax.set_yticks(positions, labels, fontsize=8 if len(labels) > _MANY_LABELS else 9)
-    ax.invert_yaxis()
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first label on top, no empty margin
     ax.set_xlim(*(limits or _auto_limits(values, reference)))
     ax.set_xlabel(xlabel)
     ax.set_title(title)

@@ -213,20 +213,21 @@ def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names:
     for key, what in LABEL_TASKS:
         skipped = key.replace("_auroc", "_skipped")
         values = {n: {**models[n][key], **dict.fromkeys(models[n].get(skipped) or [])}
-                  for n in names if isinstance(models[n].get(key), dict)}
+                  for n in names if isinstance(models[n].get(key), dict) and n != "naive"}
         if not values:
             continue
         page.heading(f"{what.capitalize()} labels", level=3)
         errors = {n: models[n].get(f"{key}_ci") or {} for n in values}
         figure = plot_grouped_bars(values, errors, title=f"{what} AUROC per label",
-                                   colors=MODEL_COLORS)
-        page.figure(figure, caption=f"Test AUROC of each {what} label, per model; whiskers: "
-                    f"bootstrap 95% CIs. {SINGLE_CLASS}")
+                                   colors=MODEL_COLORS, missing=SINGLE_CLASS_NOTE)
+        page.figure(figure, caption=f"Test AUROC of each {what} label, per model (naive is "
+                    f"0.5 on every label); whiskers: bootstrap 95% CIs. {SINGLE_CLASS}")
 
 
 LABEL_TASKS = (("diagnosis_auroc", "diagnosis"), ("lab_auroc", "lab abnormality"))
 SINGLE_CLASS = ("n/a: the label had a single class (or no known value) in the test split, so "
                 "it has no AUROC and is left out of the macro mean.")
+SINGLE_CLASS_NOTE = "n/a: one class in the test split"
 
 
 def _per_site_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
@@ -336,7 +337,7 @@ def card_section(page: HtmlPage, model_dir: Path, exported: str) -> None:
                   "samples; no clinical data at inference"),
         ("diagnoses", f"{len(card['diagnosis_labels'])}: {', '.join(card['diagnosis_labels'])}"),
         ("lab abnormalities", f"{len(card['lab_labels'])}: {', '.join(card['lab_labels'])}"),
-        *((f"training data: {k.replace('_', ' ')}", v)
+        *((f"training data: {_DATA_NAMES.get(k, k.replace('_', ' '))}", v)
           for k, v in _flatten(card.get("data_summary") or {})),
         ("test split (ECGs)", metrics.get("n_test", "—")),
         *((label, format_with_ci(metrics.get(key), metrics.get(f"{key}_ci")))
@@ -352,6 +353,8 @@ def card_section(page: HtmlPage, model_dir: Path, exported: str) -> None:
                 (f"model/{CARD_FILE} (machine-readable)", f"model/{CARD_FILE}")])
 
 
+_DATA_NAMES = {"records": "ECGs (all splits)", "train_records": "training ECGs",
+               "stores": "stores (sites)"}
 _CARD_METRICS = (("diagnosis_macro_auroc", "diagnosis macro AUROC [95% CI]"),
                  ("lab_macro_auroc", "lab-abnormality macro AUROC [95% CI]"),
                  ("diagnosis_macro_auprc", "diagnosis macro AUPRC"),
