@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -37,3 +38,29 @@ def test_help_names_the_defaults(tmp_path: Path) -> None:
 def _words(text: str) -> str:
     """The text with rich's box lines and wrapping removed."""
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def test_round_lines_count_on_across_the_studies_of_a_sweep(capsys) -> None:
+    """``fedecg sweep`` runs one study per ε through one reporter: done counts on, ETA ends at 0."""
+    from rich.console import Console
+
+    from fedecg.cli.federated_commands import round_plan, round_reporter
+    from fedecg.cli.progress import Output, RunProgress
+    from fedecg.config.federated import SimulationConfig
+
+    config = SimulationConfig.model_validate({
+        "train": {"models": ["transfer"]},
+        "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}}})
+    assert round_plan(config) == ({(0, "transfer"): 0}, 3)
+    progress = RunProgress(6, "round", Output.JSON, Console(stderr=True))
+    report = round_reporter(config, progress)
+    for _study in range(2):
+        for global_round, stage in enumerate(("pretrain", "lab", "diagnosis"), start=1):
+            report({"model": "transfer", "stage": stage, "round": 1, "rounds": 1,
+                    "global_round": global_round, "seed": 0, "lines": [
+                        {"kind": "train", "site_index": 0, "round": global_round,
+                         "num-examples": 10, "val-loss": 0.5, "val-lab-auroc": 0.6}]})
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["done"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    assert lines[1]["val_lab_auroc"] == 0.6 and lines[0]["val_loss"] == 0.5
+    assert lines[-1]["eta_seconds"] == 0.0 and lines[0]["eta_seconds"] >= 0.0

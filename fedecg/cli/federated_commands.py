@@ -142,8 +142,13 @@ def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], in
 
 
 def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[[dict], None]:
-    """The ``progress`` hook of ``run_study``: one line per round (see ``RunProgress``)."""
-    offsets, _ = round_plan(config)
+    """The ``progress`` hook of ``run_study``: one line per round (see ``RunProgress``).
+
+    Several studies may report through it one after the other (``fedecg sweep``): a round
+    number lower than the last one starts the next study's share of ``progress.total``.
+    """
+    offsets, per_study = round_plan(config)
+    last = {"done": 0, "base": 0}
 
     def on_round(event: dict) -> None:
         from fedecg.report.federated_report import validation_all
@@ -154,8 +159,12 @@ def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[
         shown = ROUND_METRICS.get(event["stage"], ())
         model, seed = event["model"], event.get("seed", config.seeds[0])
         prefix = f"seed {seed} · " if len(config.seeds) > 1 else ""
+        done = offsets.get((seed, model), 0) + event["global_round"]
+        if done <= last["done"]:
+            last["base"] += per_study
+        last["done"] = done
         progress.unit_done(
-            offsets.get((seed, model), 0) + event["global_round"],
+            last["base"] + done,
             f"{prefix}{model} · {event['stage']} round {event['round']}/{event['rounds']}",
             {name: weighted.get(key) for name, key in shown},
             {"seed": seed, "model": model, "stage": event["stage"], "round": event["round"],
