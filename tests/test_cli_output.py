@@ -64,3 +64,36 @@ def test_round_lines_count_on_across_the_studies_of_a_sweep(capsys) -> None:
     assert [x["done"] for x in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[1]["val_lab_auroc"] == 0.6 and lines[0]["val_loss"] == 0.5
     assert lines[-1]["eta_seconds"] == 0.0 and lines[0]["eta_seconds"] >= 0.0
+
+
+def test_server_submit_prints_a_line_per_round_from_the_study_folder(tmp_path: Path,
+                                                                     capsys) -> None:
+    from rich.console import Console
+
+    from fedecg.cli.deploy_commands import submit_reporter
+    from fedecg.cli.progress import Output, RunProgress
+    from fedecg.config.federated import SimulationConfig
+
+    config = SimulationConfig.model_validate({"federation": {"rounds": {"lab": 2}}})
+    run = tmp_path / "out" / "seed-0" / "transfer" / "federated"
+    run.mkdir(parents=True)
+    on_poll = submit_reporter(config, tmp_path / "out",
+                              RunProgress(0, "round", Output.JSON, Console(stderr=True)))
+    on_poll(0, 9)  # nothing finished yet
+
+    def finish(round_: int, stage_round: int, auroc: float) -> None:
+        lines = [{"model": "transfer", "stage": "lab", "round": round_,
+                  "stage_round": stage_round, "kind": kind, "site_index": index, "site": site,
+                  "num-examples": 10, "val-loss": 0.4, "val-lab-auroc": auroc}
+                 for kind, index, site in (("train", 0, "site0"), ("evaluate", -1, "all"))]
+        with (run / "metrics.jsonl").open("a") as file:
+            file.write("".join(json.dumps(line) + "\n" for line in lines))
+
+    finish(9, 1, 0.61)
+    on_poll(1, 9)
+    on_poll(1, 9)  # polled again before the next round: no second line
+    finish(10, 2, 0.66)
+    on_poll(2, 9)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["round"], x["rounds"], x["done"], x["total"], x["val_lab_auroc"])
+            for x in lines] == [(1, 2, 1, 9, 0.61), (2, 2, 2, 9, 0.66)]

@@ -128,7 +128,6 @@ def simulate(
                                    for model, entry in summary["federated"].items()}})
 
 
-
 def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], int]:
     """Rounds done before each ``(seed, model)`` starts, and the study's federated rounds."""
     offsets: dict[tuple[int, str], int] = {}
@@ -151,27 +150,33 @@ def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[
     last = {"done": 0, "base": 0}
 
     def on_round(event: dict) -> None:
-        from fedecg.report.federated_report import validation_all
-
-        train = [line for line in event.get("lines", [])
-                 if line.get("kind") == "train" and (line.get("site_index") or 0) >= 0]
-        weighted = (validation_all(train) or [{}])[0]
-        shown = ROUND_METRICS.get(event["stage"], ())
-        model, seed = event["model"], event.get("seed", config.seeds[0])
-        prefix = f"seed {seed} · " if len(config.seeds) > 1 else ""
-        done = offsets.get((seed, model), 0) + event["global_round"]
+        seed = event.get("seed", config.seeds[0])
+        done = offsets.get((seed, event["model"]), 0) + event["global_round"]
         if done <= last["done"]:
             last["base"] += per_study
         last["done"] = done
-        progress.unit_done(
-            last["base"] + done,
-            f"{prefix}{model} · {event['stage']} round {event['round']}/{event['rounds']}",
-            {name: weighted.get(key) for name, key in shown},
-            {"seed": seed, "model": model, "stage": event["stage"], "round": event["round"],
-             "rounds": event["rounds"], "sites": len(train),
-             **{key.replace("-", "_"): weighted.get(key) for _, key in shown}})
+        report_round(progress, last["base"] + done, {**event, "seed": seed},
+                     several_seeds=len(config.seeds) > 1)
 
     return on_round
+
+
+def report_round(progress: RunProgress, done: int, event: dict, several_seeds: bool) -> None:
+    """One round's line: the sites' example-weighted validation metrics of its stage."""
+    from fedecg.report.federated_report import validation_all
+
+    train = [line for line in event.get("lines", [])
+             if line.get("kind") == "train" and (line.get("site_index") or 0) >= 0]
+    weighted = (validation_all(train) or [{}])[0]
+    shown = ROUND_METRICS.get(event["stage"], ())
+    model, seed, stage = event["model"], event["seed"], event["stage"]
+    prefix = f"seed {seed} · " if several_seeds else ""
+    progress.unit_done(
+        done, f"{prefix}{model} · {stage} round {event['round']}/{event['rounds']}",
+        {name: weighted.get(key) for name, key in shown},
+        {"seed": seed, "model": model, "stage": stage, "round": event["round"],
+         "rounds": event["rounds"], "sites": len(train),
+         **{key.replace("-", "_"): weighted.get(key) for _, key in shown}})
 
 
 def _report(run_dir: Path) -> Path | None:
