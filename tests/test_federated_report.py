@@ -18,17 +18,11 @@ import yaml
 
 from fedecg.federated.simulate import combine_seeds, mean_local, report_models
 from fedecg.report import write_run_report
-from fedecg.report.federated_report import (
-    SETTING_COLORS,
-    bar_data,
-    seed_results,
-    settings,
-    stage_boundaries,
-    validation_all,
-)
+from fedecg.report.federated_report import SETTING_COLORS, bar_data, seed_results, settings
 from fedecg.report.plots import plot_round_panels
 from fedecg.report.provenance import read_provenance, record_run
 from fedecg.report.run_report import trained_heads_only
+from fedecg.report.study_rounds import stage_boundaries, validation_all
 
 MODELS = {"signal-only": 0.55, "transfer": 0.56, "multimodal": 0.65}
 SITES = ("site0", "site1")

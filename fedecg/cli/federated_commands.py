@@ -163,7 +163,7 @@ def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[
 
 def report_round(progress: RunProgress, done: int, event: dict, several_seeds: bool) -> None:
     """One round's line: the sites' example-weighted validation metrics of its stage."""
-    from fedecg.report.federated_report import validation_all
+    from fedecg.report.study_rounds import validation_all
 
     train = [line for line in event.get("lines", [])
              if line.get("kind") == "train" and (line.get("site_index") or 0) >= 0]
