@@ -345,7 +345,12 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
 
 def per_label_section(page: HtmlPage, summary: Result) -> None:
     """Each label's AUROC: a chart of the exported model, a table of every model."""
-    from fedecg.report.run_report import LABEL_TASKS, SINGLE_CLASS, SINGLE_CLASS_NOTE
+    from fedecg.report.run_report import (
+        LABEL_TASKS,
+        NO_LABEL_CI,
+        SINGLE_CLASS,
+        SINGLE_CLASS_NOTE,
+    )
 
     results = seed_results(summary)
     models = study_models(summary)
@@ -369,8 +374,10 @@ def per_label_section(page: HtmlPage, summary: Result) -> None:
                                       title=f"{exported}: {what} AUROC per label",
                                       missing=SINGLE_CLASS_NOTE),
                     caption=f"{exported} (the exported model) on the pooled test split: "
-                            f"{', '.join(shown)}; whiskers: {_whisker_words(results)}. "
-                            f"{SINGLE_CLASS} {COLOUR_NOTE}")
+                            f"{', '.join(shown)}"
+                            + ("; whiskers: ± sd over seeds. " if len(results) > 1
+                               else f". {NO_LABEL_CI} ")
+                            + f"{SINGLE_CLASS} {COLOUR_NOTE}")
         columns = [(m, s) for m in models for s in shown]
         rows = [[label, *(cell(results, _label_lookups(m, key, label, ci=False)[s], "value")
                           for m, s in columns)] for label in labels]

@@ -242,8 +242,10 @@ def _bar_value(value: Any) -> float:
 
 def _whiskers(lengths: list[float], labels: list[str],
               intervals: Mapping[str, Interval]) -> np.ndarray | None:
-    """Asymmetric error bars [[below...], [above...]] from ``[low, high]`` intervals."""
-    if not intervals:
+    """Asymmetric error bars [[below...], [above...]] from ``[low, high]`` intervals; None
+    (no whiskers, no empty caps) when no label has one."""
+    if not any(isinstance(v, Sequence) and len(v) == 2 and all(_finite(x) for x in v)
+               for v in intervals.values()):
         return None
     below, above = [], []
     for length, label in zip(lengths, labels, strict=True):

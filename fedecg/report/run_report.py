@@ -221,13 +221,15 @@ def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names:
         figure = plot_grouped_bars(values, errors, title=f"{what} AUROC per label",
                                    colors=MODEL_COLORS, missing=SINGLE_CLASS_NOTE)
         page.figure(figure, caption=f"Test AUROC of each {what} label, per model (naive is "
-                    f"0.5 on every label); whiskers: bootstrap 95% CIs. {SINGLE_CLASS}")
+                    f"0.5 on every label). {NO_LABEL_CI} {SINGLE_CLASS}")
 
 
 LABEL_TASKS = (("diagnosis_auroc", "diagnosis"), ("lab_auroc", "lab abnormality"))
 SINGLE_CLASS = ("n/a: the label had a single class (or no known value) in the test split, so "
                 "it has no AUROC and is left out of the macro mean.")
 SINGLE_CLASS_NOTE = "n/a: one class in the test split"
+NO_LABEL_CI = ("No whiskers: bootstrap CIs are computed for the macro means (tables above), "
+               "not per label.")
 
 
 def _per_site_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
