@@ -20,7 +20,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real, openly licensed data in ../shared/data."""
+    """The real, openly licensed data in ../shared/data; tests that need it skip without it."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: CI keeps shared/ beside the checkout")
+        pytest.skip(f"{SHARED_DATA} is missing: these tests read the real demo data kept "
+                    "beside the checkout (README, 'The tests')")
     return SHARED_DATA

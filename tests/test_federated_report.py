@@ -18,8 +18,11 @@ import yaml
 
 from fedecg.federated.simulate import combine_seeds, mean_local, report_models
 from fedecg.report import write_run_report
-from fedecg.report.federated_report import stage_boundaries, validation_all
+from fedecg.report.federated_report import SETTING_COLORS, bar_data, seed_results, settings
 from fedecg.report.plots import plot_round_panels
+from fedecg.report.provenance import read_provenance, record_run
+from fedecg.report.run_report import trained_heads_only
+from fedecg.report.study_rounds import stage_boundaries, validation_all
 
 MODELS = {"signal-only": 0.55, "transfer": 0.56, "multimodal": 0.65}
 SITES = ("site0", "site1")
@@ -30,7 +33,8 @@ OWN = {"site0": -0.02, "site1": 0.04}  # ... and on its own site's test split
 def _entry(dx: float) -> dict[str, Any]:
     dx, lab = round(dx, 4), round(dx - 0.05, 4)
     return {"diagnosis_macro_auroc": dx, "diagnosis_macro_auroc_ci": [dx - 0.05, dx + 0.05],
-            "lab_macro_auroc": lab, "lab_macro_auroc_ci": [lab - 0.04, lab + 0.04]}
+            "lab_macro_auroc": lab, "lab_macro_auroc_ci": [lab - 0.04, lab + 0.04],
+            "diagnosis_macro_auprc": round(dx - 0.3, 4), "n_test": 80}
 
 
 def _seed_result(shift: float) -> dict[str, Any]:
@@ -194,3 +198,49 @@ def test_round_panels_draw_sites_all_stage_starts_and_events():
     verticals = [(line.get_xdata()[0], line.get_color()) for line in ax.lines
                  if len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2]
     assert verticals == [(0.5, "grey"), (2.5, "grey"), (3.5, "grey"), (4.0, "red")]
+
+
+def test_results_tables_are_named_and_show_auprc_and_the_test_size(one_seed: str):
+    for task in ("Diagnosis macro AUROC", "Diagnosis macro AUPRC", "Lab-abnormality macro AUROC",
+                 "Lab-abnormality macro AUPRC"):
+        assert f"<h3>{task}</h3>" in one_seed
+    assert "<th>federated macro AUPRC</th>" in one_seed
+    # AUPRC = AUROC - 0.3 here; local-only: the site-alone models' mean, computed by the report
+    assert ["transfer", "0.260", "0.290", "0.230 (sites 0.220–0.240)", "0.270",
+            "-0.030"] in _rows(one_seed)
+    assert "pooled test split of 80 ECGs" in one_seed
+
+
+def test_the_run_section_names_test_size_sites_and_versions(one_seed: str):
+    run = one_seed[one_seed.index("<h2>Run</h2>"):one_seed.index("<h2>Results")]
+    assert "80 ECGs (pooled over the sites)" in run
+    assert '<th scope="row">site site1</th><td>train 300, val 60, test 59</td>' in run
+    assert "fedecg 0.1.0" in run and "flwr 1.41" in run and "torch 2." in run
+    assert "not recorded (no provenance.json" in run
+
+
+def test_provenance_recorded_by_a_command_is_shown(tmp_path: Path):
+    run = _study(tmp_path / "run", [0], private=False)
+    record_run(run, ["simulate", "--out", "runs/x"], started=1_000.0, finished=1_185.0)
+    assert read_provenance(run)["seconds"] == 185.0
+    page = write_run_report(run).read_text()
+    assert "fedecg simulate --out runs/x" in page and "3m05s" in page
+    assert "1970-01-01T00:19:45+00:00" in page
+
+
+def test_local_only_bars_have_no_whiskers_for_one_seed():
+    results = seed_results(_summary([0]))
+    values, errors = bar_data(results, {"transfer": settings("transfer")},
+                              "diagnosis_macro_auroc")
+    assert set(values) == set(SETTING_COLORS) and values["local-only"]["transfer"] == 0.53
+    assert errors["federated"]["transfer"] == pytest.approx([0.51, 0.61])
+    assert "transfer" not in errors["local-only"]  # a mean over sites has no bootstrap CI
+
+
+def test_a_heads_auroc_is_dropped_before_its_stage():
+    lab = {"stage": "lab", "val-loss": 1.0, "val-diagnosis-auroc": 0.4, "val-lab-auroc": 0.6}
+    assert trained_heads_only(lab) == {"stage": "lab", "val-loss": 1.0, "val-lab-auroc": 0.6}
+    pretrain = {"stage": "pretrain", "val_loss": 2.0, "val_lab_macro_auroc": 0.5}
+    assert trained_heads_only(pretrain) == {"stage": "pretrain", "val_loss": 2.0}
+    dx = {"stage": "diagnosis", "val_diagnosis_macro_auroc": 0.7, "val_lab_macro_auprc": 0.3}
+    assert trained_heads_only(dx) == dx

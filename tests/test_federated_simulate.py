@@ -127,3 +127,25 @@ def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
     assert bad.exit_code == 1 and "federation.roundz" in bad.output
     neither = runner.invoke(app, ["simulate", "--config", str(config)])
     assert neither.exit_code == 1 and "--out" in neither.output
+
+
+def test_simulate_prints_a_line_per_round_with_validation_metric_and_eta(store, tmp_path,
+                                                                          monkeypatch):
+    _fake_simulation(monkeypatch)
+    config = _study(tmp_path, store)
+    result = runner.invoke(app, ["simulate", "--config", str(config), "--out",
+                                 str(tmp_path / "run"), "--set", "federation.rounds.lab=2"])
+    assert result.exit_code == 0, result.output
+    rounds = [line for line in result.output.splitlines() if line.startswith("transfer · ")]
+    assert [line.split(" · ")[1] for line in rounds] == [
+        "pretrain round 1/1", "lab round 1/2", "lab round 2/2", "diagnosis round 1/1"]
+    assert "val loss" in rounds[0] and "ETA" in rounds[0] and "s/round" in rounds[0]
+    assert "val lab AUROC" in rounds[1] and "val dx AUROC" in rounds[-1]
+    assert rounds[-1].endswith("done")
+    machine = runner.invoke(app, ["simulate", "--config", str(config), "--out",
+                                  str(tmp_path / "json"), "--log-json"])
+    assert machine.exit_code == 0, machine.output
+    records = [json.loads(x) for x in machine.stdout.splitlines() if x.startswith("{")]
+    done = [(r["stage"], r["done"], r["total"]) for r in records if r["event"] == "round"]
+    assert done == [("pretrain", 1, 3), ("lab", 2, 3), ("diagnosis", 3, 3)]
+    assert records[-1]["event"] == "result" and "transfer" in records[-1]["federated"]

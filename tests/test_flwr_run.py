@@ -92,6 +92,11 @@ def test_flwr_run_trains_the_app_and_writes_its_checkpoint(tmp_path: Path):
                 break
             time.sleep(1.0)
         assert status == "finished:completed"
+        shown = _flwr(["log", str(run_id), "--show"], env, tmp_path).stdout
+        starts = [line for line in shown.splitlines() if "Starting StageRounds strategy" in line]
+        assert len(starts) == 3, shown  # one per stage, each printed once
+        configs = [line for line in shown.splitlines() if "ConfigRecord (train)" in line]
+        assert configs and all("<run plan," in x and len(x) < 200 for x in configs), configs
         summary = json.loads((out / "summary.json").read_text())
         assert set(summary["sites"]["transfer"]) == {"site0", "site1"}
         assert (out / "report.html").is_file() and (out / "model").is_dir()

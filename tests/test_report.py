@@ -141,6 +141,8 @@ def test_grouped_bars_draw_the_given_values_and_intervals():
     assert [bar.get_width() for bar in bars_a] == pytest.approx([0.8, 0.6])
     assert bars_b[0].get_width() == pytest.approx(0.7)
     assert np.isnan(bars_b[1].get_width())  # missing value: a gap, not a zero
+    texts = [text.get_text() for text in ax.texts]
+    assert texts == ["0.80", "0.60", "0.70", "n/a"]  # every bar says its value
     segments = bars_a.errorbar.lines[2][0].get_segments()
     assert [tuple(s[:, 0]) for s in segments] == [pytest.approx((0.75, 0.9)),
                                                   pytest.approx((0.5, 0.65))]
@@ -165,8 +167,8 @@ def test_curve_grid_hides_empty_cells_and_styles_second_metrics():
                              panel="stage", group="model", panels=["pretrain", "diagnosis"])
     visible = [ax for ax in figure.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == [
-        "pretrain\ntrain_loss (solid)\nval_loss (dashed)", "diagnosis\ntrain_loss (solid)",
-        "diagnosis\nval_dx_macro_auroc"]
+        "pretrain\ntrain loss (solid)\nval loss (dashed)", "diagnosis\ntrain loss (solid)",
+        "diagnosis\nval dx macro AUROC"]
     pretrain = visible[0]
     assert [(line.get_linestyle(), line.get_label()) for line in pretrain.lines] == [
         ("-", "transfer"), ("--", "_nolegend_")]
@@ -186,9 +188,10 @@ def test_per_site_section_for_pooled_stores(run_dir: Path):
         "site-b": {"diagnosis_macro_auroc": 0.81, "lab_macro_auroc": 0.64}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     page = write_run_report(run_dir).read_text()
-    assert "<tr><td>transfer @ site-a</td><td>0.710 [0.600, 0.800]</td><td>—</td></tr>" in page
-    assert "<tr><td>transfer @ site-b</td><td>0.810</td><td>0.640</td></tr>" in page
-    assert len(_images(page)) == 5
+    assert "<tr><td>transfer @ site-a</td><td>0.710 [0.600, 0.800]</td><td>—</td>" in page
+    assert "<tr><td>transfer @ site-b</td><td>0.810</td><td>0.640</td>" in page
+    assert "<h2>Per site</h2>" in page
+    assert len(_images(page)) == 6  # per site: diagnosis and lab charts
 
 
 def test_html_page_escapes_text_from_files(tmp_path: Path):
@@ -210,6 +213,25 @@ def test_report_shows_the_model_card(run_dir: Path):
                      privacy={"epsilon": 3.5, "delta": 1e-5})
     save_inference_model(run_dir / "model", model, card)
     page = write_run_report(run_dir).read_text()
-    assert "<td>train_ecgs</td><td class=\"num\">1234</td>" in page
-    assert "<td>sites.n</td><td class=\"num\">2</td>" in page
-    assert "<td>epsilon</td><td class=\"num\">3.500</td>" in page
+    assert '<th scope="row">exported model</th><td>transfer, trained centrally' in page
+    assert '<th scope="row">training data: train ecgs</th><td class="num">1234</td>' in page
+    assert '<th scope="row">training data: sites.n</th><td class="num">2</td>' in page
+    assert '<th scope="row">privacy: epsilon</th><td class="num">3.500</td>' in page
+    assert '<a href="model/model_card.md">' in page and "<pre>{" not in page  # no raw JSON
+
+
+def test_report_names_its_tables_and_shows_auprc_n_test_and_versions(run_dir: Path):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["transfer"].update(diagnosis_macro_auprc=0.31, diagnosis_macro_auprc_ci=[0.25, 0.37],
+                               n_test=282)
+    summary["transfer"]["diagnosis_skipped"] = ["hyperkalemia"]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    page = write_run_report(run_dir).read_text()
+    assert "<h3>Macro AUROC and AUPRC, diagnosis and lab abnormality</h3>" in page
+    assert "<th>diagnosis macro AUPRC [95% CI]</th>" in page
+    assert "<td>0.310 [0.250, 0.370]</td>" in page
+    assert "Test split of 282 ECGs" in page
+    run = page[page.index("<h2>Run</h2>"):page.index("<h2>Results")]
+    assert "centralized training (fedecg train)" in run and "fedecg 0.1.0" in run
+    assert "<h3>Diagnosis labels</h3>" in page and "<h3>Lab abnormality labels</h3>" in page
+    assert "n/a: the label had a single class" in page

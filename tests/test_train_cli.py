@@ -118,3 +118,34 @@ def test_overwrite_never_deletes_the_input_store(tmp_path):
     inside = runner.invoke(app, _args(store, store.parent, "--overwrite"))
     assert inside.exit_code == 1 and "holds the input" in inside.output
     assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_train_prints_a_line_per_epoch_with_the_validation_metric_when_piped(store, tmp_path):
+    """CliRunner's output is not a TTY: every epoch still gets a line with its val metric."""
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--models", "transfer",
+                                      "--set", "lab.epochs=2"))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("transfer · ")]
+    assert [line.split(" · ")[1] for line in lines] == [
+        "pretrain 1/1", "lab 1/2", "lab 2/2", "diagnosis 1/1"]
+    assert "val loss" in lines[0] and "val lab AUROC" in lines[1]
+    assert "val dx AUROC" in lines[-1] and "s/epoch" in lines[-1]
+    assert "ETA" in lines[0] and lines[-1].endswith("done")
+
+
+def test_train_quiet_prints_no_epoch_lines_and_log_json_prints_json(store, tmp_path):
+    quiet = runner.invoke(app, _args(store, tmp_path / "q", "--models", "signal-only",
+                                     "--quiet"))
+    assert quiet.exit_code == 0, quiet.output
+    assert "signal-only · lab" not in quiet.output and "signal-only: dx" in quiet.output
+    machine = runner.invoke(app, _args(store, tmp_path / "j", "--models", "signal-only",
+                                       "--log-json"))
+    assert machine.exit_code == 0, machine.output
+    records = [json.loads(line) for line in machine.stdout.splitlines() if line.startswith("{")]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [(r["stage"], r["done"], r["total"]) for r in epochs] == [("lab", 1, 2),
+                                                                       ("diagnosis", 2, 2)]
+    assert 0.0 <= epochs[-1]["val_diagnosis_macro_auroc"] <= 1.0
+    assert epochs[-1]["eta_seconds"] == 0.0
+    assert records[-1]["event"] == "result"
+    assert records[-1]["signal-only"]["n_test"] > 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -37,3 +41,19 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(code=1) from None
 
     return wrapper
+
+
+def record_command(run_dir: Path, started: float) -> None:
+    """Write ``run_dir/provenance.json``: this command line, its start and end, versions.
+
+    Run from the shell, the arguments are the shell's; called from Python (tests, scripts)
+    only the subcommand is known.
+    """
+    from fedecg.report.provenance import record_run
+
+    if Path(sys.argv[0]).name in ("fedecg", "__main__.py"):
+        argv = sys.argv[1:]
+    else:
+        context = click.get_current_context(silent=True)
+        argv = [context.info_name if context else "?", "(called from Python)"]
+    record_run(run_dir, argv, started, time.time())

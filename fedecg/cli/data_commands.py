@@ -88,9 +88,17 @@ def validate(
         report = report_store(found)
     else:
         report = report_input(found, _config(config, overrides, workers=workers), records)
+        report.source = describe_input(found)
     render_report(report, console)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def describe_input(found: PrepareInput) -> str:
+    """The folders of a raw input, as a reader wants them in a report's header."""
+    if isinstance(found, SiteInput):
+        return f"{found.site_dir} (generic site folder)"
+    return f"{found.ecg_root} (MIMIC-IV-ECG) with {found.mimic_root} (MIMIC-IV)"
 
 
 def register(app: typer.Typer) -> None:

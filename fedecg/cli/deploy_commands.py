@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedecg.cli.common import console, friendly_errors
+from fedecg.cli.progress import LOG_JSON_HELP, QUIET_HELP, RunProgress, output_mode
 from fedecg.config.base import load_config
 from fedecg.config.federated import SimulationConfig
 
@@ -89,6 +92,42 @@ def server_nodes(kit: Path = KIT) -> None:
     console.print(table)
 
 
+def submit_reporter(config: SimulationConfig, out: Path, progress: RunProgress,
+                    ) -> Callable[[int, int], None]:
+    """``submit_study``'s progress hook: when the rounds done go up, a line for the newest
+    round, from the metrics the ServerApp writes into ``out``."""
+    from fedecg.cli.federated_commands import report_round
+
+    seen = {"done": 0}
+
+    def on_poll(done: int, total: int) -> None:
+        progress.total = total
+        event = newest_round(out)
+        if done <= seen["done"] or event is None:
+            return
+        seen["done"] = done
+        event["rounds"] = config.federation.rounds.of(event["stage"])
+        report_round(progress, done, event, several_seeds=len(config.seeds) > 1)
+
+    return on_poll
+
+
+def newest_round(out: Path) -> dict[str, Any] | None:
+    """The lines of the last finished round of the most recently written federated run."""
+    runs = sorted(Path(out).glob("seed-*/*/federated/metrics.jsonl"),
+                  key=lambda path: path.stat().st_mtime)
+    if not runs:
+        return None
+    lines = [json.loads(text) for text in runs[-1].read_text().splitlines() if text.strip()]
+    ends = [x for x in lines if x.get("kind") == "evaluate" and x.get("site") == "all"]
+    if not ends:
+        return None
+    last = ends[-1]
+    return {"model": runs[-1].parts[-3], "seed": int(runs[-1].parts[-4].split("-", 1)[1]),
+            "stage": last["stage"], "round": last["stage_round"],
+            "lines": [x for x in lines if x.get("round") == last["round"]]}
+
+
 @server.command("submit")
 @friendly_errors
 def server_submit(
@@ -98,19 +137,19 @@ def server_submit(
     app: Path | None = typer.Option(None, help="Flower app folder (default: this project)."),
     model: str = typer.Option("", help="Models, comma-separated (default: train.models)."),
     overrides: list[str] | None = typer.Option(None, "--set", help="Override a setting."),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    log_json: bool = typer.Option(False, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
-    """Run a study on the federation and wait for it: progress, then its results."""
+    """Run a study on the federation and wait for it: a line per round, then its results."""
     from fedecg.cli.federated_commands import results_table
     from fedecg.deploy.submit import submit_study
     from fedecg.deploy.superlink import ServerKit
 
-    columns = (TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("rounds", total=None)
-        summary = submit_study(ServerKit(kit), study, out, app=app, model=model,
-                               overrides=list(overrides or []),
-                               progress=lambda done, total: bar.update(task, completed=done,
-                                                                       total=total))
+    settings = load_config(SimulationConfig, study, list(overrides or []))
+    progress = RunProgress(0, "round", output_mode(quiet, log_json), console)
+    summary = submit_study(ServerKit(kit), study, out, app=app, model=model,
+                           overrides=list(overrides or []),
+                           progress=submit_reporter(settings, out, progress))
     console.print(results_table(summary, "test macro AUROC (sites' own test splits, "
                                          "example-weighted)"))
     deployment = summary["deployment"]

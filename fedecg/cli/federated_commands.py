@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import typer
 from rich.table import Table
 
-from fedecg.cli.common import console, friendly_errors
+from fedecg.cli.common import console, friendly_errors, record_command
+from fedecg.cli.progress import (
+    LOG_JSON_HELP,
+    QUIET_HELP,
+    RESULT_KEYS,
+    RunProgress,
+    output_mode,
+)
 from fedecg.config.base import load_config, validate_config
 from fedecg.config.federated import PartitionConfig, SimulationConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import ConfigError, FedecgError
+from fedecg.federated import keys
 from fedecg.federated.partition import Partition, partition_store, write_partition
+from fedecg.training.stages import build_stages
 
 
 @friendly_errors
@@ -50,23 +61,42 @@ def partition_table(result: Partition) -> Table:
     return table
 
 
+ROUND_METRICS = {"pretrain": (("val loss", keys.VAL_PREFIX + keys.LOSS),),
+                 "lab": (("val loss", keys.VAL_PREFIX + keys.LOSS),
+                         ("val lab AUROC", keys.VAL_PREFIX + keys.LAB_AUROC)),
+                 "diagnosis": (("val loss", keys.VAL_PREFIX + keys.LOSS),
+                               ("val dx AUROC", keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC))}
+"""What each stage's round line shows: the sites' validation, weighted by their examples."""
+
+
 @friendly_errors
 def simulate(
-    config: Path | None = typer.Option(None, "--config",
-                                       help="Study YAML (e.g. configs/quickstart.yaml)."),
-    out: Path | None = typer.Option(None, "--out", help="Study folder to write (RUN)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Study YAML, e.g. configs/quickstart.yaml (default: the "
+        "built-in defaults of fedecg/config/federated.py)."),
+    out: Path | None = typer.Option(None, "--out", help="Study folder to write (RUN), e.g. "
+                                    "runs/quickstart."),
     overrides: list[str] | None = typer.Option(
         None, "--set", help="Override a setting, e.g. --set partition.method=dirichlet."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the study in RUN."),
     baselines: bool = typer.Option(False, "--baselines",
-                                   help="Also train pooled and local-only baselines."),
-    seeds: str | None = typer.Option(None, "--seeds", help="Repeat for seeds, e.g. 0,1,2."),
+                                   help="Also train pooled and local-only baselines (default: "
+                                   "the config's baselines; quickstart: true)."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Repeat for seeds, e.g. 0,1,2 "
+                                     "(default: the config's seeds, [0])."),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    log_json: bool = typer.Option(False, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
-    """Run a federated study on virtual hospitals (Flower simulation) and write its report."""
+    """Run a federated study on virtual hospitals (Flower simulation) and write its report.
+
+    Prints one line per round with the sites' validation loss and AUROC and an ETA of the
+    federated rounds (the pooled and local-only baselines come on top).
+    """
     from fedecg.federated.simulate import CONFIG_FILE, run_study
     from fedecg.privacy.apps import client_app, client_level
     from fedecg.privacy.sweep import card_entry, site_budgets
 
+    started = time.time()
     if (resume is None) == (out is None):
         raise ConfigError("give --out RUN for a new study, or --resume RUN to continue one")
     run_dir = resume if resume is not None else out
@@ -79,27 +109,86 @@ def simulate(
     settings = load_config(SimulationConfig, source, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)
-    summary = run_study(settings, Path(run_dir), resume=resume is not None,
-                        say=lambda text: console.print(f"[bold]•[/] {text}", highlight=False),
-                        progress=_progress, client_app=client_app, wrap_for=client_level,
-                        console=console)
+    progress = RunProgress(round_plan(settings)[1], "round", output_mode(quiet, log_json),
+                           console)
+
+    def say(text: str) -> None:
+        progress.note(text)
+        progress.restart_clock()
+
+    summary = run_study(settings, Path(run_dir), resume=resume is not None, say=say,
+                        progress=round_reporter(settings, progress), client_app=client_app,
+                        wrap_for=client_level, console=console)
     card_entry(Path(run_dir), site_budgets(Path(run_dir)))  # privacy section of the model card
     console.print(results_table(summary))
-    _report(Path(run_dir))
+    record_command(Path(run_dir), started)
+    report = _report(Path(run_dir))
+    progress.result({"out": str(run_dir), "report": str(report) if report else None,
+                     "federated": {model: {k: entry.get(k) for k in RESULT_KEYS}
+                                   for model, entry in summary["federated"].items()}})
 
 
-def _progress(event: dict) -> None:
-    console.print(f"  {event['model']} · {event['stage']} round {event['round']}/"
-                  f"{event['rounds']}", highlight=False)
+def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], int]:
+    """Rounds done before each ``(seed, model)`` starts, and the study's federated rounds."""
+    offsets: dict[tuple[int, str], int] = {}
+    total = 0
+    for seed in config.seeds:
+        for name in config.train.models:
+            offsets[(seed, name)] = total
+            total += sum(config.federation.rounds.of(stage.name) for stage in
+                         build_stages(config.train, pretrained=name == "transfer"))
+    return offsets, total
 
 
-def _report(run_dir: Path) -> None:
+def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[[dict], None]:
+    """The ``progress`` hook of ``run_study``: one line per round (see ``RunProgress``).
+
+    Several studies may report through it one after the other (``fedecg sweep``): a round
+    number lower than the last one starts the next study's share of ``progress.total``.
+    """
+    offsets, per_study = round_plan(config)
+    last = {"done": 0, "base": 0}
+
+    def on_round(event: dict) -> None:
+        seed = event.get("seed", config.seeds[0])
+        done = offsets.get((seed, event["model"]), 0) + event["global_round"]
+        if done <= last["done"]:
+            last["base"] += per_study
+        last["done"] = done
+        report_round(progress, last["base"] + done, {**event, "seed": seed},
+                     several_seeds=len(config.seeds) > 1)
+
+    return on_round
+
+
+def report_round(progress: RunProgress, done: int, event: dict, several_seeds: bool) -> None:
+    """One round's line: the sites' example-weighted validation metrics of its stage."""
+    from fedecg.report.study_rounds import validation_all
+
+    train = [line for line in event.get("lines", [])
+             if line.get("kind") == "train" and (line.get("site_index") or 0) >= 0]
+    weighted = (validation_all(train) or [{}])[0]
+    shown = ROUND_METRICS.get(event["stage"], ())
+    model, seed, stage = event["model"], event["seed"], event["stage"]
+    prefix = f"seed {seed} · " if several_seeds else ""
+    progress.unit_done(
+        done, f"{prefix}{model} · {stage} round {event['round']}/{event['rounds']}",
+        {name: weighted.get(key) for name, key in shown},
+        {"seed": seed, "model": model, "stage": stage, "round": event["round"],
+         "rounds": event["rounds"], "sites": len(train),
+         **{key.replace("-", "_"): weighted.get(key) for _, key in shown}})
+
+
+def _report(run_dir: Path) -> Path | None:
     try:
         from fedecg.report.run_report import write_run_report
 
-        console.print(f"wrote {write_run_report(run_dir)}")
+        path = write_run_report(run_dir)
     except FedecgError as exc:  # the study is written; a report problem is reported, not fatal
         console.print(f"[yellow]report not written:[/] {exc}", highlight=False)
+        return None
+    console.print(f"wrote {path}")
+    return path
 
 
 def results_table(summary: dict, title: str = "test macro AUROC (pooled test split)") -> Table:

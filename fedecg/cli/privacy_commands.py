@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from fedecg.cli.common import console, friendly_errors
+from fedecg.cli.progress import LOG_JSON_HELP, QUIET_HELP, RunProgress, output_mode
 from fedecg.config.base import load_config
 from fedecg.config.federated import SimulationConfig
 from fedecg.io import SHARED, atomic_write_bytes
@@ -33,8 +34,14 @@ def privacy(
     out: Path = typer.Option(..., "--out", help="Sweep folder (rerun to continue it)."),
     overrides: list[str] | None = typer.Option(
         None, "--set", help="Override a setting, e.g. --set privacy.mode=client."),
+    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    log_json: bool = typer.Option(False, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
-    """Run the federated study at each privacy budget; write a table, a plot and summaries."""
+    """Run the federated study at each privacy budget; write a table, a plot and summaries.
+
+    Prints one line per round (validation loss and AUROC, ETA of the sweep's rounds).
+    """
+    from fedecg.cli.federated_commands import round_plan, round_reporter
     from fedecg.privacy.sweep import parse_epsilons, run_sweep
 
     budgets = parse_epsilons(epsilons)
@@ -44,8 +51,15 @@ def privacy(
     settings = load_config(SimulationConfig, config, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)
-    rows = run_sweep(settings, budgets, out,
-                     say=lambda text: console.print(f"[bold]•[/] {text}", highlight=False))
+    progress = RunProgress(round_plan(settings)[1] * len(budgets), "round",
+                           output_mode(quiet, log_json), console)
+
+    def say(text: str) -> None:
+        progress.note(text)
+        progress.restart_clock()
+
+    rows = run_sweep(settings, budgets, out, say=say,
+                     progress=round_reporter(settings, progress))
     console.print(sweep_table(rows))
     plot_path = Path(out) / PLOT_FILE
     png = io.BytesIO()

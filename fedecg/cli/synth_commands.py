@@ -16,7 +16,7 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write (must not exist unless "
                              "--overwrite)."),
     patients: int = typer.Option(1000, "--patients", help="Number of synthetic patients."),
-    sites: int = typer.Option(3, "--sites", help="Number of virtual hospitals."),
+    sites: int = typer.Option(4, "--sites", help="Number of hospitals the ECGs come from."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     workers: int = typer.Option(1, "--workers", help="Processes writing waveforms."),

@@ -37,6 +37,7 @@ from fedecg.federated.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from fedecg.federated.flower_log import keep_flower_log_short
 from fedecg.federated.params import plain_state, to_arrays, to_state
 from fedecg.federated.strategies import DROPOUT, REJECTED, Roster, StageRounds, make_strategy
 from fedecg.io import atomic_write_json, atomic_write_text
@@ -126,6 +127,7 @@ StrategyWrap = Callable[[Strategy], Strategy]
 def run_server(grid: Grid, plan: RunPlan, progress: Progress | None = None,
                wrap: StrategyWrap | None = None) -> None:
     """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome."""
+    keep_flower_log_short()
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
     write_result(out, "running", model=plan.model)
@@ -235,7 +237,9 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
         write_metrics(out, run.history)
         if progress is not None:
             progress({"model": plan.model, "stage": stage.name, "round": stage_round,
-                      "rounds": rounds, "global_round": offset + stage_round})
+                      "rounds": rounds, "global_round": offset + stage_round,
+                      "seed": plan.config.train.seed,
+                      "lines": [h for h in run.history if h["round"] == offset + stage_round]})
         return None
 
     def message_config() -> ConfigRecord:

@@ -10,3 +10,24 @@
 * ``client_dp``: ``ClientLevelDP``, Flower's fixed-clipping wrappers with fedecg's accounting;
 * ``card``: the privacy section of a model card; ``sweep``: the privacy-utility study.
 """
+
+import logging
+
+
+def _import_opacus_without_its_root_handler() -> None:
+    """Import Opacus and take off the root-logger handler its import adds.
+
+    ``opacus.utils.module_utils`` calls ``logging.basicConfig`` when imported. Flower's logger
+    propagates to the root logger, so with that handler every Flower line (in the console and
+    in ``flwr log``) printed twice, once in Opacus's format.
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    import opacus  # noqa: F401  (the first import of Opacus in fedecg)
+
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+
+
+_import_opacus_without_its_root_handler()
+

@@ -6,12 +6,8 @@ From the study's ``summary.json``, ``metrics.jsonl`` and ``config.yaml``:
   bootstrap 95% CIs for one seed, mean ± sd over several seeds and a per-seed table with CIs;
 * per site: each model's macro AUROC on every site's test split, federated vs pooled vs the
   site's own local-only model;
-* curves per round: validation and test loss and AUROC of every site and the example-weighted
-  ``all``, stage boundaries and site events marked;
-* site events: sites that dropped out or whose update the server rejected (metrics lines of
-  kind ``dropout``/``rejected``);
-* privacy: mechanism, unit protected, each site's final (ε, δ), clipping norm, noise
-  multiplier, and each site's cumulative ε per round.
+* per label: each label's AUROC, a chart of the exported model and a table of every model;
+* the round-by-round sections (curves, site events, privacy) from ``fedecg.report.study_rounds``.
 """
 
 from __future__ import annotations
@@ -23,40 +19,55 @@ from typing import Any
 
 import numpy as np
 
-from fedecg.federated import keys
-from fedecg.federated.strategies import DROPOUT, REJECTED
-from fedecg.privacy.card import privacy_card
-from fedecg.privacy.sample_dp import DP_STEPS, EPSILON, STOPPED
-from fedecg.privacy.sweep import site_budgets, study_privacy
 from fedecg.report.html import HtmlPage
-from fedecg.report.plots import format_with_ci, plot_grouped_bars, plot_round_panels
+from fedecg.report.plots import format_with_ci, plot_grouped_bars
+from fedecg.report.study_rounds import curves_section, events_section, privacy_section
 
 Result = Mapping[str, Any]
 Lookup = Callable[[Result], Any]
 
 MODELS = ("signal-only", "transfer", "multimodal")
 SETTING_COLORS = {"federated": "#d62728", "pooled": "#1f77b4", "local-only": "#7f7f7f"}
-SITE_EVENTS = (DROPOUT, REJECTED)
-"""Kinds of the metrics lines the server writes for a site that failed, timed out or was refused."""
 DEPLOYED_SCOPE = ("each hospital's own test split scored at the hospital; the study figure is "
                   "their test-example-weighted mean, its 95% CI the normal interval from the "
                   "sites' bootstrap CIs (a deployment has no pooled test split, and trains no "
                   "pooled or local-only baseline)")
 TASKS = (("diagnosis_macro_auroc", "Diagnosis"), ("lab_macro_auroc", "Lab-abnormality"))
-CURVE_PANELS = (
-    ("validation loss", keys.VAL_PREFIX + keys.LOSS),
-    ("validation diagnosis macro AUROC", keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC),
-    ("validation lab macro AUROC", keys.VAL_PREFIX + keys.LAB_AUROC),
-    ("test loss", keys.LOSS),
-    ("test diagnosis macro AUROC", keys.DIAGNOSIS_AUROC),
-    ("test lab macro AUROC", keys.LAB_AUROC))
-ALL_SITES = "all"
+TABLE_METRICS = (("diagnosis_macro_auroc", "Diagnosis macro AUROC"),
+                 ("diagnosis_macro_auprc", "Diagnosis macro AUPRC"),
+                 ("lab_macro_auroc", "Lab-abnormality macro AUROC"),
+                 ("lab_macro_auprc", "Lab-abnormality macro AUPRC"))
+COLOUR_NOTE = "Colours: red federated, blue pooled, grey local-only, in every figure."
+EXPORTED = "from the federated run of the first seed (the sites' final models averaged)"
 
 
 def study_models(summary: Result) -> list[str]:
     """The study's models, signal-only, transfer, multimodal first."""
     models = [m for m in MODELS if m in summary["federated"]]
     return models + [m for m in summary["federated"] if m not in models]
+
+
+def study_facts(summary: Result) -> list[tuple[str, object]]:
+    """The models, seeds, sites and test split of a study, for the top of its report."""
+    models = study_models(summary)
+    deployed = "deployment" in summary
+    partition = summary.get("partition") or {}
+    sites = partition.get("sites") or dig(summary, "deployment", "sites") or {}
+    n_test = dig(summary, "federated", models[0], "n_test")
+    facts: list[tuple[str, object]] = [
+        ("kind", "federated study across hospitals (fedecg server submit)" if deployed
+         else "federated study on virtual sites (fedecg simulate), with "
+         + ("pooled and local-only baselines" if summary.get("pooled") else "no baselines")),
+        ("models", ", ".join(models)),
+        ("seeds", ", ".join(str(s) for s in summary.get("seeds") or [first_seed(summary)]))]
+    if partition:
+        facts.append(("partition", f"{partition.get('method')} over {len(sites)} sites, "
+                      f"label skew {partition.get('label_skew', float('nan')):.3f}"))
+    facts += [(f"site {name}", ", ".join(f"{k} {v}" for k, v in entry.items()))
+              for name, entry in sites.items() if isinstance(entry, Mapping)]
+    facts.append(("test split", f"{n_test if n_test is not None else '—'} ECGs "
+                  + ("(the sites' own, combined)" if deployed else "(pooled over the sites)")))
+    return facts
 
 
 def study_results(page: HtmlPage, summary: Result) -> None:
@@ -132,7 +143,33 @@ def settings(model: str) -> dict[str, Lookup]:
     """Where each setting's pooled-test entry of ``model`` sits in a seed's results."""
     return {"federated": lambda r: dig(r, "federated", model),
             "pooled": lambda r: dig(r, "pooled", model),
-            "local-only": lambda r: dig(r, "local_only", model)}
+            "local-only": lambda r: with_site_means(dig(r, "local_only", model))}
+
+
+def with_site_means(entry: Any) -> Any:
+    """The local-only entry, with each metric it lacks (AUPRC, per-label AUROC) filled in as
+    the mean over the site-alone models on the pooled test split."""
+    if not isinstance(entry, Mapping):
+        return entry
+    alone = [e for e in (entry.get("sites") or {}).values() if isinstance(e, Mapping)]
+    filled = dict(entry)
+    for key in dict.fromkeys(k for e in alone for k in e):
+        if key in filled or key.endswith("_ci") or key == "per_store":
+            continue
+        if all(isinstance(e.get(key), Mapping) for e in alone):
+            labels = dict.fromkeys(label for e in alone for label in e[key])
+            filled[key] = {label: _mean([e[key].get(label) for e in alone]) for label in labels}
+        else:
+            filled[key] = _mean([e.get(key) for e in alone])
+            own = [dig(e, "per_store", site, key)
+                   for site, e in (entry.get("sites") or {}).items() if isinstance(e, Mapping)]
+            filled.setdefault(f"{key}_own_site", _mean(own))
+    return filled
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    finite = [float(v) for v in values if _finite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def site_settings(model: str, site: str) -> dict[str, Lookup]:
@@ -201,40 +238,51 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
     seeds = ", ".join(results)
     spread = ("bootstrap 95% CI in brackets" if len(results) == 1
               else f"mean ± sd over {len(results)} seeds, per-seed CIs below")
-    headers = ["model", "federated", "pooled", "local-only (mean over sites)",
-               "local-only (each on its own site)", "federated − pooled"]
+    n_test = dig(summary, "federated", study_models(summary)[0], "n_test")
     naive = summary.get("naive") or {}
-    for key, task in TASKS:
+    for key, task in TABLE_METRICS:
+        page.heading(task, level=3)
+        metric = task.split(" ", 1)[1]
+        headers = ["model", f"federated {metric}", f"pooled {metric}",
+                   f"local-only {metric} (mean over sites)",
+                   f"local-only {metric} (each on its own site)", "federated − pooled"]
         rows = results_rows(results, models, key)
         rows.append(["naive (training prevalence)",
                      *[format_with_ci(naive.get(key), naive.get(f"{key}_ci"))] * 2,
                      "—", "—", "—"])
-        page.table(headers, rows, caption=f"{task} macro AUROC on the pooled test split "
-                   f"(seeds {seeds}; {spread}). local-only (mean): the site-alone models "
+        page.table(headers, rows, caption=f"{task} on the pooled test split of {n_test or '—'} "
+                   f"ECGs (seeds {seeds}; {spread}). local-only (mean): the site-alone models "
                    "scored on the pooled test split, with their range; own site: each "
-                   "scored on its site's test split.")
+                   "scored on its site's test split. naive scores every ECG with the training "
+                   "prevalence.")
     if len(results) > 1:
-        per_seed = []
-        for seed, result in results.items():
-            dx, lab = (results_rows({seed: result}, models, key) for key, _ in TASKS)
-            per_seed += [[f"{d[0]} · seed {seed}", *d[1:4], *b[1:4]]
-                         for d, b in zip(dx, lab, strict=True)]
-        page.table(["model · seed", "federated dx", "pooled dx", "local-only dx (mean)",
-                    "federated lab", "pooled lab", "local-only lab (mean)"], per_seed,
-                   caption="Each seed: macro AUROC on the pooled test split with its "
-                           "bootstrap 95% CI.")
-    key = "diagnosis_macro_auroc"
-    values, errors = bar_data(results, {m: settings(m) for m in models}, key)
-    for model in models:
-        spread = local_range(results, model, key)
-        if spread is not None:
-            errors["local-only"][model] = spread
-    page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC, pooled test",
-                                  colors=SETTING_COLORS),
-                caption=f"Each model federated, pooled and local-only (mean over sites); "
-                        f"whiskers: {_whisker_words(results)}"
-                        + (" (local-only: the range of the site-alone models)"
-                           if len(results) == 1 else "") + "; dashed line: chance.")
+        per_seed_table(page, results, models)
+    for key, task in TASKS:
+        values, errors = bar_data(results, {m: settings(m) for m in models}, key)
+        page.figure(plot_grouped_bars(values, errors, title=f"{task} macro AUROC, pooled test",
+                                      colors=SETTING_COLORS),
+                    caption=f"{task} macro AUROC of each model, federated, pooled and "
+                            f"local-only (mean over the site-alone models); whiskers: "
+                            f"{_whisker_words(results)}"
+                            + (" (none for local-only: its spread over sites is in the table)"
+                               if len(results) == 1 else "")
+                            + f"; dashed line: chance. {COLOUR_NOTE}")
+
+
+def per_seed_table(page: HtmlPage, results: Mapping[str, Result],
+                   models: Sequence[str]) -> None:
+    """Each seed's macro AUROCs with their bootstrap CIs."""
+    page.heading("Each seed", level=3)
+    per_seed = []
+    for seed, result in results.items():
+        dx, lab = (results_rows({seed: result}, models, key) for key, _ in TASKS)
+        per_seed += [[f"{d[0]} · seed {seed}", *d[1:4], *b[1:4]]
+                     for d, b in zip(dx, lab, strict=True)]
+    page.table(["model · seed", "federated dx AUROC", "pooled dx AUROC",
+                "local-only dx AUROC (mean)", "federated lab AUROC", "pooled lab AUROC",
+                "local-only lab AUROC (mean)"], per_seed,
+               caption="Each seed: macro AUROC on the pooled test split with its "
+                       "bootstrap 95% CI.")
 
 
 def _whisker_words(results: Mapping[str, Result]) -> str:
@@ -256,7 +304,7 @@ def bar_data(results: Mapping[str, Result], groups: Mapping[str, Mapping[str, Lo
                 sd = float(np.std(found, ddof=1))
                 errors[setting][group] = [values[setting][group] - sd,
                                           values[setting][group] + sd]
-            elif len(results) == 1:
+            elif len(results) == 1 and setting != "local-only":  # a mean over sites: no CI
                 errors[setting][group] = dig(lookup(next(iter(results.values()))),
                                              f"{key}_ci")
     return values, errors
@@ -284,136 +332,65 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
     baselines = "" if len(shown) == 1 else "; local-only is the model trained at that site alone"
     page.table(headers, rows, caption=f"Macro AUROC on each site's test split{baselines} "
                f"({_whisker_words(results)}).")
-    for model in models:
-        values, errors = bar_data(results, {s: site_settings(model, s) for s in sites},
-                                  "diagnosis_macro_auroc")
+    for key, task in TASKS:
+        groups = {f"{model} @ {site}": site_settings(model, site)
+                  for model in models for site in sites}
+        values, errors = bar_data(results, groups, key)
         values = {s: v for s, v in values.items() if s in shown}
         page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
-                                      title=f"{model}: diagnosis macro AUROC per site"),
-                    caption=f"{model} on each site's test split: {', '.join(shown)}; "
-                            f"whiskers: {_whisker_words(results)}.")
+                                      title=f"{task} macro AUROC per site"),
+                    caption=f"Each model on each site's test split: {', '.join(shown)}; "
+                            f"whiskers: {_whisker_words(results)}. {COLOUR_NOTE}")
 
 
-def of_seed(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """The lines of one seed (lines without a seed belong to every seed)."""
-    return [r for r in records if r.get("seed", seed) == seed]
+def per_label_section(page: HtmlPage, summary: Result) -> None:
+    """Each label's AUROC: a chart of the exported model, a table of every model."""
+    from fedecg.report.run_report import (
+        LABEL_TASKS,
+        NO_LABEL_CI,
+        SINGLE_CLASS,
+        SINGLE_CLASS_NOTE,
+    )
 
-
-def stage_boundaries(lines: list[dict[str, Any]]) -> list[tuple[float, str]]:
-    """``(x, stage)`` half a round before each stage's first round, in round order."""
-    first: dict[str, int] = {}
-    for line in lines:
-        if isinstance(line.get("round"), int) and "stage" in line:
-            first[line["stage"]] = min(first.get(line["stage"], line["round"]), line["round"])
-    return sorted((start - 0.5, stage) for stage, start in first.items())
-
-
-def validation_all(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per round, the mean of the sites' validation metrics weighted by their examples."""
-    by_round: dict[int, list[dict[str, Any]]] = {}
-    for line in train:
-        by_round.setdefault(line["round"], []).append(line)
-    merged = []
-    for number, lines in sorted(by_round.items()):
-        entry: dict[str, Any] = {"round": number, "site": ALL_SITES}
-        for key in (keys.VAL_PREFIX + k for k in keys.EVALUATION_KEYS):
-            pairs = [(line[key], line.get(keys.NUM_EXAMPLES) or 0) for line in lines
-                     if _finite(line.get(key))]
-            weight = sum(w for _, w in pairs)
-            if weight > 0:
-                entry[key] = sum(v * w for v, w in pairs) / weight
-        merged.append(entry)
-    return merged
-
-
-def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequence[str],
-                   seed: int) -> None:
-    """Per model: validation and test loss/AUROC per round, per site and ``all``."""
-    page.heading("Curves per round and stage")
-    lines = of_seed(records, seed)
-    shown = False
-    for model in models:
-        mine = [r for r in lines if r.get("model") == model]
-        train = [r for r in mine if r.get("kind") == "train" and r.get("site_index", 0) >= 0]
-        curves = train + validation_all(train) + [r for r in mine if r.get("kind") == "evaluate"]
-        if not curves:
+    results = seed_results(summary)
+    models = study_models(summary)
+    shown = ["federated"] if "deployment" in summary else list(SETTING_COLORS)
+    exported = "transfer" if "transfer" in models else models[0]
+    page.heading("Per-label AUROC")
+    for key, what in LABEL_TASKS:
+        skipped = key.replace("_auroc", "_skipped")
+        labels = list(dict.fromkeys(label for r in results.values() for m in models
+                                    for part in (key, skipped)
+                                    for label in dig(r, "federated", m, part) or {}))
+        if not labels:
             continue
-        marks = sorted({float(r["round"]) for r in mine if r.get("kind") in SITE_EVENTS})
-        figure = plot_round_panels(curves, CURVE_PANELS, boundaries=stage_boundaries(mine),
-                                   marks=marks, emphasis=ALL_SITES,
-                                   log_metrics={keys.LOSS, keys.VAL_PREFIX + keys.LOSS})
-        page.figure(figure, caption=f"{model}, seed {seed}: after each round, the validation "
-                    "split of each site (its own model, after local training) and the test "
-                    "split of each site (the aggregated model); black: all sites, weighted by "
-                    "their examples for the stage; dashed lines: stage starts; red dotted: a "
-                    "site dropped out or was rejected. Loss axes are logarithmic.")
-        shown = True
-    if not shown:
-        page.paragraph("metrics.jsonl holds no federated round of this study.", note=True)
+        page.heading(f"{what.capitalize()} labels", level=3)
+        values, errors = bar_data(results, {label: _label_lookups(exported, key, label)
+                                            for label in labels}, "value")
+        values = {s: v for s, v in values.items() if s in shown}
+        for label in labels:  # a label with a single class everywhere: named, marked n/a
+            values["federated"].setdefault(label, float("nan"))
+        page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
+                                      title=f"{exported}: {what} AUROC per label",
+                                      missing=SINGLE_CLASS_NOTE),
+                    caption=f"{exported} (the exported model) on the pooled test split: "
+                            f"{', '.join(shown)}"
+                            + ("; whiskers: ± sd over seeds. " if len(results) > 1
+                               else f". {NO_LABEL_CI} ")
+                            + f"{SINGLE_CLASS} {COLOUR_NOTE}")
+        columns = [(m, s) for m in models for s in shown]
+        rows = [[label, *(cell(results, _label_lookups(m, key, label, ci=False)[s], "value")
+                          for m, s in columns)] for label in labels]
+        page.table(["label", *(f"{m} {s}" for m, s in columns)], rows,
+                   caption=f"{what.capitalize()} AUROC of each label on the pooled test split"
+                           + ("" if len(results) == 1 else " (mean ± sd over seeds)")
+                           + "; —: a single class in the test split. Local-only: the mean "
+                           "over the site-alone models.")
 
 
-def events_section(page: HtmlPage, records: list[dict[str, Any]]) -> None:
-    """The table of sites that dropped out or were rejected, or a line saying none did."""
-    page.heading("Site events")
-    events = [r for r in records if r.get("kind") in SITE_EVENTS]
-    if not events:
-        page.paragraph("No site dropped out or was rejected.")
-        return
-    headers = ["seed", "model", "stage", "round (in stage)", "site", "node", "event", "reason"]
-    rows = [[r.get("seed", "—"), r.get("model"), r.get("stage"),
-             f"{r.get('round')} ({r.get('stage_round')})", r.get("site"), r.get("node_id"),
-             r.get("kind"), r.get("reason")] for r in events]
-    page.table(headers, rows, caption="Sites that failed or timed out (dropout) or whose "
-               "update the server refused (rejected); the round went on without them.")
-
-
-def privacy_section(page: HtmlPage, records: list[dict[str, Any]], run_dir: Path,
-                    seed: int) -> None:
-    """Mechanism, unit protected, each site's final (ε, δ), clipping, noise; ε per round."""
-    page.heading("Privacy")
-    config = study_privacy(run_dir)
-    if config is None or not config.enabled:
-        page.paragraph("No differential privacy in this study (privacy.mode none or target "
-                       "ε = ∞): the models that leave the sites are not private.")
-        return
-    budgets = site_budgets(run_dir)
-    card = privacy_card(config, next(iter(budgets.values()), {})) or {}
-    page.table(["", ""], [["mechanism", card["mechanism"]],
-                          ["unit protected", card["unit_protected"]],
-                          ["accountant", config.accountant],
-                          ["target ε", f"{config.target_epsilon:g}"],
-                          ["clipping norm", f"{card['clipping_norm']:g}"],
-                          ["not covered", card["not_covered"]]])
-    train = [r for r in records if r.get("kind") == "train" and _finite(r.get(EPSILON))]
-    rows = [[model, site, f"{budget['epsilon']:.3f}", f"{budget['delta']:g}",
-             _number(budget.get("noise_multiplier")), *_steps(train, model, site)]
-            for model, sites in budgets.items() for site, budget in sites.items()]
-    page.table(["model", "site", "final ε", "δ", "noise multiplier", "DP steps",
-                "stopped (budget spent)"], rows,
-               caption="Each site's cumulative (ε, δ) at the end of the run, the largest over "
-                       "seeds; client-level DP protects a whole site, so it has one row (all).")
-    lines = of_seed(train, seed)
-    if not lines:
-        page.paragraph("No per-round ε in metrics.jsonl (client-level DP is accounted by "
-                       "the server, once per round for all sites).", note=True)
-        return
-    for model in dict.fromkeys(r["model"] for r in lines):
-        mine = [r for r in lines if r["model"] == model]
-        page.figure(plot_round_panels(mine, [(f"{model}: cumulative ε", EPSILON)], columns=1,
-                                      boundaries=stage_boundaries(mine),
-                                      reference=config.target_epsilon),
-                    caption=f"{model}, seed {seed}: each site's ε spent since round 1, per "
-                            "round; dashed lines: stage starts and the target ε.")
-
-
-def _number(value: Any) -> str:
-    return f"{value:.3f}" if _finite(value) else "—"
-
-
-def _steps(train: list[dict[str, Any]], model: str, site: str) -> list[Any]:
-    """The most DP steps a site took (over seeds) and whether its budget stopped it."""
-    mine = [r for r in train if r.get("model") == model and r.get("site") == site]
-    if not mine:
-        return ["—", "—"]
-    steps = max(r.get(DP_STEPS) or 0 for r in mine)
-    return [int(steps), "yes" if any(r.get(STOPPED) for r in mine) else "no"]
+def _label_lookups(model: str, key: str, label: str, ci: bool = True) -> dict[str, Lookup]:
+    """Each setting's ``{"value": AUROC, "value_ci": CI}`` of one label of ``model``."""
+    def one(lookup: Lookup) -> Lookup:
+        return lambda r: {"value": dig(lookup(r), key, label),
+                          "value_ci": dig(lookup(r), f"{key}_ci", label) if ci else None}
+    return {setting: one(lookup) for setting, lookup in settings(model).items()}

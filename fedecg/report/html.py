@@ -19,12 +19,15 @@ from fedecg.io import SHARED, atomic_write_text
 
 _STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
+       max-width: 1240px; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #345; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #ccc; padding-bottom: .1em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .95em; }
 th, td { border: 1px solid #ccc; padding: .35em .7em; text-align: left; }
 th { background: #eef2f6; }
+table.facts th { font-weight: 600; white-space: nowrap; }
+table.facts td.num { text-align: left; }
+h3 { margin-top: 1.4em; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 caption { caption-side: bottom; color: #555; font-size: .9em; padding-top: .4em; }
 figure { margin: 1.2em 0; }
@@ -64,6 +67,19 @@ class HtmlPage:
         """Add a paragraph; ``note`` renders it as a muted remark."""
         css = ' class="note"' if note else ""
         self._blocks.append(f"<p{css}>{html.escape(text)}</p>")
+
+    def facts(self, rows: Sequence[tuple[str, object]], caption: str = "") -> None:
+        """Add a two-column table of ``(name, value)`` rows, names as row headers."""
+        body = "".join(f'<tr><th scope="row">{html.escape(name)}</th>{_cell(value)}</tr>'
+                       for name, value in rows)
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self._blocks.append(f'<table class="facts">{cap}<tbody>{body}</tbody></table>')
+
+    def links(self, text: str, targets: Sequence[tuple[str, str]]) -> None:
+        """Add a paragraph ``text`` followed by links ``(label, relative href)``."""
+        anchors = ", ".join(f'<a href="{html.escape(href, quote=True)}">{html.escape(label)}</a>'
+                            for label, href in targets)
+        self._blocks.append(f"<p>{html.escape(text)} {anchors}</p>")
 
     def preformatted(self, text: str, summary: str | None = None) -> None:
         """Add monospaced text, folded under ``summary`` when one is given."""

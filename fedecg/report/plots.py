@@ -81,6 +81,19 @@ def plot_curves(records: Iterable[Record], x: str, y: str, group: str | Sequence
 _LINESTYLES = (("-", "solid"), ("--", "dashed"), (":", "dotted"))
 
 
+def figure_legend(figure: Figure, axes: Iterable[Axes], title: str | None = None) -> None:
+    """One legend under the figure for the lines of every visible axes (none covers data)."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        if not ax.get_visible():
+            continue
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
+                      ncol=min(len(handles), 8), fontsize=8, title=title, title_fontsize=8)
+
+
 def plot_curve_grid(records: Sequence[Record], x: str, rows: Sequence[Sequence[str]],
                     panel: str, group: str | Sequence[str], panels: Sequence[str] | None = None,
                     colors: Colors = None) -> Figure:
@@ -107,14 +120,20 @@ def plot_curve_grid(records: Sequence[Record], x: str, rows: Sequence[Sequence[s
             if not any(drawn):
                 ax.set_visible(False)
                 continue
-            shown = [f"{m} ({word})" if len(styles) > 1 else m
+            shown = [f"{_readable(m)} ({word})" if len(styles) > 1 else _readable(m)
                      for (m, (_, word)), n in zip(styles, drawn, strict=True) if n]
             ax.set_title("\n".join([name, *shown]), fontsize=9)
             ax.set_xlabel(x, fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+    figure_legend(figure, axes.ravel())
     return figure
+
+
+def _readable(key: str) -> str:
+    """``val_diagnosis_macro_auroc`` → ``val diagnosis macro AUROC``."""
+    words = key.replace("_", " ").split()
+    return " ".join(w.upper() if w in ("auroc", "auprc") else w for w in words)
 
 
 def plot_round_panels(records: Sequence[Record], panels: Sequence[tuple[str, str]],
@@ -144,7 +163,9 @@ def plot_round_panels(records: Sequence[Record], panels: Sequence[tuple[str, str
         for position, label in boundaries:
             ax.axvline(position, color="grey", linestyle="--", linewidth=0.8)
             ax.annotate(label, (position, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -2), textcoords="offset points", va="top", fontsize=7)
+                        xytext=(2, -2), textcoords="offset points", va="top", fontsize=7,
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8,
+                              "pad": 0.5})
         for index, position in enumerate(marks):
             ax.axvline(position, color="red", linestyle=":", linewidth=1.2,
                        label="site event" if index == 0 else "_nolegend_")
@@ -156,9 +177,9 @@ def plot_round_panels(records: Sequence[Record], panels: Sequence[tuple[str, str
         ax.set_xlabel(x, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    figure_legend(figure, axes, title=group)
     return figure
 
 
@@ -166,36 +187,52 @@ def plot_grouped_bars(values: Mapping[str, Mapping[str, float]],
                       errors: Mapping[str, Mapping[str, Interval]] | None = None,
                       title: str = "", xlabel: str = "AUROC",
                       reference: float | None = 0.5, limits: tuple[float, float] | None = None,
-                      colors: Colors = None) -> Figure:
+                      colors: Colors = None, missing: str = "n/a") -> Figure:
     """Horizontal bars: one cluster per label, one bar per group (model, site, ...).
 
     ``values[group][label]`` is the bar length; ``errors[group][label]`` an optional
-    ``[low, high]`` interval drawn as whiskers. Labels keep first-seen order; a missing or
-    non-finite value leaves a gap. ``reference`` draws a dashed line (chance AUROC).
+    ``[low, high]`` interval drawn as whiskers. Labels keep first-seen order. Every bar is
+    labelled with its value, a missing or non-finite one with ``n/a`` (so a 0.0 bar and a
+    missing one differ); a label no group has a value for gets the one note ``missing``.
+    ``reference`` draws a dashed line (chance AUROC).
     """
     groups = list(values)
     labels = list(dict.fromkeys(label for g in groups for label in values[g]))
-    height = max(2.4, 0.22 * len(labels) * max(len(groups), 1) ** 0.5 + 1.2)
-    figure = Figure(figsize=(7.5, height), layout="constrained")
+    height = max(2.4, 0.24 * len(labels) * max(len(groups), 1) ** 0.6 + 1.4)
+    figure = Figure(figsize=(8.0, height), layout="constrained")
     ax = figure.add_subplot()
     width = 0.8 / max(len(groups), 1)
     positions = np.arange(len(labels))
+    small = 7 if len(labels) * len(groups) > 2 * _MANY_LABELS else 8
+    empty = {label for label in labels
+             if not any(_finite(values[g].get(label)) for g in groups)}
     for index, group in enumerate(groups):
         offsets = positions - 0.4 + width * (index + 0.5)
         lengths = [_bar_value(values[group].get(label)) for label in labels]
         whiskers = _whiskers(lengths, labels, (errors or {}).get(group, {}))
-        ax.barh(offsets, lengths, height=width * 0.95, label=group, xerr=whiskers,
-                color=(colors or {}).get(group), error_kw={"elinewidth": 0.8, "capsize": 2})
+        ax.barh(offsets, lengths, height=width * 0.95, label=group,
+                xerr=whiskers, color=(colors or {}).get(group),
+                error_kw={"elinewidth": 0.8, "capsize": 2})
+        ends = [length + (whiskers[1][k] if whiskers is not None else 0.0)
+                for k, length in enumerate(np.nan_to_num(lengths))]
+        for end, y, length, label in zip(ends, offsets, lengths, labels, strict=True):
+            if label not in empty:
+                ax.annotate("n/a" if math.isnan(length) else f"{length:.2f}", (end, y),
+                            xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=small, color="#333")
+    for label in empty:  # one note for a label no group has a value for
+        ax.annotate(missing, (0.0, labels.index(label)), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=small, color="#333")
     if reference is not None:
         ax.axvline(reference, color="grey", linestyle="--", linewidth=0.8)
     ax.set_yticks(positions, labels, fontsize=8 if len(labels) > _MANY_LABELS else 9)
-    ax.invert_yaxis()
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first label on top, no empty margin
     ax.set_xlim(*(limits or _auto_limits(values, reference)))
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     if len(groups) > 1:
-        ax.legend(fontsize=8, loc="best")
+        figure_legend(figure, [ax])
     return figure
 
 
@@ -205,8 +242,10 @@ def _bar_value(value: Any) -> float:
 
 def _whiskers(lengths: list[float], labels: list[str],
               intervals: Mapping[str, Interval]) -> np.ndarray | None:
-    """Asymmetric error bars [[below...], [above...]] from ``[low, high]`` intervals."""
-    if not intervals:
+    """Asymmetric error bars [[below...], [above...]] from ``[low, high]`` intervals; None
+    (no whiskers, no empty caps) when no label has one."""
+    if not any(isinstance(v, Sequence) and len(v) == 2 and all(_finite(x) for x in v)
+               for v in intervals.values()):
         return None
     below, above = [], []
     for length, label in zip(lengths, labels, strict=True):
@@ -228,8 +267,8 @@ def _auto_limits(values: Mapping[str, Mapping[str, float]],
     if not finite:
         return 0.0, 1.0
     low, high = min(finite), max(finite)
-    if low >= 0.0 and high <= 1.0:  # a probability-like metric: show from a rounded floor
-        return max(0.0, math.floor(low * 10) / 10 - 0.05), 1.0
+    if low >= 0.0 and high <= 1.0:  # a probability-like metric: bars from 0, room for values
+        return 0.0, 1.12
     pad = 0.05 * (high - low or 1.0)
     return low - pad, high + pad
 

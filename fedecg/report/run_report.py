@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.errors import InputFileError, TableError
-from fedecg.models.io import CARD_FILE, ModelCard
+from fedecg.models.io import CARD_FILE, CARD_MARKDOWN, ModelCard
 from fedecg.report.html import HtmlPage
-from fedecg.report.plots import metric_table, plot_curve_grid, plot_grouped_bars
+from fedecg.report.plots import (
+    format_with_ci,
+    metric_table,
+    plot_curve_grid,
+    plot_grouped_bars,
+)
+from fedecg.report.provenance import format_duration, read_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -124,28 +130,63 @@ def write_run_report(run_dir: Path) -> Path:
     if is_study(summary):
         from fedecg.report import federated_report as study  # loads Flower and Opacus
 
+        run_section(page, run_dir, study.study_facts(summary))
         study.study_results(page, summary)
-        federated = {n: summary["federated"][n] for n in study.study_models(summary)}
-        _per_label_section(page, federated, list(federated), " (federated models)")
+        study.per_label_section(page, summary)
         study.study_rounds(page, summary, records, run_dir)
+        exported = study.EXPORTED
     else:
         names = order_models(list(models))
+        run_section(page, run_dir, centralized_facts(summary, names))
         _results_section(page, models, names)
         _per_label_section(page, models, names)
         _per_site_section(page, models, names)
         _curves_section(page, records)
-    _card_section(page, run_dir / "model")
+        exported = "trained centrally on the pooled stores"
+    card_section(page, run_dir / "model", exported)
     _config_section(page, run_dir / "config.yaml")
     return page.write(run_dir / "report.html")
 
 
+def run_section(page: HtmlPage, run_dir: Path, facts: list[tuple[str, object]]) -> None:
+    """What ran, when, how long, by which command and versions, on what data."""
+    page.heading("Run")
+    origin = read_provenance(run_dir)
+    versions = " · ".join(f"{k} {v}" for k, v in origin["versions"].items())
+    if origin["recorded"]:
+        timing = [("finished", origin["finished"]),
+                  ("duration", format_duration(origin["seconds"])
+                   + " (the last command; a resumed run ran longer)"),
+                  ("command", origin["command"]), ("versions", versions)]
+    else:
+        timing = [("summary written", origin["finished"] or "—"),
+                  ("command", "not recorded (no provenance.json in the run folder)"),
+                  ("versions", f"{versions} (installed when this report was written)")]
+    page.facts([("folder", str(run_dir.resolve())), *timing, *facts])
+
+
+def centralized_facts(summary: Mapping[str, Any], names: list[str]) -> list[tuple[str, object]]:
+    """The data and models of a ``fedecg train`` run, for the top of its report."""
+    stores = summary.get("stores") or []
+    first = summary.get(names[0], {}) if names else {}
+    return [("kind", "centralized training (fedecg train)"),
+            ("models", ", ".join(summary.get("models") or names)),
+            ("seed", summary.get("seed", "—")),
+            ("stores", "; ".join(f"{s.get('site')} ({s.get('path')})" for s in stores
+                                 if isinstance(s, dict)) or "—"),
+            ("test split", f"{first.get('n_test', '—')} ECGs (pooled over the stores)")]
+
+
 def _results_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str]) -> None:
     page.heading("Results on the test split")
+    n_test = next((models[n].get("n_test") for n in names if models[n].get("n_test")), None)
+    page.heading("Macro AUROC and AUPRC, diagnosis and lab abnormality", level=3)
     columns = [c for c in _MACRO_COLUMNS if any(c[0] in models[n] for n in names)]
     headers, rows = metric_table(models, names, columns)
-    page.table(headers, rows, caption="Macro AUROC/AUPRC over labels with bootstrap 95% "
-               "confidence intervals. transfer and signal-only see the ECG alone at inference; "
-               "multimodal also sees the clinical features.")
+    page.table(headers, rows, caption=f"Test split of {n_test or '—'} ECGs. Macro AUROC/AUPRC "
+               "over labels with bootstrap 95% confidence intervals. naive scores every ECG "
+               "with the training prevalence (AUPRC = prevalence). transfer and signal-only "
+               "see the ECG alone at inference; multimodal also sees the clinical features.")
     share = gap_closed(models)
     if share is not None:
         page.paragraph(f"transfer closes {100 * share:.0f}% of the diagnosis macro AUROC gap "
@@ -157,7 +198,7 @@ def _results_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: l
     page.figure(plot_grouped_bars(values, errors, title="Macro AUROC (95% CI)",
                                   colors=MODEL_COLORS),
                 caption="Macro AUROC per model; whiskers are the bootstrap 95% CIs; the dashed "
-                        "line is chance.")
+                        "line is chance. One colour per model, the same in every figure.")
 
 
 def is_study(summary: Any) -> bool:
@@ -167,19 +208,28 @@ def is_study(summary: Any) -> bool:
 
 
 def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
-                       which: str = "") -> None:
-    for key, what in (("diagnosis_auroc", "diagnosis"), ("lab_auroc", "lab abnormality")):
-        values = {n: models[n][key] for n in names if isinstance(models[n].get(key), dict)}
+                       ) -> None:
+    page.heading("Per-label AUROC")
+    for key, what in LABEL_TASKS:
+        skipped = key.replace("_auroc", "_skipped")
+        values = {n: {**models[n][key], **dict.fromkeys(models[n].get(skipped) or [])}
+                  for n in names if isinstance(models[n].get(key), dict) and n != "naive"}
         if not values:
             continue
-        page.heading(f"Per-label AUROC: {what}")
+        page.heading(f"{what.capitalize()} labels", level=3)
         errors = {n: models[n].get(f"{key}_ci") or {} for n in values}
         figure = plot_grouped_bars(values, errors, title=f"{what} AUROC per label",
-                                   colors=MODEL_COLORS)
-        page.figure(figure,
-                    caption=f"Test AUROC of each {what} label, per model{which}. A missing "
-                            "bar means "
-                            "the label had a single class in the test split.")
+                                   colors=MODEL_COLORS, missing=SINGLE_CLASS_NOTE)
+        page.figure(figure, caption=f"Test AUROC of each {what} label, per model (naive is "
+                    f"0.5 on every label). {NO_LABEL_CI} {SINGLE_CLASS}")
+
+
+LABEL_TASKS = (("diagnosis_auroc", "diagnosis"), ("lab_auroc", "lab abnormality"))
+SINGLE_CLASS = ("n/a: the label had a single class (or no known value) in the test split, so "
+                "it has no AUROC and is left out of the macro mean.")
+SINGLE_CLASS_NOTE = "n/a: one class in the test split"
+NO_LABEL_CI = ("No whiskers: bootstrap CIs are computed for the macro means (tables above), "
+               "not per label.")
 
 
 def _per_site_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],
@@ -194,15 +244,19 @@ def _per_site_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: 
     page.heading("Per site")
     flat = {f"{n} @ {site}": entry for n, stores in per_site.items()
             for site, entry in stores.items()}
-    headers, rows = metric_table(flat, list(flat), _MACRO_COLUMNS[:2], row_header="model @ site")
-    page.table(headers, rows, caption="Each model on the test split of each store.")
-    values = {n: {site: stores[site].get("diagnosis_macro_auroc") for site in stores}
-              for n, stores in per_site.items()}
-    errors = {n: {site: stores[site].get("diagnosis_macro_auroc_ci") for site in stores}
-              for n, stores in per_site.items()}
-    page.figure(plot_grouped_bars(values, errors, title="Diagnosis macro AUROC per site",
-                                  colors=MODEL_COLORS),
-                caption="Diagnosis macro AUROC of each model on each store's test split.")
+    headers, rows = metric_table(flat, list(flat), _MACRO_COLUMNS, row_header="model @ site")
+    page.table(headers, rows, caption="Each model on the test split of each store, with "
+               "bootstrap 95% CIs.")
+    for key, what in (("diagnosis_macro_auroc", "Diagnosis"),
+                      ("lab_macro_auroc", "Lab-abnormality")):
+        values = {n: {site: stores[site].get(key) for site in stores}
+                  for n, stores in per_site.items()}
+        errors = {n: {site: stores[site].get(f"{key}_ci") for site in stores}
+                  for n, stores in per_site.items()}
+        page.figure(plot_grouped_bars(values, errors, title=f"{what} macro AUROC per site",
+                                      colors=MODEL_COLORS),
+                    caption=f"{what} macro AUROC of each model on each store's test split; "
+                            "whiskers: bootstrap 95% CIs.")
 
 
 def _curves_section(page: HtmlPage, records: list[dict[str, Any]]) -> None:
@@ -216,10 +270,31 @@ def _curves_section(page: HtmlPage, records: list[dict[str, Any]]) -> None:
         page.paragraph("metrics.jsonl has no loss or AUROC fields.", note=True)
         return
     panel = "stage" if any("stage" in r for r in records) else "model"
+    records = [trained_heads_only(r) for r in records]
     figure = plot_curve_grid(records, x, rows, panel=panel, group="model",
                              panels=_panel_order(records, panel), colors=MODEL_COLORS)
     page.figure(figure, caption=f"Per-{x} metrics from metrics.jsonl; one column per {panel}, "
-                                "one colour per model.")
+                                "one colour per model. A head's AUROC is drawn from the stage "
+                                "that trains it on (lab from the lab stage, diagnosis from the "
+                                "diagnosis stage).")
+
+
+STAGE_HEADS = {"pretrain": (), "lab": ("lab",), "diagnosis": ("lab", "diagnosis")}
+"""The heads trained by the end of each stage; a head's AUROC before then means nothing."""
+
+
+def trained_heads_only(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` without the AUROC/AUPRC of heads its stage has not trained yet.
+
+    Centralized keys read ``val_diagnosis_macro_auroc``, federated ones ``val-diagnosis-auroc``.
+    """
+    heads = STAGE_HEADS.get(str(record.get("stage")))
+    if heads is None:
+        return dict(record)
+    untrained = {"lab", "diagnosis"} - set(heads)
+    return {k: v for k, v in record.items()
+            if not (("auroc" in k or "auprc" in k)
+                    and any(head in k.replace("-", "_").split("_") for head in untrained))}
 
 
 def curve_rows(records: list[dict[str, Any]]) -> list[list[str]]:
@@ -248,16 +323,44 @@ def _panel_order(records: list[dict[str, Any]], panel: str) -> list[str]:
     return longest + list(dict.fromkeys(rest))
 
 
-def _card_section(page: HtmlPage, model_dir: Path) -> None:
+def card_section(page: HtmlPage, model_dir: Path, exported: str) -> None:
+    """The exported model's card, readable: what it takes, predicts, was trained on, scores."""
     card = _read_card(model_dir)
     if card is None:
         return
     page.heading("Model card")
-    for key in ("data_summary", "privacy"):
-        value = card.get(key)
-        if isinstance(value, dict) and value:
-            page.table(["field", "value"], _flatten(value), caption=key.replace("_", " "))
-    page.preformatted(json.dumps(card, indent=2, default=str), summary="full model card")
+    metrics = card.get("metrics") or {}
+    privacy = card.get("privacy")
+    rows: list[tuple[str, object]] = [
+        ("exported model", f"{card['model_name']}, {exported}; in model/ "
+                           f"(created {card.get('created_at')}, seed {card.get('seed')})"),
+        ("input", f"12-lead ECG ({', '.join(card['lead_order'])}) at {card['fs']:g} Hz, "
+                  f"scored on {card.get('eval_crops', 1)} crop(s) of {card['crop_samples']} "
+                  "samples; no clinical data at inference"),
+        ("diagnoses", f"{len(card['diagnosis_labels'])}: {', '.join(card['diagnosis_labels'])}"),
+        ("lab abnormalities", f"{len(card['lab_labels'])}: {', '.join(card['lab_labels'])}"),
+        *((f"training data: {_DATA_NAMES.get(k, k.replace('_', ' '))}", v)
+          for k, v in _flatten(card.get("data_summary") or {})),
+        ("test split (ECGs)", metrics.get("n_test", "—")),
+        *((label, format_with_ci(metrics.get(key), metrics.get(f"{key}_ci")))
+          for key, label in _CARD_METRICS if key in metrics),
+    ]
+    if isinstance(privacy, dict) and privacy:
+        rows += [(f"privacy: {k.replace('_', ' ')}", v) for k, v in _flatten(privacy)]
+    else:
+        rows.append(("privacy", "none: trained without differential privacy"))
+    page.facts(rows)
+    page.links("The same card as files beside this report:",
+               [("model/model_card.md", f"model/{CARD_MARKDOWN}"),
+                (f"model/{CARD_FILE} (machine-readable)", f"model/{CARD_FILE}")])
+
+
+_DATA_NAMES = {"records": "ECGs (all splits)", "train_records": "training ECGs",
+               "stores": "stores (sites)"}
+_CARD_METRICS = (("diagnosis_macro_auroc", "diagnosis macro AUROC [95% CI]"),
+                 ("lab_macro_auroc", "lab-abnormality macro AUROC [95% CI]"),
+                 ("diagnosis_macro_auprc", "diagnosis macro AUPRC"),
+                 ("lab_macro_auprc", "lab-abnormality macro AUPRC"))
 
 
 def _read_card(model_dir: Path) -> dict[str, Any] | None:

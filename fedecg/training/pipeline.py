@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +156,12 @@ def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifes
 
 def train_models(stores: list[Path], config: TrainConfig, out: Path,
                  models: list[str] | None = None, seed: int | None = None,
-                 overwrite: bool = False, on_step: OnStep | None = None) -> dict[str, Any]:
+                 overwrite: bool = False, on_step: OnStep | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train every model of ``config.models`` on the pooled ``stores``; return the summary.
 
     ``models`` and ``seed``, when given, replace the config's (as ``--models``/``--seed`` do).
+    ``on_step`` hears of every batch, ``on_epoch`` gets each epoch's ``metrics.jsonl`` record.
     """
     changes = {k: v for k, v in (("models", models), ("seed", seed)) if v is not None}
     if changes:
@@ -167,7 +170,7 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
     prepare_run_dir(out, config, stores, overwrite)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    log = MetricsLog(Path(out) / "metrics.jsonl")
+    log = MetricsLog(Path(out) / "metrics.jsonl", on_append=on_epoch)
     summary: dict[str, Any] = {}
     exported = False
     for name in config.models:

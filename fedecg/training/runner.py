@@ -71,9 +71,11 @@ class TrainingData:
 class MetricsLog:
     """``metrics.jsonl``: one JSON record per line, truncated to a checkpoint's count on resume."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_append: Callable[[dict[str, Any]], None] | None = None,
+                 ) -> None:
         self.path = Path(path)
         self.lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        self.on_append = on_append
 
     def truncate(self, count: int) -> None:
         """Keep the first ``count`` records (those a checkpoint vouches for)."""
@@ -84,8 +86,10 @@ class MetricsLog:
         self._write([line for line in self.lines if json.loads(line).get("model") != name])
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add a record and rewrite the file atomically."""
+        """Add a record, rewrite the file atomically, then tell ``on_append`` (progress)."""
         self._write([*self.lines, json.dumps(record, default=float)])
+        if self.on_append is not None:
+            self.on_append(record)
 
     def _write(self, lines: list[str]) -> None:
         self.lines = lines
