@@ -9,6 +9,7 @@ standardization on training rows, runs its stages (``build_stages``), appends on
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from fedecg.config.train import MODEL_NAMES, StageConfig, TrainConfig
-from fedecg.data.store import SiteStore, Split, StoreManifest
+from fedecg.data.store import SiteStore, Split, StoreManifest, split_problems
 from fedecg.errors import TrainingError
 from fedecg.io import atomic_write_text
 from fedecg.models.joint import JointModel
@@ -28,6 +29,8 @@ from fedecg.training.data import CropDataset, epoch_loader, rows_with_targets
 from fedecg.training.evaluate import validate
 from fedecg.training.stages import Stage, build_stages
 from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int], None]
 """Progress callback ``(description, steps done, steps total)``."""
@@ -66,6 +69,23 @@ class TrainingData:
     def train_clinical(self) -> np.ndarray:
         """Clinical features of all training rows (what the standardization is fit on)."""
         return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])
+
+
+def check_training_data(data: TrainingData, config: TrainConfig) -> None:
+    """Refuse a crop longer than the records; warn of empty splits and of labels with too few
+    positives in a split, per store (``fedecg.data.store.split_problems``)."""
+    manifest = data.manifest
+    if config.crop_samples > manifest.n_samples:
+        raise TrainingError(
+            f"crop_samples {config.crop_samples} is longer than the records of "
+            f"{data.stores[0].path} ({manifest.n_samples} samples, "
+            f"{manifest.n_samples / manifest.fs:g} s at {manifest.fs:g} Hz): every crop would "
+            f"be the whole record. Set crop_samples to at most {manifest.n_samples}, e.g. "
+            f"--set crop_samples={manifest.n_samples // 4}")
+    labels = manifest.diagnosis_columns + manifest.lab_label_columns
+    for store in data.stores:
+        for problem in split_problems(store.cohort, labels, store.manifest.site_name):
+            log.warning(problem)
 
 
 class MetricsLog:
