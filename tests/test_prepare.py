@@ -330,3 +330,10 @@ def test_documented_preset_equals_the_defaults() -> None:
 
     preset = Path(__file__).resolve().parents[1] / "configs" / "prepare.yaml"
     assert load_config(PrepareConfig, preset) == PrepareConfig()
+
+
+def test_cli_prepare_into_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    result = CliRunner().invoke(app, ["prepare", "--site-dir", str(site), "--out", "/proc/x"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("error: /proc/") and "that you may write there" in result.output

@@ -100,3 +100,24 @@ def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):
     result = runner.invoke(app, _args(store, run))
     assert result.exit_code == 1 and "not a fedecg run" in result.output
     assert [p.name for p in run.iterdir()] == ["stray.txt"]
+
+
+def test_a_crop_longer_than_the_records_is_refused_with_the_fix(store, tmp_path):
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--set", "crop_samples=400"))
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert ("crop_samples 400 is longer than the records of" in result.output
+            and "(200 samples, 2 s at 100 Hz)" in result.output
+            and "--set crop_samples=50" in result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_utf8_config_and_an_unwritable_out_are_one_line(store, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_bytes("seed: 1  # Hôpital\n".encode("latin-1"))
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--config", str(config)))
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert f"{config}: byte b'\\xf4' at offset 12 is not UTF-8" in result.output
+    unwritable = runner.invoke(app, _args(store, "/proc/x"))
+    assert unwritable.exit_code == 1 and unwritable.output.count("error:") == 1
+    last = unwritable.output.splitlines()[-1]
+    assert last.startswith("error: /proc/") and "check that its folder exists" in last

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -51,8 +51,9 @@ def shown_warnings() -> Iterator[None]:
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Show ``command``'s logged warnings, and turn a ``FedecgError`` it raises into one red
-    line and exit code 1."""
+    """Show ``command``'s logged warnings, and turn a ``FedecgError`` it raises, or an
+    ``OSError`` of the file system (an unwritable ``--out``, a full disk), into one red line
+    and exit code 1."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -60,8 +61,16 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
             with shown_warnings():
                 return command(*args, **kwargs)
         except FedecgError as exc:
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=1) from None
+            _fail(str(exc).splitlines() or [type(exc).__name__])
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else "a file"
+            _fail([f"{where}: {exc.strerror or exc} ({type(exc).__name__}); check that its "
+                   "folder exists, that you may write there and that the disk has space"])
 
     return wrapper
+
+
+def _fail(lines: list[str]) -> NoReturn:
+    for line in lines:
+        console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
