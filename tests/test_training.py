@@ -174,6 +174,38 @@ def test_training_on_a_separable_store_learns(store, tmp_path):
     assert (tmp_path / "run" / "model" / "model.pt").is_file()
 
 
+def _history(run: Path) -> list[dict]:
+    """metrics.jsonl of ``run`` without its timings (the only values a rerun changes)."""
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith(("seconds", "per_second"))}
+            for r in records]
+
+
+def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, monkeypatch):
+    """Killed in the second model: the first model's checkpoint used to cut the log back."""
+    config = _config("models=[signal-only,transfer]", "pretrain.epochs=2", "lab.epochs=2",
+                     "diagnosis.epochs=2")
+    whole = train_models([store], config, tmp_path / "whole")
+    calls = {"n": 0}
+    real = runner.train_epoch
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # signal-only: 4 epochs; transfer: 2 pretrain, 1 lab, then killed
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_epoch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_models([store], config, tmp_path / "resumed")
+    assert len(_history(tmp_path / "resumed")) == 7
+    monkeypatch.setattr(runner, "train_epoch", real)
+    resumed = train_models([store], config, tmp_path / "resumed")
+    assert _history(tmp_path / "resumed") == _history(tmp_path / "whole")
+    assert len(_history(tmp_path / "whole")) == 10
+    assert resumed == whole
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monkeypatch):
     config = _config("models=[transfer]", "pretrain.epochs=2", "lab.epochs=2",
                      "diagnosis.epochs=2")

@@ -30,7 +30,7 @@ from fedecg.training.evaluate import validate
 from fedecg.training.stages import Stage, build_stages
 from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int], None]
 """Progress callback ``(description, steps done, steps total)``."""
@@ -85,23 +85,22 @@ def check_training_data(data: TrainingData, config: TrainConfig) -> None:
     labels = manifest.diagnosis_columns + manifest.lab_label_columns
     for store in data.stores:
         for problem in split_problems(store.cohort, labels, store.manifest.site_name):
-            log.warning(problem)
+            logger.warning(problem)
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, truncated to a checkpoint's count on resume."""
+    """``metrics.jsonl``: one JSON record per line; on resume each model's records past its
+    checkpoint are dropped, every other model's are kept."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.lines = self.path.read_text().splitlines() if self.path.is_file() else []
 
-    def truncate(self, count: int) -> None:
-        """Keep the first ``count`` records (those a checkpoint vouches for)."""
-        self._write(self.lines[:count])
-
-    def drop_model(self, name: str) -> None:
-        """Remove the records of model ``name`` (left by a run killed before its checkpoint)."""
-        self._write([line for line in self.lines if json.loads(line).get("model") != name])
+    def keep_model_until(self, name: str, count: int) -> None:
+        """Drop the records of model ``name`` after the first ``count`` lines (written after
+        its checkpoint, which vouches for ``count`` lines); other models' records stay."""
+        self._write([line for index, line in enumerate(self.lines)
+                     if index < count or json.loads(line).get("model") != name])
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a record and rewrite the file atomically."""
@@ -146,7 +145,7 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
     stages = build_stages(config, pretrained=name == "transfer")
     saved = load_checkpoint(checkpoint)
     if saved is None:
-        log.drop_model(name)
+        log.keep_model_until(name, 0)
     position = Position(metric_lines=len(log.lines))
     if saved is not None:
         try:
@@ -158,7 +157,7 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
                 "their labels or features changed since; pass --overwrite to start again"
             ) from None
         position = saved["position"]
-        log.truncate(position.metric_lines)
+        log.keep_model_until(name, position.metric_lines)
     if position.done:
         return model
     for index in range(position.stage_index, len(stages)):
