@@ -112,7 +112,26 @@ def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, mon
     assert changed.exit_code == 1 and "differs from this config" in changed.output
     resumed = runner.invoke(app, ["simulate", "--resume", str(out)])
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads((out / "summary.json").read_text())["federated"]["transfer"]
+    monkeypatch.setattr(site_module, "validate", real)
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, ["simulate", "--config", str(config), "--out", str(whole)]
+                         ).exit_code == 0
+    assert _history(out) == _history(whole) and len(_history(whole)) > 5
+    assert _summary(out) == _summary(whole)
+
+
+def _history(run: Path) -> list[dict]:
+    """RUN/metrics.jsonl without timings and memory (the only values a rerun changes)."""
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items()
+             if not k.endswith(("seconds", "per_second")) and k != "peak-rss-mb"}
+            for r in records]
+
+
+def _summary(run: Path) -> dict:
+    """RUN/summary.json without its paths (which name the run folder)."""
+    summary = json.loads((run / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k != "partition"}
 
 
 def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
