@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import flwr.simulation
+import psutil
 import pytest
 import yaml
 from federated_support import TINY_TRAIN, make_store
@@ -146,3 +151,46 @@ def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
     assert bad.exit_code == 1 and "federation.roundz" in bad.output
     neither = runner.invoke(app, ["simulate", "--config", str(config)])
     assert neither.exit_code == 1 and "--out" in neither.output
+
+
+def _names(processes: list[psutil.Process]) -> set[str]:
+    """Names (``ray::DashboardAgent``, ``raylet``...) of the live, non-zombie ``processes``."""
+    names = set()
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                names.add(Path(proc.cmdline()[0].split()[0]).name if proc.cmdline()
+                          else proc.name())
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_killed_simulate_leaves_no_ray_process(store, tmp_path, signum):
+    """Ctrl-C or SIGTERM mid-run: fedecg stops every process of its Ray session by PID (the
+    agents ignore SIGTERM and used to outlive it)."""
+    config = _study(tmp_path, store)
+    study = yaml.safe_load(config.read_text())
+    study["federation"]["rounds"] = {"pretrain": 200, "lab": 1, "diagnosis": 1}
+    config.write_text(yaml.safe_dump(study))
+    command = [sys.executable, "-m", "fedecg.cli", "simulate", "--config", str(config), "--out",
+               str(tmp_path / "run")]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    session: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "raylet"} <= _names(session):
+            assert run.poll() is None and time.monotonic() < deadline, "Ray never started"
+            time.sleep(0.5)
+            session = psutil.Process(run.pid).children(recursive=True)
+        time.sleep(2)  # the rounds are under way
+        session = psutil.Process(run.pid).children(recursive=True)
+        run.send_signal(signum)
+        assert run.wait(timeout=60) != 0
+        assert _names(session) == set()
+    finally:
+        for proc in session:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if run.poll() is None:
+            run.kill()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn, ParamSpec, TypeVar
 
@@ -57,9 +60,17 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        threads_before = set(threading.enumerate())
         try:
             with shown_warnings():
                 return command(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM in a simulation
+            code = 130 if isinstance(exc, KeyboardInterrupt) else _exit_code(exc)
+            console.print("[bold red]interrupted:[/] finished work is kept; rerun train with "
+                          "the same --out, or simulate with --resume RUN, to continue",
+                          highlight=False, soft_wrap=True)
+            _exit_if_threads_linger(threads_before, code)
+            raise typer.Exit(code=code) from None
         except FedecgError as exc:
             _fail(str(exc).splitlines() or [type(exc).__name__])
         except OSError as exc:
@@ -68,6 +79,21 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
                    "folder exists, that you may write there and that the disk has space"])
 
     return wrapper
+
+
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def _exit_if_threads_linger(before: set[threading.Thread], code: int) -> None:
+    """Exit the process now when the command left non-daemon threads running (an interrupted
+    Flower ServerApp waits for replies that never come, and would keep the process alive)."""
+    lingering = [t for t in threading.enumerate() if t not in before and not t.daemon]
+    if lingering:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _fail(lines: list[str]) -> NoReturn:

@@ -34,6 +34,7 @@ from fedecg.federated.datasource import ensure_partition, ensure_store, make_pla
 from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
 from fedecg.federated.orchestration import METRICS_FILE, Progress, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
+from fedecg.federated.ray_session import ray_session
 from fedecg.federated.server_app import WrapFor
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
@@ -87,37 +88,29 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
         os.environ.setdefault(key, value)
     federation = plan.config.federation
     sites = plan.config.num_sites
-    backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
-               "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
-                             "include_dashboard": False, "log_to_driver": False,
-                             "object_store_memory": 128 * 1024 ** 2}}
     flower_log = logging.getLogger("flwr")
     level = flower_log.level
     # fedecg reports progress itself, and site failures from their replies (strategies.py)
     flower_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            run_simulation(build_server_app(plan, progress, wrap_for),
-                           client_app or plain_client_app,
-                           num_supernodes=sites, backend_config=backend)
-    except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
-        log.debug("simulation raised %s", exc)
-    finally:
-        flower_log.setLevel(level)
-        _stop_ray()
+    with ray_session() as ray_args:
+        backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
+                   "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
+                                 "include_dashboard": False, "log_to_driver": False,
+                                 "object_store_memory": 128 * 1024 ** 2, **ray_args}}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                run_simulation(build_server_app(plan, progress, wrap_for),
+                               client_app or plain_client_app,
+                               num_supernodes=sites, backend_config=backend)
+        except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
+            log.debug("simulation raised %s", exc)
+        finally:
+            flower_log.setLevel(level)
     result = read_result(Path(plan.out))
     if result["status"] != "ok":
         raise FederationError(f"federated {plan.model} run in {plan.out} failed: "
                               f"{result.get('reason', result['status'])}")
-
-
-def _stop_ray() -> None:
-    """Shut down the Ray runtime the simulation started (Flower normally does already)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def baseline_config(config: SimulationConfig) -> TrainConfig:
