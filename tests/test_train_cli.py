@@ -46,6 +46,8 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
     assert card.model_name == "transfer" and card.seed == 3
     assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure"]
     assert "transfer: dx" in result.output and "naive: dx 0.500" in result.output
+    assert ("warning: site-a: 3 label(s) have fewer than 5 positive ECGs in the test split (16 "
+            "ECGs), so their test metrics (AUROC, CI) are noise" in result.output)
     if importlib.util.find_spec("fedecg.report.run_report") is not None:
         assert (run / "report.html").is_file()
 
