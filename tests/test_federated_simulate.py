@@ -17,6 +17,7 @@ import pytest
 import yaml
 from federated_support import TINY_TRAIN, make_store
 from flwr.app import Context, RecordDict
+from helpers_train import metrics_history
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -121,16 +122,8 @@ def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, mon
     whole = tmp_path / "whole"
     assert runner.invoke(app, ["simulate", "--config", str(config), "--out", str(whole)]
                          ).exit_code == 0
-    assert _history(out) == _history(whole) and len(_history(whole)) > 5
+    assert metrics_history(out) == metrics_history(whole) and len(metrics_history(whole)) > 5
     assert _summary(out) == _summary(whole)
-
-
-def _history(run: Path) -> list[dict]:
-    """RUN/metrics.jsonl without timings and memory (the only values a rerun changes)."""
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items()
-             if not k.endswith(("seconds", "per_second")) and k != "peak-rss-mb"}
-            for r in records]
 
 
 def _summary(run: Path) -> dict:
