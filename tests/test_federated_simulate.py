@@ -146,6 +146,14 @@ def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
     assert neither.exit_code == 1 and "--out" in neither.output
 
 
+def test_simulate_refuses_a_crop_longer_than_the_records(store, tmp_path):
+    result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)), "--out",
+                                 str(tmp_path / "run"), "--set", "train.crop_samples=400"])
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert "crop_samples 400 is longer than the records" in result.output
+    assert "Set crop_samples to at most 200" in result.output
+
+
 def _names(processes: list[psutil.Process]) -> set[str]:
     """Names (``ray::DashboardAgent``, ``raylet``...) of the live, non-zombie ``processes``."""
     names = set()

@@ -109,7 +109,7 @@ def test_a_crop_longer_than_the_records_is_refused_with_the_fix(store, tmp_path)
     assert result.exit_code == 1 and result.output.count("error:") == 1
     assert ("crop_samples 400 is longer than the records of" in result.output
             and "(200 samples, 2 s at 100 Hz)" in result.output
-            and "--set crop_samples=50" in result.output)
+            and "Set crop_samples to at most 200 (e.g. 50)" in result.output)
     assert not (tmp_path / "run").exists()
 
 

@@ -111,12 +111,11 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         ecgs = read_site_ecgs(Path(inputs.site_dir), rejects)
         tables = read_site_tables(Path(inputs.site_dir), panel, rejects)
         layout, index, id_column = "generic", find_table(inputs.site_dir, "ecgs"), "patient_id"
-    listed = len(ecgs)
     ecgs = drop_unlinkable_ecgs(ecgs, tables.patients, index,
                                 tables.sources.get("patients", "the patients table"), id_column,
                                 rejects).drop(columns=LINE)
     if ecgs.empty:
-        reasons = "; ".join(rejects.frame()["reason"].tail(2)) if listed else "it lists none"
+        reasons = "; ".join(rejects.frame()["reason"].tail(2)) if len(rejects) else "none"
         raise TableError(f"{inputs}: no usable ECG rows in the ECG index; expected at least one "
                          f"(last reasons: {reasons})")
     return LoadedInput(ecgs=ecgs, tables=tables, layout=layout)

@@ -39,7 +39,7 @@ from fedecg.federated.server_app import WrapFor
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
 from fedecg.training.pipeline import data_summary, export_model, naive_results
-from fedecg.training.runner import MetricsLog, TrainingData, check_training_data, fit_model
+from fedecg.training.runner import MetricsLog, TrainingData, check_crop, fit_model
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir:
              ) -> tuple[dict[str, Any], dict[str, JointModel], TrainingData]:
     """Every model of one seed: federated, then (with ``baselines``) pooled and local-only."""
     sites, pooled_data = sites_of(store, partition_dir)
-    check_training_data(sites, config.train)
+    check_crop(sites, config.train)  # the partition warned of small splits per site
     result: dict[str, Any] = {"federated": {}, "sites": {}, "pooled": {}, "local_only": {}}
     exports: dict[str, Any] = {}
     for name in config.train.models:

@@ -35,8 +35,9 @@ from fedecg.training.runner import (
     MetricsLog,
     OnStep,
     TrainingData,
-    check_training_data,
+    check_crop,
     fit_model,
+    warn_of_small_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
     if changes:
         config = validate_config(TrainConfig, {**config.model_dump(), **changes}, "arguments")
     data = open_stores(stores)
-    check_training_data(data, config)
+    check_crop(data, config)
+    warn_of_small_splits(data)
     prepare_run_dir(out, config, stores, overwrite)
     if config.threads is not None:
         torch.set_num_threads(config.threads)

@@ -71,18 +71,22 @@ class TrainingData:
         return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])
 
 
-def check_training_data(data: TrainingData, config: TrainConfig) -> None:
-    """Refuse a crop longer than the records; warn of empty splits and of labels with too few
-    positives in a split, per store (``fedecg.data.store.split_problems``)."""
+def check_crop(data: TrainingData, config: TrainConfig) -> None:
+    """Raise ``TrainingError`` when ``crop_samples`` is longer than the stored records."""
     manifest = data.manifest
     if config.crop_samples > manifest.n_samples:
         raise TrainingError(
             f"crop_samples {config.crop_samples} is longer than the records of "
             f"{data.stores[0].path} ({manifest.n_samples} samples, "
             f"{manifest.n_samples / manifest.fs:g} s at {manifest.fs:g} Hz): every crop would "
-            f"be the whole record. Set crop_samples to at most {manifest.n_samples}, e.g. "
-            f"--set crop_samples={manifest.n_samples // 4}")
-    labels = manifest.diagnosis_columns + manifest.lab_label_columns
+            f"be the whole record. Set crop_samples to at most {manifest.n_samples} (e.g. "
+            f"{manifest.n_samples // 4})")
+
+
+def warn_of_small_splits(data: TrainingData) -> None:
+    """Log a warning per store for an empty split or labels with too few positives in a split
+    (``fedecg.data.store.split_problems``)."""
+    labels = data.manifest.diagnosis_columns + data.manifest.lab_label_columns
     for store in data.stores:
         for problem in split_problems(store.cohort, labels, store.manifest.site_name):
             logger.warning(problem)
