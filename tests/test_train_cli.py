@@ -123,3 +123,25 @@ def test_a_non_utf8_config_and_an_unwritable_out_are_one_line(store, tmp_path):
     assert unwritable.exit_code == 1 and unwritable.output.count("error:") == 1
     last = unwritable.output.splitlines()[-1]
     assert last.startswith("error: /proc/") and "check that its folder exists" in last
+
+
+def test_ctrl_c_is_one_line_and_a_rerun_continues(store, tmp_path, monkeypatch):
+    from fedecg.training import runner as training_runner
+
+    real = training_runner.train_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_runner, "train_epoch", interrupted)
+    args = _args(store, tmp_path / "run", "--models", "signal-only")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert ("interrupted: finished work is kept; rerun train with the same --out"
+            in result.output)
+    monkeypatch.setattr(training_runner, "train_epoch", real)
+    assert runner.invoke(app, args).exit_code == 0
