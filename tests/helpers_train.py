@@ -8,6 +8,7 @@ Some labels are unknown (NaN).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,11 @@ def make_store(path: Path, n: int = 120, n_samples: int = 200, fs: float = 100.0
             writer.write(i, wave[None, :] + rng.normal(0, 0.05, (12, n_samples)))
         writer.finish(cohort, manifest)
     return path
+
+
+def metrics_history(run: Path) -> list[dict]:
+    """RUN/metrics.jsonl without timings and memory (the only values a rerun changes)."""
+    records = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items()
+             if not k.endswith(("seconds", "per_second")) and k != "peak-rss-mb"}
+            for r in records]

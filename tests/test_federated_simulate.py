@@ -5,13 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import flwr.simulation
+import psutil
 import pytest
 import yaml
 from federated_support import TINY_TRAIN, make_store
 from flwr.app import Context, RecordDict
+from helpers_train import metrics_history
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -112,7 +118,18 @@ def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, mon
     assert changed.exit_code == 1 and "differs from this config" in changed.output
     resumed = runner.invoke(app, ["simulate", "--resume", str(out)])
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads((out / "summary.json").read_text())["federated"]["transfer"]
+    monkeypatch.setattr(site_module, "validate", real)
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, ["simulate", "--config", str(config), "--out", str(whole)]
+                         ).exit_code == 0
+    assert metrics_history(out) == metrics_history(whole) and len(metrics_history(whole)) > 5
+    assert _summary(out) == _summary(whole)
+
+
+def _summary(run: Path) -> dict:
+    """RUN/summary.json without its paths (which name the run folder)."""
+    summary = json.loads((run / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k != "partition"}
 
 
 def test_simulate_refuses_a_non_empty_out_and_a_bad_key(store, tmp_path):
@@ -149,3 +166,54 @@ def test_simulate_prints_a_line_per_round_with_validation_metric_and_eta(store, 
     done = [(r["stage"], r["done"], r["total"]) for r in records if r["event"] == "round"]
     assert done == [("pretrain", 1, 3), ("lab", 2, 3), ("diagnosis", 3, 3)]
     assert records[-1]["event"] == "result" and "transfer" in records[-1]["federated"]
+
+
+def test_simulate_refuses_a_crop_longer_than_the_records(store, tmp_path):
+    result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)), "--out",
+                                 str(tmp_path / "run"), "--set", "train.crop_samples=400"])
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert "crop_samples 400 is longer than the records" in result.output
+    assert "Set crop_samples to at most 200" in result.output
+
+
+def _names(processes: list[psutil.Process]) -> set[str]:
+    """Names (``ray::DashboardAgent``, ``raylet``...) of the live, non-zombie ``processes``."""
+    names = set()
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                names.add(Path(proc.cmdline()[0].split()[0]).name if proc.cmdline()
+                          else proc.name())
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_killed_simulate_leaves_no_ray_process(store, tmp_path, signum):
+    """Ctrl-C or SIGTERM mid-run: fedecg stops every process of its Ray session by PID (the
+    agents ignore SIGTERM and used to outlive it)."""
+    config = _study(tmp_path, store)
+    study = yaml.safe_load(config.read_text())
+    study["federation"]["rounds"] = {"pretrain": 200, "lab": 1, "diagnosis": 1}
+    config.write_text(yaml.safe_dump(study))
+    command = [sys.executable, "-m", "fedecg.cli", "simulate", "--config", str(config), "--out",
+               str(tmp_path / "run")]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    session: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "raylet"} <= _names(session):
+            assert run.poll() is None and time.monotonic() < deadline, "Ray never started"
+            time.sleep(0.5)
+            session = psutil.Process(run.pid).children(recursive=True)
+        time.sleep(2)  # the rounds are under way
+        session = psutil.Process(run.pid).children(recursive=True)
+        run.send_signal(signum)
+        assert run.wait(timeout=60) != 0
+        assert _names(session) == set()
+    finally:
+        for proc in session:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if run.poll() is None:
+            run.kill()

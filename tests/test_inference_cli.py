@@ -150,3 +150,21 @@ def test_card_without_clipping_amplitude_fails_before_reading(shared_data: Path,
     assert result.exit_code == 1
     assert f"{broken / 'model_card.json'} (model 'transfer'): preprocessing.clip_mv is None" in (
         _one_line(result.output))
+
+
+def test_predict_warns_on_a_flat_line_and_refuses_a_header_rate_nan(shared_data: Path,
+                                                                    model_dir: Path,
+                                                                    tmp_path: Path):
+    record = _copy_ptbxl(shared_data, tmp_path)
+    dat = Path(f"{record}.dat")
+    dat.write_bytes(bytes(len(dat.read_bytes())))  # every sample 0: a flat line
+    flat = _invoke("predict", "--model", model_dir, "--wfdb", record)
+    assert flat.exit_code == 0, flat.output
+    assert json.loads(flat.stdout)["warnings"][0].startswith("flat line: every lead varies")
+    assert "warning:" in flat.stderr and "its scores are not meaningful" in flat.stderr
+    header = Path(f"{record}.hea")
+    header.write_text(header.read_text().replace("00001_lr 12 100 ", "00001_lr 12 nan "))
+    result = _invoke("predict", "--model", model_dir, "--wfdb", record)
+    assert result.exit_code == 1 and _one_line(result.output).count("error:") == 1
+    assert "sampling rate 'nan' Hz in the record line; expected a number from 50" in _one_line(
+        result.output)

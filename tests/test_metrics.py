@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from fedecg.errors import TrainingError
 from fedecg.training.metrics import (
     bootstrap_macro,
+    bootstrap_resamples,
     fast_auprc,
     fast_auroc,
     label_metrics,
@@ -96,6 +97,22 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
     assert first["auroc"][0] < point < first["auroc"][1]
     assert first == bootstrap_macro(y, s, 100, 0.95, seed=3)
     assert first != bootstrap_macro(y, s, 100, 0.95, seed=4)
+
+
+def test_ci_contains_the_estimate_where_the_percentile_interval_did_not():
+    """27 test ECGs, 33 rare labels, random scores: the resamples' AUPRC is biased upward."""
+    rng = np.random.default_rng(1)
+    y = (rng.random((27, 33)) < rng.uniform(0.02, 0.15, 33)).astype(float)
+    y[rng.random((27, 33)) < 0.5] = np.nan
+    s = rng.random((27, 33))
+    point = label_metrics(y, s, [str(j) for j in range(33)])["macro_auprc"]
+    values = bootstrap_resamples(y, s, 200, seed=0)[:, 1]
+    plain = np.percentile(values, [2.5, 97.5])
+    assert point == pytest.approx(0.184, abs=1e-3) and plain[0] > point + 0.02  # excluded
+    low, high = bootstrap_macro(y, s, 200, 0.95, seed=0)["auprc"]
+    assert low <= point <= high
+    assert high - low == pytest.approx(plain[1] - plain[0])  # the bootstrap's own spread
+    assert point - low == pytest.approx(np.median(values) - plain[0])
 
 
 def test_no_resamples_means_no_ci():

@@ -148,3 +148,20 @@ def test_store_matrices_match_the_cohort_and_are_copies(store):
     assert not (store.clinical() == 7.0).all()
     view = site_view(store, rows)
     np.testing.assert_array_equal(view.diagnosis_labels(), store.diagnosis_labels(np.sort(rows)))
+
+
+def test_cli_partition_warns_of_a_site_without_test_ecgs_and_refuses_a_file_out(tmp_path):
+    from fedecg.cli import app
+
+    small = make_store(tmp_path / "small", n_patients=40, ecgs_per_patient=1, n_samples=20)
+    args = ["partition", str(small), "--method", "dirichlet", "--sites", "3", "--alpha", "0.3"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert load_partition(tmp_path / "p").sites[0].split_counts["test"] == 0
+    assert ("site0: no ECG in the test split, so nothing is tested there; add patients, use "
+            "fewer sites" in result.output)
+    assert "label(s) have fewer than 5 positive ECGs in the test split" in result.output
+    (tmp_path / "file").write_text("x")
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "file")])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert "exists and is a file; expected a folder" in refused.output

@@ -95,6 +95,29 @@ def _rewrite(names: list[str], nan_lead: int | None = None) -> Callable[[Path], 
     return apply
 
 
+def _write_signal(signal: Callable[[np.ndarray], np.ndarray],
+                  seconds: float = 10) -> Callable[[Path], None]:
+    def apply(ecg_root: Path) -> None:
+        wave = signal(fixture_signal(500, seconds, list(MIMIC_LEADS)))
+        write_record(ecg_root / record_path(10000001, 40000002, "v1"), wave, 500,
+                     list(MIMIC_LEADS))
+    return apply
+
+
+def _zero_after(seconds: float) -> Callable[[np.ndarray], np.ndarray]:
+    def apply(wave: np.ndarray) -> np.ndarray:
+        wave[round(500 * seconds):] = 0.0
+        return wave
+    return apply
+
+
+def _header_rate(rate: str) -> Callable[[Path], None]:
+    def apply(ecg_root: Path) -> None:
+        hea = ecg_root / (record_path(10000001, 40000002, "v1") + ".hea")
+        hea.write_text(hea.read_text().replace("40000002 12 500 ", f"40000002 12 {rate} "))
+    return apply
+
+
 def _record_list(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path], None]:
     def apply(ecg_root: Path) -> None:
         frame = pd.read_csv(ecg_root / "record_list.csv", dtype=str)
@@ -112,13 +135,39 @@ RECORD_CASES = {
     "missing lead": (_rewrite(list(MIMIC_LEADS[:11])), r"missing lead\(s\) \['V6'\]"),
     "unknown lead names": (_rewrite([*MIMIC_LEADS[:11], "X6"]), r"unknown lead names \['X6'\]"),
     "all-NaN lead": (_rewrite(list(MIMIC_LEADS), nan_lead=0), r"\['I'\] hold no valid sample"),
+    "rate nan": (_header_rate("nan"), r"40000002\.hea: sampling rate 'nan' Hz in the record "
+                 r"line; expected a number from 50 to 10000 Hz"),
+    "rate 1e9": (_header_rate("1e9"), r"sampling rate '1e9' Hz in the record line"),
+    "flat line": (_write_signal(np.zeros_like), r"40000002: flat line: every lead varies by "
+                  r"less than 0\.01 mV"),
+    "2 s record": (_write_signal(lambda w: w, seconds=2), r"only 2\.0 s of signal; expected at "
+                   r"least 5 s, or most of the ECG would be zero padding"),
+    "zero-padded record": (_write_signal(_zero_after(2)), r"only 2\.0 s of signal, then 8\.0 s "
+                           r"of zeros in every lead"),
 }
+def _unknown_patient(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[1, "subject_id"] = "10000009"
+    return frame
+
+
+def _before_birth(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[1, "ecg_time"] = "2050-06-01 08:00:00"  # subject 10000001 was born in 2090
+    return frame
+
+
 ROW_CASES = {
     "unparseable time": (_record_list(_bad_time), "record_list.csv: line 3, column 'ecg_time': "
                          "'2150-13-45 99:00' is not a date-time"),
     "duplicate study id": (_record_list(lambda f: pd.concat([f, f.iloc[[1]]])),
                            "record_list.csv: line 6, column 'study_id': duplicate study_id "
                            "'40000002' \\(first at line 3\\)"),
+    "patient not in patients": (_record_list(_unknown_patient), "record_list.csv: line 3, column "
+                                "'subject_id': patient '10000009' is not in .*patients.csv, so "
+                                "sex and age would be unknown"),
+    "ECG before birth": (_record_list(_before_birth), "record_list.csv: line 3, column "
+                         "'subject_id': age -39.6 years at the ECG \\(2050-06-01 08:00:00\\): "
+                         "the birth date 2090-01-01 of patient '10000001' in .*patients.csv is "
+                         "after the ECG"),
 }
 
 
@@ -144,6 +193,39 @@ def test_bad_ecg_inputs_raise_or_go_to_rejects(tmp_path: Path, case: str) -> Non
     assert store.cohort["study_id"].tolist() == (kept or [40000001, 40000002, 40000003,
                                                           40000004])
     assert len(store.waveforms) == len(store.cohort) == store.manifest.n_records
+
+
+GENERIC_CASES = {  # table, old text, new text, the reason, the ECGs kept with --on-error skip
+    "lab value inf": ("labs", "5.8,mEq/L", "inf,mEq/L", "labs.csv: line 2, column 'value': 'inf' "
+                      "is not a numeric lab value", ["E1", "E2", "E3"]),
+    "encounter ends before it starts": (
+        "diagnoses", "2024-05-05 12:00", "2024-05-04 12:00", "diagnoses.csv: line 4, column "
+        "'end_time': 2024-05-04 12:00:00 is before start_time 2024-05-05 07:00:00; an "
+        "encounter must end after it starts", ["E1", "E2", "E3"]),
+    "birth date after the ECG": ("patients", "P2,M,1950", "P2,M,2090", "ecgs.csv: line 4, column "
+                                 "'patient_id': age -65.7 years at the ECG", ["E1", "E2"]),
+    "patient not in patients.csv": ("ecgs", "E3,P2", "E3,P9", "ecgs.csv: line 4, column "
+                                    "'patient_id': patient 'P9' is not in .*patients.csv",
+                                    ["E1", "E2"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERIC_CASES))
+def test_implausible_generic_rows_raise_or_go_to_rejects(tmp_path: Path, case: str) -> None:
+    table, old, new, message, kept = GENERIC_CASES[case]
+    site = make_generic_site(tmp_path)
+    path = site / f"{table}.csv"
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(TableError, match=message + ".*; fix it, or pass --on-error skip"):
+        prepare_store(SiteInput(site), tmp_path / "store", PrepareConfig())
+    assert _no_store_left(tmp_path)
+    store = _prepare(tmp_path, SiteInput(site), on_error="skip")
+    rejects = pd.read_csv(tmp_path / "store" / REJECTS_FILE)
+    assert len(rejects) == 1 and rejects.loc[0, "path"] == str(site / message.split(":")[0])
+    assert pd.Series(rejects.loc[0, "reason"]).str.contains(message.split(": ")[-1]).all()
+    assert store.cohort["study_id"].tolist() == kept
+    assert not store.cohort["age"].lt(0).any() and store.cohort["sex"].notna().all()
+    assert np.isfinite(store.cohort["lab_potassium"].dropna()).all()
 
 
 def test_lab_without_numeric_value_raises_or_is_rejected(tmp_path: Path) -> None:
@@ -248,3 +330,10 @@ def test_documented_preset_equals_the_defaults() -> None:
 
     preset = Path(__file__).resolve().parents[1] / "configs" / "prepare.yaml"
     assert load_config(PrepareConfig, preset) == PrepareConfig()
+
+
+def test_cli_prepare_into_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    result = CliRunner().invoke(app, ["prepare", "--site-dir", str(site), "--out", "/proc/x"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("error: /proc/") and "that you may write there" in result.output

@@ -46,6 +46,8 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
     assert card.model_name == "transfer" and card.seed == 3
     assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure"]
     assert "transfer: dx" in result.output and "naive: dx 0.500" in result.output
+    assert ("warning: site-a: 3 label(s) have fewer than 5 positive ECGs in the test split (16 "
+            "ECGs), so their test metrics (AUROC, CI) are noise" in result.output)
     if importlib.util.find_spec("fedecg.report.run_report") is not None:
         assert (run / "report.html").is_file()
         assert (run / "report.html").stat().st_mode & 0o777 == 0o640
@@ -149,3 +151,46 @@ def test_train_quiet_prints_no_epoch_lines_and_log_json_prints_json(store, tmp_p
     assert epochs[-1]["eta_seconds"] == 0.0
     assert records[-1]["event"] == "result"
     assert records[-1]["signal-only"]["n_test"] > 0
+
+
+def test_a_crop_longer_than_the_records_is_refused_with_the_fix(store, tmp_path):
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--set", "crop_samples=400"))
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert ("crop_samples 400 is longer than the records of" in result.output
+            and "(200 samples, 2 s at 100 Hz)" in result.output
+            and "Set crop_samples to at most 200 (e.g. 50)" in result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_utf8_config_and_an_unwritable_out_are_one_line(store, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_bytes("seed: 1  # Hôpital\n".encode("latin-1"))
+    result = runner.invoke(app, _args(store, tmp_path / "run", "--config", str(config)))
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert f"{config}: byte b'\\xf4' at offset 12 is not UTF-8" in result.output
+    unwritable = runner.invoke(app, _args(store, "/proc/x"))
+    assert unwritable.exit_code == 1 and unwritable.output.count("error:") == 1
+    last = unwritable.output.splitlines()[-1]
+    assert last.startswith("error: /proc/") and "check that its folder exists" in last
+
+
+def test_ctrl_c_is_one_line_and_a_rerun_continues(store, tmp_path, monkeypatch):
+    from fedecg.training import runner as training_runner
+
+    real = training_runner.train_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_runner, "train_epoch", interrupted)
+    args = _args(store, tmp_path / "run", "--models", "signal-only")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert ("interrupted: finished work is kept; rerun train with the same --out"
+            in result.output)
+    monkeypatch.setattr(training_runner, "train_epoch", real)
+    assert runner.invoke(app, args).exit_code == 0

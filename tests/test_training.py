@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers_train import TINY_CONFIG, make_store
+from helpers_train import TINY_CONFIG, make_store, metrics_history
 
 from fedecg.config.base import load_config
 from fedecg.config.train import TrainConfig
@@ -172,6 +172,38 @@ def test_training_on_a_separable_store_learns(store, tmp_path):
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 * (15 + 8)
     assert (tmp_path / "run" / "model" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("where", ["train_epoch", "save_checkpoint"])
+def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, monkeypatch,
+                                                               where):
+    """Killed in the second model, inside an epoch or between its metrics line and its
+    checkpoint (a kill -9 window): the first model's checkpoint used to cut the log back."""
+    config = _config("models=[signal-only,transfer]", "pretrain.epochs=2", "lab.epochs=2",
+                     "diagnosis.epochs=2")
+    whole = train_models([store], config, tmp_path / "whole")
+    calls = {"n": 0}
+    real = getattr(runner, where)
+    # 8th call: train_epoch of transfer's lab epoch 2 (signal-only 4 + pretrain 2 + lab 1
+    # before it); save_checkpoint of its lab epoch 1 (signal-only adds its final checkpoint)
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, where, crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_models([store], config, tmp_path / "resumed")
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")
+    assert len(metrics_history(tmp_path / "resumed")) == 7  # signal-only 4, transfer 3
+    assert saved["position"].metric_lines == (7 if where == "train_epoch" else 6)
+    monkeypatch.setattr(runner, where, real)
+    resumed = train_models([store], config, tmp_path / "resumed")
+    assert metrics_history(tmp_path / "resumed") == metrics_history(tmp_path / "whole")
+    assert len(metrics_history(tmp_path / "whole")) == 10
+    assert resumed == whole
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monkeypatch):

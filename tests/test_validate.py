@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ECG_DEMO_RECORD_LIST, MIMIC_DEMO
-from fixtures.builders import make_generic_site, make_mimic_site, record_path, write_table
+from fixtures.builders import (
+    fixture_signal,
+    make_generic_site,
+    make_mimic_site,
+    record_path,
+    write_record,
+    write_table,
+)
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.config.data import PrepareConfig
+from fedecg.data.leads import CANONICAL_LEADS
 from fedecg.data.prepare import MimicInput, SiteInput, prepare_store
 from fedecg.data.validate import report_input, report_store
 
@@ -94,3 +103,51 @@ def test_cli_store_and_unknown_folder(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "label prevalence" in result.output
     unknown = runner.invoke(app, ["validate", str(tmp_path)])
     assert unknown.exit_code == 1 and "not a site store" in unknown.output
+
+
+def _add_ecg(site: Path, ecg_id: str, patient: str, signal: np.ndarray) -> None:
+    write_record(site / "ecg" / ecg_id.lower(), signal, 100, list(CANONICAL_LEADS))
+    with (site / "ecgs.csv").open("a") as index:
+        index.write(f"{ecg_id},{patient},ecg/{ecg_id.lower()},2024-05-05 08:30:00\n")
+
+
+def test_validate_flags_every_implausible_input_once(tmp_path: Path) -> None:
+    """What used to be stored silently: each is a reject with its reason, validate exits 0."""
+    site = make_generic_site(tmp_path)
+    wave = fixture_signal(100, 10, list(CANONICAL_LEADS))
+    padded = wave.copy()
+    padded[200:] = 0.0
+    _add_ecg(site, "E4", "P9", wave)  # patient not in patients.csv
+    _add_ecg(site, "E5", "P3", wave)  # born after the ECG
+    _add_ecg(site, "E6", "P1", np.zeros_like(wave))  # flat line
+    _add_ecg(site, "E7", "P1", padded)  # 2 s, then zeros
+    with (site / "patients.csv").open("a") as patients:
+        patients.write("P3,F,2090-01-01\n")
+    for name, old, new in (("labs", "5.8,mEq/L", "inf,mEq/L"),
+                           ("diagnoses", "2024-05-05 12:00", "2024-05-04 12:00")):
+        (site / f"{name}.csv").write_text((site / f"{name}.csv").read_text().replace(old, new))
+    report = report_input(SiteInput(site), PrepareConfig())
+    reasons = list(zip(report.rejects["path"].map(lambda p: Path(p).name),
+                       report.rejects["reason"], strict=True))
+    expected = [("ecgs.csv", "patient 'P9' is not in"), ("ecgs.csv", "age -65.7 years"),
+                ("labs.csv", "'inf' is not a numeric lab value"),
+                ("diagnoses.csv", "2024-05-04 12:00:00 is before start_time"),
+                ("e6", "flat line"), ("e7", "only 2.0 s of signal, then 8.0 s of zeros")]
+    assert len(reasons) == len(expected)
+    for where, reason in expected:
+        assert any(name == where and reason in text for name, text in reasons), reason
+    assert report.ok and report.counts["ecgs"] == 5 and report.counts["unreadable_records"] == 2
+    result = runner.invoke(app, ["validate", str(site)])
+    assert result.exit_code == 0, result.output
+    assert "2 of 5 records are unreadable or hold no usable ECG" in result.output
+    assert "4 table rows were rejected" in result.output
+
+
+def test_validate_warns_of_empty_splits_and_rare_labels(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    report = report_input(SiteInput(site), PrepareConfig(), check_records=False)
+    warnings = "\n".join(report.warnings)
+    assert "this site: no ECG in the test split, so nothing is tested there" in warnings
+    assert "no ECG in the val split" in warnings
+    assert ("this site: 6 label(s) have fewer than 5 positive ECGs in the train split (3 ECGs), "
+            "so they can hardly be learned: abn_potassium_high, abn_sodium_high" in warnings)

@@ -23,7 +23,12 @@ from fedecg.config.federated import PartitionConfig, SimulationConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import ConfigError, FedecgError
 from fedecg.federated import keys
-from fedecg.federated.partition import Partition, partition_store, write_partition
+from fedecg.federated.partition import (
+    Partition,
+    check_partition_out,
+    partition_store,
+    write_partition,
+)
 from fedecg.training.stages import build_stages
 
 
@@ -41,6 +46,7 @@ def partition(
     config = validate_config(PartitionConfig, {
         "method": method, "num_sites": sites, "alpha": alpha, "column": column, "seed": seed},
         "fedecg partition")
+    check_partition_out(out)
     result = partition_store(SiteStore.open(store), config)
     path = write_partition(result, out)
     console.print(partition_table(result))

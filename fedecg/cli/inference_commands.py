@@ -28,10 +28,11 @@ def predict(
     from fedecg.explain.inference import predict_signal, read_for_model
 
     classifier, card = _load(model)
-    signal = read_for_model(wfdb, card)
+    signal, problem = read_for_model(wfdb, card)
     prediction = predict_signal(classifier, card, signal)
     payload = {"model": card.model_name, "record": str(wfdb), "fs": card.fs,
                "n_samples": int(signal.shape[-1]), "n_crops": prediction.n_crops,
+               "warnings": [] if problem is None else [problem],
                "diagnoses": _rounded(prediction.diagnoses),
                "lab_abnormalities": _rounded(prediction.lab_abnormalities)}
     typer.echo(json.dumps(payload, indent=2))
@@ -69,7 +70,7 @@ def explain(
                                 "existing) for explanation.json and explanation.png")
     attribution = _method(method)
     classifier, card = _load(model)
-    signal = read_for_model(wfdb, card)
+    signal, _problem = read_for_model(wfdb, card)  # a problem is logged as a warning
     explanation = explain_record(classifier, card, signal, source=str(wfdb),
                                  top_diagnoses=top, method=attribution)
     json_path, png_path = write_explanation(explanation, signal, out)

@@ -78,7 +78,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputFileError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start} is not UTF-8; expected a UTF-8 text file. Save it as "
+                          "UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -54,11 +54,19 @@ class WaveformConfig(StrictModel):
     duration_s: float = Field(10.0, gt=0, description="seconds kept per record (pad/trim)")
     clip_mv: float = Field(3.0, gt=0, description="amplitudes clipped to ±clip_mv")
     dtype: Literal["float16", "float32"] = "float16"
+    min_signal_fraction: float = Field(
+        0.5, gt=0, le=1, description="records with less signal than this share of duration_s "
+        "(before trailing zeros) are rejected: the rest would be zero padding")
 
     @property
     def n_samples(self) -> int:
         """Samples per lead in the store."""
         return round(self.fs * self.duration_s)
+
+    @property
+    def min_seconds(self) -> float:
+        """Seconds of signal a record needs (``min_signal_fraction`` of ``duration_s``)."""
+        return self.min_signal_fraction * self.duration_s
 
 
 class PrepareConfig(StrictModel):

@@ -16,9 +16,11 @@ import pandas as pd
 from fedecg.data.cohort import MEASUREMENT_NAMES, ClinicalTables
 from fedecg.data.labs import LabDefinition
 from fedecg.data.tables import (
+    LINE,
     Rejects,
     drop_bad_rows,
     drop_duplicates,
+    drop_reversed_spans,
     find_table,
     has_table,
     parse_numbers,
@@ -44,7 +46,8 @@ def is_generic_site(folder: Path) -> bool:
 
 
 def read_site_ecgs(site_dir: Path, rejects: Rejects) -> pd.DataFrame:
-    """``ecgs.csv`` as ``study_id, subject_id, ecg_time, record_path`` (ids as text)."""
+    """``ecgs.csv`` as ``study_id, subject_id, ecg_time, record_path`` (ids as text) and the
+    file's ``_line``."""
     path = find_table(site_dir, "ecgs")
     frame = read_csv_checked(path, ECGS_COLUMNS)
     for column in ("ecg_id", "patient_id", "record_path"):
@@ -55,7 +58,8 @@ def read_site_ecgs(site_dir: Path, rejects: Rejects) -> pd.DataFrame:
     records = [str(Path(site_dir) / p.strip().removesuffix(".hea")) for p in frame["record_path"]]
     return pd.DataFrame({"study_id": frame["ecg_id"].str.strip(),
                          "subject_id": frame["patient_id"].str.strip(),
-                         "ecg_time": frame["ecg_time"], "record_path": records})
+                         "ecg_time": frame["ecg_time"], "record_path": records,
+                         LINE: frame[LINE]})
 
 
 def read_site_tables(site_dir: Path, panel: Sequence[LabDefinition],
@@ -126,6 +130,7 @@ def _diagnoses(site_dir: Path, rejects: Rejects) -> tuple[pd.DataFrame, pd.DataF
     frame = read_csv_checked(path, DIAGNOSES_COLUMNS, optional=DIAGNOSES_OPTIONAL)
     for column in ("start_time", "end_time"):
         frame = parse_times(frame, column, path, rejects)
+    frame = drop_reversed_spans(frame, "start_time", "end_time", path, rejects)
     frame = parse_numbers(frame, "icd_version", path, rejects, what="9 or 10")
     frame = drop_bad_rows(frame, ~frame["icd_version"].isin([9, 10]).to_numpy(), path,
                           "icd_version", "9 or 10", rejects)

@@ -15,9 +15,11 @@ import pandas as pd
 from fedecg.data.cohort import VITALS, ClinicalTables
 from fedecg.data.labs import LabDefinition, itemid_to_lab
 from fedecg.data.tables import (
+    LINE,
     Rejects,
     drop_bad_rows,
     drop_duplicates,
+    drop_reversed_spans,
     find_table,
     has_table,
     parse_numbers,
@@ -55,14 +57,15 @@ def _ids(frame: pd.DataFrame, columns: Sequence[str], path: Path, rejects: Rejec
 
 
 def read_record_list(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
-    """ECGs of ``record_list.csv``: ``study_id, subject_id, ecg_time, record_path`` (+ cart)."""
+    """ECGs of ``record_list.csv``: ``study_id, subject_id, ecg_time, record_path`` (+ cart)
+    and the file's ``_line``."""
     path = find_table(ecg_root, "record_list")
     frame = read_csv_checked(path, ["subject_id", "study_id", "ecg_time", "path"])
     frame = _ids(frame, ["study_id", "subject_id"], path, rejects, study_column="study_id")
     frame = parse_times(frame, "ecg_time", path, rejects, study_column="study_id")
     frame = drop_duplicates(frame, "study_id", path, rejects)
     frame["record_path"] = [str(Path(ecg_root) / p) for p in frame["path"]]
-    ecgs = frame[["study_id", "subject_id", "ecg_time", "record_path"]]
+    ecgs = frame[["study_id", "subject_id", "ecg_time", "record_path", LINE]]
     if has_table(ecg_root, "machine_measurements"):
         ecgs = ecgs.merge(_machine(ecg_root, rejects), on="study_id", how="left")
     return ecgs
@@ -118,6 +121,7 @@ def _admissions(hosp: Path, rejects: Rejects) -> pd.DataFrame:
     frame = _ids(frame, ["subject_id", "hadm_id"], path, rejects)
     for column in ("admittime", "dischtime"):
         frame = parse_times(frame, column, path, rejects)
+    frame = drop_reversed_spans(frame, "admittime", "dischtime", path, rejects)
     return pd.DataFrame({"subject_id": frame["subject_id"], "stay_id": "h" +
                          frame["hadm_id"].astype("str"), "start": frame["admittime"],
                          "end": frame["dischtime"], "kind": "admission"})
@@ -181,6 +185,7 @@ def read_ed(ed: Path, rejects: Rejects) -> tuple[pd.DataFrame, pd.DataFrame, pd.
                  ["subject_id", "stay_id"], path, rejects)
     for column in ("intime", "outtime"):
         frame = parse_times(frame, column, path, rejects)
+    frame = drop_reversed_spans(frame, "intime", "outtime", path, rejects)
     stays = pd.DataFrame({"subject_id": frame["subject_id"], "stay_id": "e" +
                           frame["stay_id"].astype("str"), "start": frame["intime"],
                           "end": frame["outtime"], "kind": "ed"})

@@ -32,12 +32,13 @@ from fedecg.data.cohort import (
     resolve_diagnosis_set,
     resolve_panel,
 )
+from fedecg.data.ecg_rows import drop_unlinkable_ecgs
 from fedecg.data.generic import read_site_ecgs, read_site_tables
 from fedecg.data.labs import panel_label_names
 from fedecg.data.mimic import read_mimic_tables, read_record_list
 from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
-from fedecg.data.tables import Rejects
-from fedecg.data.waveform import preprocess, read_ecg
+from fedecg.data.tables import LINE, Rejects, find_table
+from fedecg.data.waveform import preprocess, quality_problem, read_ecg
 from fedecg.errors import RecordError, TableError
 from fedecg.io import OutputKind, claim_output
 
@@ -106,13 +107,18 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         ecgs = read_record_list(Path(inputs.ecg_root), rejects)
         tables = read_mimic_tables(Path(inputs.mimic_root), ecgs["subject_id"].unique(), panel,
                                    rejects, config.table_chunk_rows)
-        layout = "mimic"
+        layout, index, id_column = "mimic", find_table(inputs.ecg_root, "record_list"), "subject_id"
     else:
         ecgs = read_site_ecgs(Path(inputs.site_dir), rejects)
         tables = read_site_tables(Path(inputs.site_dir), panel, rejects)
-        layout = "generic"
+        layout, index, id_column = "generic", find_table(inputs.site_dir, "ecgs"), "patient_id"
+    ecgs = drop_unlinkable_ecgs(ecgs, tables.patients, index,
+                                tables.sources.get("patients", "the patients table"), id_column,
+                                rejects).drop(columns=LINE)
     if ecgs.empty:
-        raise TableError(f"{inputs}: no usable ECG rows in the ECG index; expected at least one")
+        reasons = "; ".join(rejects.frame()["reason"].tail(2)) if len(rejects) else "none"
+        raise TableError(f"{inputs}: no usable ECG rows in the ECG index; expected at least one "
+                         f"(last reasons: {reasons})")
     return LoadedInput(ecgs=ecgs, tables=tables, layout=layout)
 
 
@@ -123,6 +129,9 @@ def _process(task: tuple[int, str], waveform: WaveformConfig
         record = read_ecg(Path(path))
     except RecordError as exc:
         return index, None, float("nan"), str(exc)
+    problem = quality_problem(record, waveform.min_seconds)
+    if problem is not None:
+        return index, None, float("nan"), f"{record.path}: {problem}"
     signal = preprocess(record, waveform.fs, waveform.clip_mv, waveform.n_samples)
     return index, signal.astype(waveform.dtype), record.fs, None
 

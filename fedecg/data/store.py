@@ -110,6 +110,36 @@ def label_prevalence(cohort: pd.DataFrame, columns: Sequence[str]) -> dict[str, 
     return result
 
 
+MIN_POSITIVES = 5
+"""Fewer positive ECGs than this in a split make a label's metrics there noise."""
+SPLIT_USE = {"train": "trained", "val": "validated", "test": "tested"}
+FEW_POSITIVES_EFFECT = {"train": "they can hardly be learned",
+                        "val": "their validation metrics are noise",
+                        "test": "their test metrics (AUROC, CI) are noise"}
+
+
+def split_problems(cohort: pd.DataFrame, columns: Sequence[str], where: str) -> list[str]:
+    """Warnings about the splits of ``cohort``: a split without ECGs, or labels ``columns``
+    with fewer than ``MIN_POSITIVES`` positives in a split (labels without any positive in
+    ``cohort`` are left out: that is a problem of their own)."""
+    problems = []
+    present = [c for c in columns if (cohort[c] == 1).any()]
+    for split in SPLITS:
+        part = cohort[cohort["split"] == split]
+        if part.empty:
+            problems.append(f"{where}: no ECG in the {split} split, so nothing is "
+                            f"{SPLIT_USE[split]} there; add patients, use fewer sites, or change "
+                            "cohort.val_folds/test_folds")
+            continue
+        few = [c for c in present if int((part[c] == 1).sum()) < MIN_POSITIVES]
+        if few:
+            shown = ", ".join(few[:8]) + (f" and {len(few) - 8} more" if len(few) > 8 else "")
+            problems.append(f"{where}: {len(few)} label(s) have fewer than {MIN_POSITIVES} "
+                            f"positive ECGs in the {split} split ({len(part)} ECGs), so "
+                            f"{FEW_POSITIVES_EFFECT[split]}: {shown}")
+    return problems
+
+
 class StoreWriter:
     """Write a store atomically; use as a context manager.
 

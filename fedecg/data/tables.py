@@ -106,10 +106,11 @@ def parse_times(frame: pd.DataFrame, column: str, path: Path, rejects: Rejects,
 def parse_numbers(frame: pd.DataFrame, column: str, path: Path, rejects: Rejects,
                   required: bool = True, study_column: str | None = None,
                   what: str = "a number") -> pd.DataFrame:
-    """Parse ``column`` as float; text is a bad row, and so is an empty cell when ``required``."""
+    """Parse ``column`` as float; text or infinity is a bad row, and so is an empty cell when
+    ``required``."""
     raw = frame[column]
     parsed = pd.to_numeric(raw, errors="coerce")
-    bad = parsed.isna() & (raw.notna() | required)
+    bad = (parsed.isna() & (raw.notna() | required)) | np.isinf(parsed)
     frame = frame.assign(**{column: parsed.astype("float64")})
     return drop_bad_rows(frame, bad.to_numpy(), path, column, what, rejects, study_column,
                          original=raw)
@@ -137,6 +138,15 @@ def drop_bad_rows(frame: pd.DataFrame, bad: np.ndarray, path: Path, column: str,
         error = TableError(f"{path}: line {line}, column {column!r}: {why}{extra}; {SKIP_HINT}")
         rejects.handle(error, path, line, study, reason=f"column {column!r}: {why}")
     return frame.loc[~bad].reset_index(drop=True)
+
+
+def drop_reversed_spans(frame: pd.DataFrame, start: str, end: str, path: Path,
+                        rejects: Rejects) -> pd.DataFrame:
+    """Rows whose ``end`` time is before their ``start`` time (parsed already) are bad rows."""
+    bad = (frame[end] < frame[start]).to_numpy()
+    reasons = (frame[end].astype("str") + f" is before {start} "
+               + frame[start].astype("str") + "; an encounter must end after it starts")
+    return drop_bad_rows(frame, bad, path, end, "", rejects, reasons=reasons)
 
 
 def drop_duplicates(frame: pd.DataFrame, column: str, path: Path,

@@ -27,7 +27,13 @@ from fedecg.data.cohort import (
 from fedecg.data.generic import is_generic_site
 from fedecg.data.labs import panel_label_names
 from fedecg.data.prepare import MimicInput, PrepareInput, SiteInput, load_input, stream_records
-from fedecg.data.store import MANIFEST_FILE, REJECTS_FILE, SiteStore, label_prevalence
+from fedecg.data.store import (
+    MANIFEST_FILE,
+    REJECTS_FILE,
+    SiteStore,
+    label_prevalence,
+    split_problems,
+)
 from fedecg.data.tables import Rejects, has_table
 from fedecg.errors import InputFileError, RecordError
 
@@ -83,9 +89,11 @@ def _assess(report: DataReport, cohort: pd.DataFrame) -> None:
     if n == 0:
         report.fatal.append("no ECGs: the ECG index lists no usable record")
     elif unreadable >= report.counts.get("records_checked", n) and unreadable:
-        report.fatal.append(f"all {unreadable} records are unreadable (reasons below)")
+        report.fatal.append(f"all {unreadable} records are unreadable or hold no usable ECG "
+                            "(reasons below)")
     elif unreadable:
-        report.warnings.append(f"{unreadable} of {n} records are unreadable (reasons below)")
+        report.warnings.append(f"{unreadable} of {n} records are unreadable or hold no usable "
+                               "ECG (reasons below)")
     if n and cohort["age"].isna().all():
         report.fatal.append("no ECG's patient is in the patients table: check patient ids")
     if n and cohort[NEAREST_LAB_HOURS].isna().all():
@@ -95,6 +103,8 @@ def _assess(report: DataReport, cohort: pd.DataFrame) -> None:
     if empty:
         report.warnings.append(f"{len(empty)} label(s) have no positive ECG (they cannot be "
                                f"learned or evaluated here): {', '.join(empty)}")
+    if n:
+        report.warnings.extend(split_problems(cohort, list(report.prevalence), "this site"))
     if report.counts.get("rejected_rows", 0):
         report.warnings.append(f"{report.counts['rejected_rows']} table rows were rejected "
                                "(reasons below); `fedecg prepare` needs --on-error skip")

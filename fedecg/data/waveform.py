@@ -1,16 +1,20 @@
 """A small typed WFDB reader and the waveform preprocessing of the store.
 
 ``read_ecg`` checks what wfdb leaves unchecked: the header must state the sampling rate
-(wfdb silently assumes 250 Hz), units must be mV or µV, the 12 standard leads must be present
-(any order, any case), no lead may be all NaN, and the signal file must hold every sample the
-header announces. Single-file format-16 records (MIMIC-IV-ECG, PTB-XL) are read directly with
-numpy, which is ~40x faster than ``wfdb.rdrecord``; anything else (``.mat``, other formats)
-goes through wfdb.
+(wfdb silently assumes 250 Hz) and it must be a finite rate within ``FS_RANGE_HZ``, units must be
+mV or µV, the 12 standard leads must be present (any order, any case), no lead may be all NaN,
+and the signal file must hold every sample the header announces. ``quality_problem`` says why a
+readable record is still no usable ECG (a flat line, or too little signal before trailing zero
+padding); ``prepare`` rejects such records and ``predict`` warns.
+
+Single-file format-16 records (MIMIC-IV-ECG, PTB-XL) are read directly with numpy, which is
+~40x faster than ``wfdb.rdrecord``; anything else (``.mat``, other formats) goes through wfdb.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +29,10 @@ from fedecg.errors import RecordError
 UNIT_SCALE = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3}
 """Factor from each accepted unit (lower case) to mV."""
 INVALID_16 = -32768
+FS_RANGE_HZ = (50.0, 10_000.0)
+"""Sampling rates accepted in a header (ECG recorders use 100 Hz to a few kHz)."""
+FLAT_MV = 0.01
+"""A lead whose peak-to-peak amplitude is below this (mV) carries no ECG."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,13 @@ def read_header(path: Path) -> Header:
         signals = tuple(_signal_spec(ln) for ln in lines[1:1 + n_signals])
     except (ValueError, IndexError) as exc:
         raise RecordError(f"{hea}: malformed header ({exc}); expected WFDB header syntax") from None
-    if len(signals) != n_signals or fs <= 0:
-        raise RecordError(f"{hea}: header announces {n_signals} signals at {fs} Hz but lists "
-                          f"{len(signals)}; expected one line per signal and a positive rate")
+    if len(signals) != n_signals:
+        raise RecordError(f"{hea}: header announces {n_signals} signals but lists "
+                          f"{len(signals)}; expected one line per signal")
+    low, high = FS_RANGE_HZ
+    if not (math.isfinite(fs) and low <= fs <= high):
+        raise RecordError(f"{hea}: sampling rate {fields[2]!r} Hz in the record line; expected "
+                          f"a number from {low:g} to {high:g} Hz. Fix the header's rate")
     return Header(fs=fs, sig_len=sig_len, signals=signals)
 
 
@@ -163,6 +175,31 @@ def _read_wfdb(base: Path, header: Header) -> np.ndarray:
         raise RecordError(f"{base}: truncated or corrupt: {got} samples per lead; the header "
                           f"announces {header.sig_len}")
     return signal
+
+
+def recorded_seconds(record: EcgRecord) -> float:
+    """Seconds of ``record`` before a trailing run of exact zeros in every lead (padding)."""
+    nonzero = np.flatnonzero((record.signal != 0).any(axis=0))  # NaN counts as non-zero
+    return (int(nonzero[-1]) + 1 if len(nonzero) else 0) / record.fs
+
+
+def quality_problem(record: EcgRecord, min_seconds: float) -> str | None:
+    """Why ``record`` is no usable ECG, or None.
+
+    Every lead flat (peak-to-peak below ``FLAT_MV``) is a flat line; fewer than ``min_seconds``
+    before trailing zero padding (or in the whole record) would leave mostly padding.
+    """
+    span = np.nanmax(record.signal, axis=1) - np.nanmin(record.signal, axis=1)
+    if (span < FLAT_MV).all():
+        return (f"flat line: every lead varies by less than {FLAT_MV:g} mV (largest "
+                f"{span.max():.3g} mV); expected a recorded ECG. Check the electrodes or the "
+                "export")
+    seconds, total = recorded_seconds(record), record.signal.shape[-1] / record.fs
+    if seconds < min_seconds:
+        padded = f", then {total - seconds:.1f} s of zeros in every lead" if seconds < total else ""
+        return (f"only {seconds:.1f} s of signal{padded}; expected at least {min_seconds:g} s, "
+                "or most of the ECG would be zero padding")
+    return None
 
 
 @functools.lru_cache(maxsize=32)

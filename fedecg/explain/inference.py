@@ -9,6 +9,7 @@ card's ``eval_crops`` and enough for the crops to cover the whole record.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ import numpy as np
 import torch
 
 from fedecg.data.leads import CANONICAL_LEADS, canonical_lead_name
-from fedecg.data.waveform import EcgRecord, preprocess, read_ecg
+from fedecg.data.waveform import EcgRecord, preprocess, quality_problem, read_ecg
 from fedecg.errors import StoreError
 from fedecg.models.classifier import EcgClassifier
 from fedecg.models.io import CARD_FILE, ModelCard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,18 @@ def prepare_record(record: EcgRecord, card: ModelCard) -> np.ndarray:
     return np.ascontiguousarray(signal[_lead_rows(card)])
 
 
-def read_for_model(path: Path, card: ModelCard) -> np.ndarray:
-    """Read WFDB record ``path`` and prepare it for the model of ``card``."""
-    return prepare_record(read_ecg(Path(path)), card)
+def read_for_model(path: Path, card: ModelCard) -> tuple[np.ndarray, str | None]:
+    """Read WFDB record ``path`` and prepare it for the model of ``card``.
+
+    Also returns why the record is no usable ECG (a flat line, or less signal than one
+    training crop before trailing zeros), or None; such a problem is logged as a warning,
+    since the scores of such a record mean nothing.
+    """
+    record = read_ecg(Path(path))
+    problem = quality_problem(record, card.crop_samples / card.fs)
+    if problem is not None:
+        log.warning("%s: %s; its scores are not meaningful", record.path, problem)
+    return prepare_record(record, card), problem
 
 
 def crop_count(card: ModelCard, n_samples: int) -> int:

@@ -20,8 +20,8 @@ from pydantic import Field, ValidationError
 
 from fedecg.config.base import StrictModel
 from fedecg.config.federated import PartitionConfig
-from fedecg.data.store import SPLITS, SiteStore, label_prevalence
-from fedecg.errors import ConfigError, StoreError
+from fedecg.data.store import SPLITS, SiteStore, label_prevalence, split_problems
+from fedecg.errors import ConfigError, OutputExistsError, StoreError
 from fedecg.io import atomic_write_json
 
 if TYPE_CHECKING:  # flwr-datasets (and HF datasets) load only to deal a partition: a site
@@ -202,6 +202,8 @@ def _describe(store: SiteStore, config: PartitionConfig, table: pd.DataFrame,
             split_counts={s: int((part["split"] == s).sum()) for s in SPLITS},
             label_counts={str(k): int(v) for k, v in labels[patients].value_counts().items()},
             prevalence=label_prevalence(part, label_columns), rows=rows.tolist()))
+        for problem in split_problems(part, label_columns, f"site{index}"):
+            log.warning(problem)
     return Partition(store=str(store.path.resolve()), store_site_name=store.manifest.site_name,
                      store_n_records=len(store), config=config,
                      label_skew=label_skew([s.label_counts for s in sites]), sites=sites)
@@ -218,8 +220,16 @@ def label_skew(site_label_counts: list[dict[str, int]]) -> float:
     return float((0.5 * (per_site - overall).abs().sum(axis=1)).mean())
 
 
+def check_partition_out(out: Path) -> None:
+    """Raise ``OutputExistsError`` when ``out`` exists and is not a folder."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise OutputExistsError(f"--out {out}: exists and is a file; expected a folder (new or "
+                                f"existing) to write {PARTITION_FILE} into")
+
+
 def write_partition(partition: Partition, out: Path) -> Path:
     """Write ``partition.json`` into folder ``out`` (atomically); return its path."""
+    check_partition_out(out)
     path = Path(out) / PARTITION_FILE
     atomic_write_json(path, partition.model_dump(mode="json"))
     return path

@@ -34,6 +34,7 @@ from fedecg.federated.datasource import ensure_partition, ensure_store, make_pla
 from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
 from fedecg.federated.orchestration import METRICS_FILE, Progress, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
+from fedecg.federated.ray_session import ray_session
 from fedecg.federated.server_app import WrapFor
 from fedecg.io import (
     SHARED,
@@ -45,7 +46,7 @@ from fedecg.io import (
 )
 from fedecg.models.joint import JointModel
 from fedecg.training.pipeline import data_summary, export_model, naive_results
-from fedecg.training.runner import MetricsLog, TrainingData, fit_model
+from fedecg.training.runner import MetricsLog, TrainingData, check_crop, fit_model
 
 log = logging.getLogger(__name__)
 
@@ -97,37 +98,29 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
         os.environ.setdefault(key, value)
     federation = plan.config.federation
     sites = plan.config.num_sites
-    backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
-               "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
-                             "include_dashboard": False, "log_to_driver": False,
-                             "object_store_memory": 128 * 1024 ** 2}}
     flower_log = logging.getLogger("flwr")
     level = flower_log.level
     # fedecg reports progress itself, and site failures from their replies (strategies.py)
     flower_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            run_simulation(build_server_app(plan, progress, wrap_for),
-                           client_app or plain_client_app,
-                           num_supernodes=sites, backend_config=backend)
-    except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
-        log.debug("simulation raised %s", exc)
-    finally:
-        flower_log.setLevel(level)
-        _stop_ray()
+    with ray_session() as ray_args:
+        backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
+                   "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
+                                 "include_dashboard": False, "log_to_driver": False,
+                                 "object_store_memory": 128 * 1024 ** 2, **ray_args}}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                run_simulation(build_server_app(plan, progress, wrap_for),
+                               client_app or plain_client_app,
+                               num_supernodes=sites, backend_config=backend)
+        except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
+            log.debug("simulation raised %s", exc)
+        finally:
+            flower_log.setLevel(level)
     result = read_result(Path(plan.out))
     if result["status"] != "ok":
         raise FederationError(f"federated {plan.model} run in {plan.out} failed: "
                               f"{result.get('reason', result['status'])}")
-
-
-def _stop_ray() -> None:
-    """Shut down the Ray runtime the simulation started (Flower normally does already)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def baseline_config(config: SimulationConfig) -> TrainConfig:
@@ -194,6 +187,7 @@ def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir:
              ) -> tuple[dict[str, Any], dict[str, JointModel], TrainingData]:
     """Every model of one seed: federated, then (with ``baselines``) pooled and local-only."""
     sites, pooled_data = sites_of(store, partition_dir)
+    check_crop(sites, config.train)  # the partition warned of small splits per site
     result: dict[str, Any] = {"federated": {}, "sites": {}, "pooled": {}, "local_only": {}}
     exports: dict[str, Any] = {}
     for name in config.train.models:

@@ -32,7 +32,14 @@ from fedecg.models.io import ModelCard, save_inference_model
 from fedecg.models.joint import JointModel
 from fedecg.training.evaluate import evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
-from fedecg.training.runner import MetricsLog, OnStep, TrainingData, fit_model
+from fedecg.training.runner import (
+    MetricsLog,
+    OnStep,
+    TrainingData,
+    check_crop,
+    fit_model,
+    warn_of_small_splits,
+)
 
 logger = logging.getLogger(__name__)
 EXPORT_ORDER = ("transfer", "signal-only")
@@ -167,6 +174,8 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
     if changes:
         config = validate_config(TrainConfig, {**config.model_dump(), **changes}, "arguments")
     data = open_stores(stores)
+    check_crop(data, config)
+    warn_of_small_splits(data)
     prepare_run_dir(out, config, stores, overwrite)
     if config.threads is not None:
         torch.set_num_threads(config.threads)

@@ -9,6 +9,7 @@ standardization on training rows, runs its stages (``build_stages``), appends on
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from fedecg.config.train import MODEL_NAMES, StageConfig, TrainConfig
-from fedecg.data.store import SiteStore, Split, StoreManifest
+from fedecg.data.store import SiteStore, Split, StoreManifest, split_problems
 from fedecg.errors import TrainingError
 from fedecg.io import atomic_write_text
 from fedecg.models.joint import JointModel
@@ -28,6 +29,8 @@ from fedecg.training.data import CropDataset, epoch_loader, rows_with_targets
 from fedecg.training.evaluate import validate
 from fedecg.training.stages import Stage, build_stages
 from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+
+logger = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int], None]
 """Progress callback ``(description, steps done, steps total)``."""
@@ -68,8 +71,30 @@ class TrainingData:
         return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])
 
 
+def check_crop(data: TrainingData, config: TrainConfig) -> None:
+    """Raise ``TrainingError`` when ``crop_samples`` is longer than the stored records."""
+    manifest = data.manifest
+    if config.crop_samples > manifest.n_samples:
+        raise TrainingError(
+            f"crop_samples {config.crop_samples} is longer than the records of "
+            f"{data.stores[0].path} ({manifest.n_samples} samples, "
+            f"{manifest.n_samples / manifest.fs:g} s at {manifest.fs:g} Hz): every crop would "
+            f"be the whole record. Set crop_samples to at most {manifest.n_samples} (e.g. "
+            f"{manifest.n_samples // 4})")
+
+
+def warn_of_small_splits(data: TrainingData) -> None:
+    """Log a warning per store for an empty split or labels with too few positives in a split
+    (``fedecg.data.store.split_problems``)."""
+    labels = data.manifest.diagnosis_columns + data.manifest.lab_label_columns
+    for store in data.stores:
+        for problem in split_problems(store.cohort, labels, store.manifest.site_name):
+            logger.warning(problem)
+
+
 class MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, truncated to a checkpoint's count on resume."""
+    """``metrics.jsonl``: one JSON record per line; on resume each model's records past its
+    checkpoint are dropped, every other model's are kept."""
 
     def __init__(self, path: Path, on_append: Callable[[dict[str, Any]], None] | None = None,
                  ) -> None:
@@ -77,13 +102,11 @@ class MetricsLog:
         self.lines = self.path.read_text().splitlines() if self.path.is_file() else []
         self.on_append = on_append
 
-    def truncate(self, count: int) -> None:
-        """Keep the first ``count`` records (those a checkpoint vouches for)."""
-        self._write(self.lines[:count])
-
-    def drop_model(self, name: str) -> None:
-        """Remove the records of model ``name`` (left by a run killed before its checkpoint)."""
-        self._write([line for line in self.lines if json.loads(line).get("model") != name])
+    def keep_model_until(self, name: str, count: int) -> None:
+        """Drop the records of model ``name`` after the first ``count`` lines (written after
+        its checkpoint, which vouches for ``count`` lines); other models' records stay."""
+        self._write([line for index, line in enumerate(self.lines)
+                     if index < count or json.loads(line).get("model") != name])
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a record, rewrite the file atomically, then tell ``on_append`` (progress)."""
@@ -130,7 +153,7 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
     stages = build_stages(config, pretrained=name == "transfer")
     saved = load_checkpoint(checkpoint)
     if saved is None:
-        log.drop_model(name)
+        log.keep_model_until(name, 0)
     position = Position(metric_lines=len(log.lines))
     if saved is not None:
         try:
@@ -142,7 +165,7 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
                 "their labels or features changed since; pass --overwrite to start again"
             ) from None
         position = saved["position"]
-        log.truncate(position.metric_lines)
+        log.keep_model_until(name, position.metric_lines)
     if position.done:
         return model
     for index in range(position.stage_index, len(stages)):
