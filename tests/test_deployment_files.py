@@ -112,6 +112,20 @@ def test_a_started_process_is_recognised_and_stopped(tmp_path):
     assert service.pid() is None and not service.pid_file.exists()
 
 
+def test_a_process_is_recognised_by_its_start_time_whatever_its_command_line_shows(tmp_path):
+    """/proc shows the parent's command line until the child execs: the identity must not
+    depend on when it was read (this race once made a starting SuperNode look refused)."""
+    service = Service(tmp_path, "supernode")
+    pid = service.start(["sleep", "60"], dict(os.environ))
+    recorded = json.loads(service.pid_file.read_text())
+    service.pid_file.write_text(json.dumps({**recorded, "cmdline": ["python3", "-c", "..."]}))
+    assert service.pid() == pid
+    service.pid_file.write_text(json.dumps({**recorded, "start_time": recorded["start_time"] - 1}))
+    assert service.pid() is None  # another start time: another process, not signalled
+    assert ProcessIdentity.of(pid) is not None
+    os.kill(pid, 9)
+
+
 def test_a_process_that_ends_at_start_leaves_no_pid_file(tmp_path):
     service = Service(tmp_path, "supernode")
     service.start(["sh", "-c", "echo refused; exit 1"], dict(os.environ))

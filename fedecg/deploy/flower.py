@@ -96,6 +96,13 @@ class ProcessIdentity:
         return cls(pid, start_time, [part.decode(errors="replace")
                                      for part in raw.split(b"\0") if part])
 
+    def same_process(self, other: ProcessIdentity | None) -> bool:
+        """Whether ``other`` is this process: same PID and start time. The command line is
+        kept for people to read, not compared: it changes when the child execs its program,
+        which may be after ``start`` recorded it."""
+        return other is not None and (other.pid, other.start_time) == (self.pid,
+                                                                        self.start_time)
+
 
 @dataclass(frozen=True)
 class Service:
@@ -125,7 +132,7 @@ class Service:
         recorded = self._recorded()
         if recorded is None:
             return None
-        if ProcessIdentity.of(recorded.pid) == recorded:
+        if recorded.same_process(ProcessIdentity.of(recorded.pid)):
             return recorded.pid
         self.pid_file.unlink(missing_ok=True)
         if _alive(recorded.pid):
@@ -170,9 +177,11 @@ class Service:
             process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env,
                                        start_new_session=True)
-        identity = ProcessIdentity.of(process.pid)
-        if identity is None:  # it ended at once: nothing to record, the log says why
+        running = ProcessIdentity.of(process.pid)
+        if running is None:  # it ended at once: nothing to record, the log says why
             return process.pid
+        # the command it was given, not /proc's, which may still be ours until it execs
+        identity = ProcessIdentity(process.pid, running.start_time, list(command))
         atomic_write_json(self.pid_file, dataclasses.asdict(identity))
         return process.pid
 
