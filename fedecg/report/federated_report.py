@@ -354,7 +354,10 @@ def per_label_section(page: HtmlPage, summary: Result) -> None:
 
     results = seed_results(summary)
     models = study_models(summary)
-    shown = ["federated"] if "deployment" in summary else list(SETTING_COLORS)
+    deployed = "deployment" in summary
+    shown = ["federated"] if deployed else list(SETTING_COLORS)
+    where = ("the hospitals' own test splits (example-weighted)" if deployed
+             else "the pooled test split")
     exported = "transfer" if "transfer" in models else models[0]
     page.heading("Per-label AUROC")
     for key, what in LABEL_TASKS:
@@ -373,7 +376,7 @@ def per_label_section(page: HtmlPage, summary: Result) -> None:
         page.figure(plot_grouped_bars(values, errors, colors=SETTING_COLORS,
                                       title=f"{exported}: {what} AUROC per label",
                                       missing=SINGLE_CLASS_NOTE),
-                    caption=f"{exported} (the exported model) on the pooled test split: "
+                    caption=f"{exported} (the exported model) on {where}: "
                             f"{', '.join(shown)}"
                             + ("; whiskers: ± sd over seeds. " if len(results) > 1
                                else f". {NO_LABEL_CI} ")
@@ -382,10 +385,11 @@ def per_label_section(page: HtmlPage, summary: Result) -> None:
         rows = [[label, *(cell(results, _label_lookups(m, key, label, ci=False)[s], "value")
                           for m, s in columns)] for label in labels]
         page.table(["label", *(f"{m} {s}" for m, s in columns)], rows,
-                   caption=f"{what.capitalize()} AUROC of each label on the pooled test split"
+                   caption=f"{what.capitalize()} AUROC of each label on {where}"
                            + ("" if len(results) == 1 else " (mean ± sd over seeds)")
-                           + "; —: a single class in the test split. Local-only: the mean "
-                           "over the site-alone models.")
+                           + "; —: a single class in the test split."
+                           + ("" if deployed else " Local-only: the mean over the site-alone "
+                              "models."))
 
 
 def _label_lookups(model: str, key: str, label: str, ci: bool = True) -> dict[str, Lookup]:
