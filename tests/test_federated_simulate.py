@@ -217,3 +217,32 @@ def test_a_killed_simulate_leaves_no_ray_process(store, tmp_path, signum):
                 proc.kill()
         if run.poll() is None:
             run.kill()
+
+
+@pytest.mark.parametrize("mode", ["client", "sample"])
+def test_the_python_study_api_never_runs_a_private_config_without_privacy(store, tmp_path,
+                                                                            monkeypatch, mode):
+    """`run_study` called from Python with a private config raises before any work unless the
+    privacy layer's apps are passed; with them the run is private (client level: every round
+    is in the server's ledger)."""
+    from fedecg.config.base import load_config
+    from fedecg.config.federated import SimulationConfig
+    from fedecg.errors import FederationError
+    from fedecg.federated.simulate import run_study
+    from fedecg.privacy.apps import client_app, client_level
+    from fedecg.privacy.client_dp import LEDGER_FILE
+
+    _fake_simulation(monkeypatch)
+    config = load_config(SimulationConfig, _study(tmp_path, store), [
+        f"privacy.mode={mode}", "privacy.target_epsilon=50"])
+    with pytest.raises(FederationError, match="would train without differential privacy"):
+        run_study(config, tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
+    if mode == "client":
+        run_study(config, tmp_path / "private", client_app=client_app, wrap_for=client_level)
+        ledger = tmp_path / "private" / "seed-0" / "transfer" / "federated" / LEDGER_FILE
+        from fedecg.privacy.accounting import Ledger
+
+        released = Ledger.from_record(json.loads(ledger.read_text()))
+        assert sum(steps for _, _, steps in released.history) == 3  # a round of each stage
+        assert 0 < released.epsilon() <= 50

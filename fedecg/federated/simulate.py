@@ -86,6 +86,7 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
     ``client_app`` (default: fedecg's plain ClientApp) and ``wrap_for`` (the server's strategy
     wrapper) are what the privacy layer passes (``fedecg.privacy.apps``).
     """
+    require_privacy_apps(plan.config, client_app, wrap_for)
     saved = load_checkpoint(Path(plan.out))
     if saved is not None and saved.position.done:
         return
@@ -121,6 +122,19 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
     if result["status"] != "ok":
         raise FederationError(f"federated {plan.model} run in {plan.out} failed: "
                               f"{result.get('reason', result['status'])}")
+
+
+def require_privacy_apps(config: SimulationConfig, client_app: ClientApp | None,
+                         wrap_for: WrapFor | None) -> None:
+    """Refuse to run a private config without the apps that apply its privacy: this layer's
+    defaults are fedecg's plain ClientApp and strategies, which would train without DP."""
+    privacy = config.privacy
+    if privacy.enabled and (client_app is None or wrap_for is None):
+        raise FederationError(
+            f"privacy.mode={privacy.mode} with target_epsilon={privacy.target_epsilon:g}: "
+            "this call would train without differential privacy; pass the privacy layer's "
+            "apps (client_app=fedecg.privacy.apps.client_app, "
+            "wrap_for=fedecg.privacy.apps.client_level), as `fedecg simulate` does")
 
 
 def baseline_config(config: SimulationConfig) -> TrainConfig:
@@ -217,6 +231,7 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
     wrapper (``fedecg.privacy.apps`` applies the config's ``privacy`` section; default:
     fedecg's plain apps). ``console`` shows the progress of preparing a synthesized twin.
     """
+    require_privacy_apps(config, client_app, wrap_for)
     say = say or log.info
     out = Path(out)
     prepare_run_dir(out, config, resume)
