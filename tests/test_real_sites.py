@@ -1,0 +1,115 @@
+"""Real hospital data as it comes: no labs, no ECG times, SNOMED or statement codes, labels a
+site does not record (unknown, never negative). Uses the 50 real PhysioNet Challenge 2021
+records in ../shared/data (read in place) and small generic sites built in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures.builders import make_challenge_site, make_generic_site
+
+from fedecg.config.data import CohortConfig, PrepareConfig
+from fedecg.data.cohort import build_cohort
+from fedecg.data.diagnoses import (
+    DEFAULT_DIAGNOSIS_LABELS,
+    ECG_DIAGNOSIS_LABELS,
+    recorded_labels,
+)
+from fedecg.data.prepare import SiteInput, load_input
+from fedecg.data.tables import Rejects
+from fedecg.errors import ConfigError
+
+CHALLENGE = "physionet-challenge-2021-sample"
+
+
+def _cohort(site: Path, **cohort: object) -> pd.DataFrame:
+    loaded = load_input(SiteInput(site), PrepareConfig(cohort=CohortConfig(**cohort)),
+                        Rejects("raise"))
+    return build_cohort(loaded.ecgs, loaded.tables, loaded.config.cohort).set_index("study_id")
+
+
+def _header_codes(records: Path) -> dict[str, set[str]]:
+    codes = {}
+    for header in records.glob("*.hea"):
+        line = next(ln for ln in header.read_text().splitlines() if ln.startswith("# Dx:"))
+        codes[header.stem] = {c.strip() for c in line.split(":", 1)[1].split(",")}
+    return codes
+
+
+def test_challenge_headers_give_snomed_labels_per_ecg(tmp_path: Path, shared_data: Path) -> None:
+    records = shared_data / CHALLENGE
+    cohort = _cohort(make_challenge_site(tmp_path, records))
+    codes = _header_codes(records)
+    assert len(cohort) == 50 and cohort["ecg_time"].isna().all()
+    for label in ECG_DIAGNOSIS_LABELS:  # every ECG: 1 exactly when its header has a code
+        expected = pd.Series({k: float(bool(v & set(label.snomed))) for k, v in codes.items()})
+        assert np.array_equal(cohort[f"dx_{label.name}"],
+                              expected.reindex(cohort.index)), label.name
+    assert cohort["dx_sinus_tachycardia"].sum() == 23  # 427084000, counted in the README
+    assert cohort.loc["E07500", "dx_atrial_enlargement"] == 1  # 67741000119109
+    assert cohort.loc["E07500", "age"] == 78 and cohort.loc["E07500", "sex_male"] == 1
+    assert set(cohort["source"]) == {"georgia", "ptb-xl", "chapman-ningbo"}
+    assert cohort.filter(like="abn_").isna().all().all()  # no labs: unknown, not negative
+
+
+def test_labels_without_codes_in_the_sites_vocabulary_are_unknown(
+        tmp_path: Path, shared_data: Path) -> None:
+    site = make_challenge_site(tmp_path, shared_data / CHALLENGE)
+    (site / "site.yaml").write_text("header_diagnoses: snomed\n")  # default (clinical) labels
+    cohort = _cohort(site)
+    known = [c for c in cohort.filter(like="dx_") if cohort[c].notna().any()]
+    assert known == ["dx_atrial_fibrillation", "dx_conduction_disease"]
+    assert cohort["dx_heart_failure"].isna().all() and cohort["dx_ckd"].isna().all()
+    conduction = set(DEFAULT_DIAGNOSIS_LABELS[5].snomed)
+    assert cohort["dx_conduction_disease"].sum() == sum(
+        bool(codes & conduction) for codes in _header_codes(shared_data / CHALLENGE).values())
+    assert cohort["dx_conduction_disease"].sum() == 3  # 59118001 x2, 713426002 x1
+    declared = _cohort(site, recorded_labels=["atrial_fibrillation"])
+    assert declared["dx_conduction_disease"].isna().all()
+    assert (declared["dx_atrial_fibrillation"] == 0).all()
+    with pytest.raises(ConfigError, match=r"recorded_labels: \['afib'\] are not labels"):
+        _cohort(site, recorded_labels=["afib"])
+
+
+def test_recorded_labels_by_vocabulary() -> None:
+    assert "lvh" not in recorded_labels(ECG_DIAGNOSIS_LABELS, {"icd10", "icd9"})
+    assert "lvh" in recorded_labels(ECG_DIAGNOSIS_LABELS, {"snomed"})
+    assert "axis_deviation" not in recorded_labels(ECG_DIAGNOSIS_LABELS, {"statement"})
+
+
+def test_encounter_rules_without_times(tmp_path: Path) -> None:
+    """No encounter → unknown; an encounter listed without codes → negative; the ECG's own
+    statements come first, then the encounter its row names."""
+    site = make_generic_site(tmp_path)
+    (site / "labs.csv").unlink()
+    (site / "vitals.csv").unlink()
+    (site / "ecgs.csv").write_text("ecg_id,patient_id,record_path,encounter_id\n"
+                                   "E1,P1,ecg/e1,V1\nE2,P1,ecg/e2,V9\nE3,P2,ecg/e3,V2\n")
+    (site / "diagnoses.csv").write_text(
+        "patient_id,encounter_id,ecg_id,code,code_system\n"
+        "P1,V1,,I48.0,icd10\n"          # E1's encounter: AF by ICD-10
+        "P1,V9,,,icd10\n"               # E2's encounter, listed without codes: all negative
+        "P2,V2,,I50.9,icd10\n"          # E3's encounter ...
+        "P2,,E3,afib,statement\n")      # ... but E3's own statements come first
+    (site / "site.yaml").write_text("diagnosis_labels: ecg\n")
+    cohort = _cohort(site)
+    assert cohort.loc["E1", "dx_atrial_fibrillation"] == 1
+    assert cohort.loc["E2"].filter(like="dx_").dropna().eq(0).all()
+    assert cohort.loc["E3", "dx_atrial_fibrillation"] == 1
+    assert cohort.loc["E3", "stay_kind"] == "ecg"
+    assert np.isnan(cohort.loc["E1", "dx_axis_deviation"])  # no ICD or statement code: unknown
+    assert cohort.loc["E1", "dx_sinus_rhythm"] == 0  # statements are used at this site
+    (site / "ecgs.csv").write_text("ecg_id,patient_id,record_path\nE1,P1,ecg/e1\n")
+    assert cohort.index.size == 3 and _cohort(site).filter(like="dx_").isna().all().all()
+
+
+def test_site_declaration_rejects_unknown_keys(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    (site / "site.yaml").write_text("labels: ecg\n")
+    with pytest.raises(ConfigError, match=r"site.yaml: unknown key\(s\) \['labels'\]"):
+        _cohort(site)
+    (site / "site.yaml").write_text("diagnosis_labels: ecg\n")
+    assert "dx_lvh" in _cohort(site) and "dx_lvh" not in _cohort(site, diagnosis_labels="clinical")
