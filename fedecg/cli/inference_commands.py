@@ -24,16 +24,23 @@ def predict(
     model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     wfdb: Path = typer.Option(..., "--wfdb", help=WFDB_HELP),
 ) -> None:
-    """Print JSON with diagnosis and lab-abnormality probabilities of one ECG."""
-    from fedecg.explain.inference import predict_signal, read_for_model
+    """Print JSON with diagnosis and lab-abnormality probabilities of one ECG.
+
+    Outputs the model never learned (per its card) are listed under ``not_learned`` with the
+    reason instead of a probability; ``diagnosis_flags`` marks diagnoses shown although their
+    validation AUROC is below the card's ``min_auroc`` or unknown.
+    """
+    from fedecg.explain.inference import predict_signal, read_for_model, results_of
 
     classifier, card = _load(model)
     signal = read_for_model(wfdb, card)
     prediction = predict_signal(classifier, card, signal)
+    shown = results_of(card, prediction)
     payload = {"model": card.model_name, "record": str(wfdb), "fs": card.fs,
                "n_samples": int(signal.shape[-1]), "n_crops": prediction.n_crops,
-               "diagnoses": _rounded(prediction.diagnoses),
-               "lab_abnormalities": _rounded(prediction.lab_abnormalities)}
+               "diagnoses": _rounded(shown.diagnoses), "diagnosis_flags": shown.flags,
+               "lab_abnormalities": _rounded(shown.lab_abnormalities),
+               "not_learned": shown.not_learned}
     typer.echo(json.dumps(payload, indent=2))
 
 
@@ -59,6 +66,8 @@ def explain(
     top: int = typer.Option(3, "--top", min=1, help="How many top diagnoses to explain."),
     method: str = typer.Option("integrated_gradients", "--method",
                                help="Attribution method: integrated_gradients or saliency."),
+    label: str | None = typer.Option(None, "--label",
+                                     help="Diagnosis to explain (default: the most probable)."),
 ) -> None:
     """Write explanation.json and explanation.png for one ECG."""
     from fedecg.explain.explanation import explain_record, write_explanation
@@ -71,7 +80,7 @@ def explain(
     classifier, card = _load(model)
     signal = read_for_model(wfdb, card)
     explanation = explain_record(classifier, card, signal, source=str(wfdb),
-                                 top_diagnoses=top, method=attribution)
+                                 top_diagnoses=top, method=attribution, label=label)
     json_path, png_path = write_explanation(explanation, signal, out)
     for item in explanation.top:
         labs = ", ".join(s.label for s in item.supporting_labs) or "none"

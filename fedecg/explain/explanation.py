@@ -16,8 +16,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from fedecg.errors import ConfigError
 from fedecg.explain.attribution import Method, attribute_diagnosis
-from fedecg.explain.inference import predict_signal
+from fedecg.explain.inference import predict_signal, results_of
 from fedecg.explain.support import SUPPORT_RULE, LabSupport, head_cosines, supporting_labs
 from fedecg.io import atomic_write_bytes, atomic_write_json
 from fedecg.models.classifier import EcgClassifier
@@ -55,6 +56,8 @@ class Explanation:
     lab_abnormalities: dict[str, float]
     top: list[DiagnosisExplanation]
     attribution_map: np.ndarray = field(repr=False)  # [12, T] in [0, 1], of top[0]
+    diagnosis_flags: dict[str, str] = field(default_factory=dict)
+    not_learned: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: every field but ``attribution_map``; probabilities sorted."""
@@ -68,21 +71,24 @@ class Explanation:
 def explain_record(model: EcgClassifier, card: ModelCard, signal: np.ndarray, source: str = "",
                    top_diagnoses: int = 3, method: Method = "integrated_gradients",
                    min_probability: float = 0.5, min_cosine: float = 0.1,
-                   top_labs: int = 5) -> Explanation:
+                   top_labs: int = 5, label: str | None = None) -> Explanation:
     """Explain a prepared ``[12, T]`` signal (``inference.prepare_record``) for ``model``.
 
-    The ``top_diagnoses`` most probable diagnoses are explained each by its supporting lab
-    abnormalities (``support.supporting_labs``) and the lead shares of its attribution.
+    The ``top_diagnoses`` most probable diagnoses (``label`` first when given) are explained
+    each by its supporting lab abnormalities (``support.supporting_labs``) and the lead shares
+    of its attribution. Outputs the card marks as never learned are left out: no such
+    diagnosis is explained, no such lab supports anything.
     """
     prediction = predict_signal(model, card, signal)
+    shown = results_of(card, prediction)
     cosines = head_cosines(model)  # [n_dx, n_lab]
-    ranked = [int(i) for i in np.argsort([-p for p in prediction.diagnoses.values()],
-                                         kind="stable")[:top_diagnoses]]
+    ranked = _ranked(card, shown.diagnoses, top_diagnoses, label, shown.not_learned)
     attributions = [attribute_diagnosis(model, card, signal, i, method=method) for i in ranked]
     top = [DiagnosisExplanation(
         label=card.diagnosis_labels[i], probability=prediction.diagnoses[card.diagnosis_labels[i]],
         supporting_labs=supporting_labs(cosines[i], prediction.lab_abnormalities,
-                                        min_probability, min_cosine, top_labs),
+                                        min_probability, min_cosine, top_labs,
+                                        exclude=shown.not_learned["lab"]),
         lead_shares=attribution.lead_shares) for i, attribution in zip(ranked, attributions,
                                                                        strict=True)]
     rule = SUPPORT_RULE.format(min_probability=min_probability, min_cosine=min_cosine,
@@ -90,10 +96,26 @@ def explain_record(model: EcgClassifier, card: ModelCard, signal: np.ndarray, so
     return Explanation(model_name=card.model_name, source=source, fs=card.fs,
                        leads=list(card.lead_order), n_crops=prediction.n_crops,
                        attribution_method=method, support_rule=rule,
-                       diagnoses=prediction.diagnoses,
-                       lab_abnormalities=prediction.lab_abnormalities, top=top,
-                       attribution_map=attributions[0].map if attributions
-                       else np.zeros_like(signal))
+                       diagnoses=shown.diagnoses, lab_abnormalities=shown.lab_abnormalities,
+                       top=top, attribution_map=attributions[0].map if attributions
+                       else np.zeros_like(signal), diagnosis_flags=shown.flags,
+                       not_learned=shown.not_learned)
+
+
+def _ranked(card: ModelCard, diagnoses: dict[str, float], count: int, label: str | None,
+            not_learned: dict[str, dict[str, str]]) -> list[int]:
+    """Indices (in ``card.diagnosis_labels``) of the diagnoses to explain: ``label`` first,
+    then the most probable shown ones."""
+    order = sorted(diagnoses, key=lambda name: -diagnoses[name])
+    if label is not None:
+        if label in not_learned["diagnosis"]:
+            raise ConfigError(f"--label {label!r}: {not_learned['diagnosis'][label]}; choose a "
+                              f"diagnosis the model learned, e.g. {order[:3]}")
+        if label not in diagnoses:
+            raise ConfigError(f"--label {label!r}: not a diagnosis of model "
+                              f"{card.model_name!r}; expected one of {card.diagnosis_labels}")
+        order = [label, *[name for name in order if name != label]]
+    return [card.diagnosis_labels.index(name) for name in order[:count]]
 
 
 def write_explanation(explanation: Explanation, signal: np.ndarray, out_dir: Path,

@@ -20,7 +20,7 @@ from fedecg.data.leads import CANONICAL_LEADS, canonical_lead_name
 from fedecg.data.waveform import EcgRecord, preprocess, read_ecg
 from fedecg.errors import StoreError
 from fedecg.models.classifier import EcgClassifier
-from fedecg.models.io import CARD_FILE, ModelCard
+from fedecg.models.io import CARD_FILE, LEARNED, ModelCard
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,30 @@ def predict_signal(model: EcgClassifier, card: ModelCard, signal: np.ndarray) ->
     return Prediction(diagnoses=dict(zip(card.diagnosis_labels, dx, strict=True)),
                       lab_abnormalities=dict(zip(card.lab_labels, lab, strict=True)),
                       n_crops=crop_count(card, ecg.shape[-1]))
+
+
+@dataclass(frozen=True)
+class Results:
+    """The outputs of a ``Prediction`` that are results, per the card's ``outputs``.
+
+    ``diagnoses`` and ``lab_abnormalities`` leave out what never learned (``not_learned``:
+    task → label → reason); ``flags`` gives the status of shown diagnoses that are not
+    ``learned`` (``below threshold``, ``unvalidated``). A card without ``outputs`` (an older
+    model) shows everything.
+    """
+
+    diagnoses: dict[str, float]
+    lab_abnormalities: dict[str, float]
+    flags: dict[str, str]
+    not_learned: dict[str, dict[str, str]]
+
+
+def results_of(card: ModelCard, prediction: Prediction) -> Results:
+    """The result outputs of ``prediction`` (see ``Results``)."""
+    hidden = {task: card.not_learned(task) for task in ("diagnosis", "lab")}
+    diagnoses = {k: v for k, v in prediction.diagnoses.items() if k not in hidden["diagnosis"]}
+    flags = {k: str(card.status("diagnosis", k)) for k in diagnoses
+             if card.status("diagnosis", k) not in (None, LEARNED)}
+    return Results(diagnoses=diagnoses, flags=flags, not_learned=hidden,
+                   lab_abnormalities={k: v for k, v in prediction.lab_abnormalities.items()
+                                      if k not in hidden["lab"]})

@@ -37,6 +37,7 @@ from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.server_app import WrapFor
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
+from fedecg.training.outputs import has_known, output_quality
 from fedecg.training.pipeline import data_summary, export_model, naive_results
 from fedecg.training.runner import MetricsLog, TrainingData, fit_model
 
@@ -215,8 +216,9 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
     """
     say = say or log.info
     out = Path(out)
-    prepare_run_dir(out, config, resume)
     store = ensure_store(config.data, say, console)
+    config = without_unlabelled_rounds(config, store, say)
+    prepare_run_dir(out, config, resume)
     partition_dir = ensure_partition(store, config.partition, out)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in config.seeds:
@@ -228,7 +230,8 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
         if seed == config.seeds[0]:
             name = "transfer" if "transfer" in exports else next(iter(exports))
             export_model(out, name, exports[name], sites.manifest, data_summary(sites),
-                         seeded.train, result["federated"][name])
+                         seeded.train, result["federated"][name],
+                         output_quality(exports[name], sites, seeded.train))
     summary = combine_seeds(per_seed)
     summary.update(seeds=config.seeds, model_names=list(config.train.models),
                    partition=_partition_summary(partition_dir, store),
@@ -237,6 +240,19 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
     collect_metrics(out, config)
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
+                              ) -> SimulationConfig:
+    """``config`` with no lab rounds when no site holds a known lab label (said once)."""
+    if config.federation.rounds.lab == 0 or has_known(TrainingData([SiteStore.open(store)]),
+                                                      "lab"):
+        return config
+    say("no site holds a known lab label (sites without labs): the lab stage is skipped; "
+        "the sites pretrain on what they have and train the diagnosis head")
+    federation = config.federation.model_copy(update={
+        "rounds": config.federation.rounds.model_copy(update={"lab": 0})})
+    return config.model_copy(update={"federation": federation})
 
 
 def combine_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:

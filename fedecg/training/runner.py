@@ -9,6 +9,7 @@ standardization on training rows, runs its stages (``build_stages``), appends on
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,29 +165,37 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
     val = data.dataset("val", stage.targets, config.crop_samples, False, config)
     optimizer = make_optimizer(activate(model, stage), settings.lr, settings.weight_decay)
     steps = len(epoch_loader(train, config.batch_size, 0, True, seed))
-    scheduler = warmup_cosine(optimizer, settings.epochs * steps, settings.warmup_fraction)
+    epochs = planned_epochs(settings, steps)
+    scheduler = warmup_cosine(optimizer, epochs * steps, settings.warmup_fraction)
     first = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         first = resume["position"].epoch
-    for epoch in range(first, settings.epochs):
+    for epoch in range(first, epochs):
         torch.manual_seed(derive_seed(seed, epoch))
         loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
-        label = f"{name} · {stage.name} {epoch + 1}/{settings.epochs}"
+        label = f"{name} · {stage.name} {epoch + 1}/{epochs}"
         start = time.perf_counter()
         logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
                            max_grad_norm=config.max_grad_norm,
                            on_step=_bind(on_step, label, steps))
         seconds = time.perf_counter() - start
         record = {"model": name, "stage": stage.name, "epoch": epoch + 1,
-                  "epochs": settings.epochs, "lr": scheduler.get_last_lr()[0],
+                  "epochs": epochs, "lr": scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
                   "examples_per_second": logs["examples"] / max(seconds, 1e-9)}
         record.update(validate(model, stage, val, data.names, config.eval.batch_size))
         log.append(record)
         save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
                         optimizer, scheduler)
+
+
+def planned_epochs(settings: StageConfig, steps_per_epoch: int) -> int:
+    """The stage's epochs, raised so that it takes at least ``settings.min_steps`` steps."""
+    if settings.epochs == 0 or steps_per_epoch == 0:
+        return settings.epochs
+    return max(settings.epochs, math.ceil(settings.min_steps / steps_per_epoch))
 
 
 def _bind(on_step: OnStep | None, label: str, total: int) -> Callable[[int], None] | None:

@@ -1,0 +1,116 @@
+"""A site without labs trains (the lab stage skipped, said once) and its lab outputs, which
+never trained, are never shown as results: model card, predict, explain."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers_train import TINY_CONFIG, make_store
+from typer.testing import CliRunner
+
+from fedecg.cli import app
+from fedecg.config.train import StageConfig
+from fedecg.models.io import CARD_MARKDOWN, load_inference_model
+from fedecg.training.runner import planned_epochs
+
+runner = CliRunner()
+CHAPMAN = "wfdb-samples/chapman-shaoxing/JS00001"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A trained run on a store whose lab values and labels are all unknown (no labs)."""
+    root = tmp_path_factory.mktemp("nolabs")
+    store = make_store(root / "store", n=80)
+    cohort = pd.read_parquet(store / "cohort.parquet")
+    unknown = [c for c in cohort if c.startswith(("abn_", "lab_"))]
+    cohort[unknown] = np.nan
+    cohort.to_parquet(store / "cohort.parquet", index=False)
+    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("fedecg").addHandler(handler)
+    try:
+        result = runner.invoke(app, ["train", "--store", str(store), "--out", str(root / "run"),
+                                     "--models", "signal-only,transfer", *sets])
+    finally:
+        logging.getLogger("fedecg").removeHandler(handler)
+    assert result.exit_code == 0, result.output
+    return root / "run", "\n".join(r.getMessage() for r in records)
+
+
+def test_lab_stage_is_skipped_and_said_once(run: tuple[Path, str]) -> None:
+    folder, output = run
+    stages = [json.loads(x)["stage"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["diagnosis", "pretrain", "diagnosis"]
+    assert yaml.safe_load((folder / "config.yaml").read_text())["lab"]["epochs"] == 0
+    assert output.count("the lab stage is skipped") == 1  # once for the run, not per model
+
+
+def test_card_records_untrained_labs_and_hides_them(run: tuple[Path, str]) -> None:
+    _, card = load_inference_model(run[0] / "model")
+    assert {e["status"] for e in card.outputs["lab"].values()} == {"untrained"}
+    assert set(card.not_learned("lab")) == set(card.lab_labels)
+    assert card.outputs["diagnosis"]["atrial_fibrillation"]["train_positives"] > 0
+    assert card.min_auroc == 0.6
+    text = (run[0] / "model" / CARD_MARKDOWN).read_text()
+    assert f"not learned, never shown as results ({len(card.lab_labels)})" in text
+
+
+def test_predict_and_explain_leave_untrained_labs_out(run: tuple[Path, str], shared_data: Path,
+                                                      tmp_path: Path) -> None:
+    model = run[0] / "model"
+    result = runner.invoke(app, ["predict", "--model", str(model),
+                                 "--wfdb", str(shared_data / CHAPMAN)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["lab_abnormalities"] == {}
+    assert payload["not_learned"]["lab"]["potassium_high"].startswith("not learned: never trained")
+    explained = runner.invoke(app, ["explain", "--model", str(model), "--wfdb",
+                                    str(shared_data / CHAPMAN), "--out", str(tmp_path / "x")])
+    assert explained.exit_code == 0, explained.output
+    data = json.loads((tmp_path / "x" / "explanation.json").read_text())
+    assert data["lab_abnormalities"] == {} and all(not t["supporting_labs"] for t in data["top"])
+    assert set(data["not_learned"]["lab"]) == {"potassium_high", "potassium_low",
+                                               "hemoglobin_low"}
+
+
+def test_explain_label_option_and_its_errors(run: tuple[Path, str], shared_data: Path,
+                                             tmp_path: Path) -> None:
+    model, record = run[0] / "model", str(shared_data / CHAPMAN)
+    chosen = runner.invoke(app, ["explain", "--model", str(model), "--wfdb", record, "--out",
+                                 str(tmp_path / "a"), "--label", "heart_failure", "--top", "1"])
+    assert chosen.exit_code == 0, chosen.output
+    data = json.loads((tmp_path / "a" / "explanation.json").read_text())
+    assert [t["label"] for t in data["top"]] == ["heart_failure"]
+    wrong = runner.invoke(app, ["explain", "--model", str(model), "--wfdb", record, "--out",
+                                str(tmp_path / "b"), "--label", "afib"])
+    assert wrong.exit_code == 1 and "--label 'afib': not a diagnosis" in wrong.output
+
+
+def test_min_steps_scales_epochs_for_small_sites() -> None:
+    settings = StageConfig(epochs=15, min_steps=300)
+    assert planned_epochs(settings, 2) == 150  # 150 training ECGs, batch 64: 2 steps an epoch
+    assert planned_epochs(settings, 40) == 15  # a large site keeps its epochs
+    assert planned_epochs(StageConfig(epochs=0, min_steps=300), 2) == 0  # off stays off
+
+
+def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> None:
+    store = make_store(tmp_path / "store", n=40)
+    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    with caplog.at_level(logging.WARNING):
+        result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "r"),
+                                     "--models", "signal-only", *sets])
+    assert result.exit_code == 0, result.output
+    text = " ".join(caplog.text.split())
+    assert "stage diagnosis: 1 optimizer steps (1 epochs x 1 of batch 16 on 24 training" in text
+    assert "stage pretrain" not in text  # signal-only does not pretrain
+    assert "raise diagnosis.epochs or set diagnosis.min_steps" in text
+    assert "positives in the test split" in text and "--cv K" in text
