@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from helpers_train import TINY_CONFIG, make_store
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.config.train import StageConfig
+from fedecg.data.store import SiteStore
 from fedecg.models.io import CARD_MARKDOWN, load_inference_model
-from fedecg.training.runner import planned_epochs
+from fedecg.training.data import CropDataset, epoch_loader
+from fedecg.training.runner import planned_passes
 
 runner = CliRunner()
 CHAPMAN = "wfdb-samples/chapman-shaoxing/JS00001"
@@ -95,11 +98,22 @@ def test_explain_label_option_and_its_errors(run: tuple[Path, str], shared_data:
     assert wrong.exit_code == 1 and "--label 'afib': not a diagnosis" in wrong.output
 
 
-def test_min_steps_scales_epochs_for_small_sites() -> None:
+def test_min_steps_adds_passes_for_small_sites() -> None:
     settings = StageConfig(epochs=15, min_steps=300)
-    assert planned_epochs(settings, 2) == 150  # 150 training ECGs, batch 64: 2 steps an epoch
-    assert planned_epochs(settings, 40) == 15  # a large site keeps its epochs
-    assert planned_epochs(StageConfig(epochs=0, min_steps=300), 2) == 0  # off stays off
+    assert planned_passes(settings, 2) == 10  # 150 training ECGs, batch 64: 2 steps a pass
+    assert planned_passes(settings, 40) == 1  # a large site: one pass an epoch
+    assert planned_passes(StageConfig(epochs=0, min_steps=300), 2) == 1  # off stays off
+
+
+def test_passes_draw_every_row_each_pass_with_fresh_crops(tmp_path: Path) -> None:
+    store = SiteStore.open(make_store(tmp_path / "store", n=20))
+    data = CropDataset([(store, store.indices("train"))], crop=50, train=True, seed=1)
+    loader = epoch_loader(data, batch_size=4, epoch=0, shuffle=True, seed=1, passes=3)
+    order = list(loader.sampler)
+    assert len(loader) == 3 * len(data) // 4 and sorted(o % len(data) for o in order) == sorted(
+        list(range(len(data))) * 3)
+    first, again = data[0]["ecg"], data[len(data)]["ecg"]  # the same row, a later pass
+    assert not torch.equal(first, again)
 
 
 def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> None:
@@ -114,3 +128,25 @@ def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> N
     assert "stage pretrain" not in text  # signal-only does not pretrain
     assert "raise diagnosis.epochs or set diagnosis.min_steps" in text
     assert "positives in the test split" in text and "--cv K" in text
+
+
+def test_cv_scores_every_ecg_once_out_of_fold(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", n=60)
+    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "cv"),
+                                 "--models", "signal-only", "--cv", "3", *sets])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
+    oof = pd.read_parquet(tmp_path / "cv" / "oof_predictions.parquet")
+    model = oof[oof["model"] == "signal-only"]
+    cohort = pd.read_parquet(store / "cohort.parquet")
+    scored = cohort[cohort[["dx_atrial_fibrillation", "dx_heart_failure"]].notna().any(axis=1)
+                    | cohort.filter(like="abn_").notna().any(axis=1)]
+    assert sorted(model["row"]) == sorted(scored.index)  # each ECG with a label, exactly once
+    assert set(model["fold"]) == {0, 1, 2}
+    af = summary["signal-only"]["diagnosis"]["labels"]["atrial_fibrillation"]
+    assert af["positives"] == int(cohort["dx_atrial_fibrillation"].sum())
+    assert af["auroc"] is not None and len(af["auroc_ci"]) == 2
+    naive = oof[oof["model"] == "naive"].groupby("fold")["p_dx_atrial_fibrillation"]
+    assert (naive.nunique() == 1).all()  # each fold's training prevalence, for every ECG
+    assert "signal-only: 3-fold out-of-fold dx macro AUROC" in result.output

@@ -72,6 +72,8 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the config)."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE config override."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    cv: int | None = typer.Option(None, "--cv", min=3, help="K-fold patient-grouped cross-"
+                                  "validation: out-of-fold per-label AUROC with CIs."),
 ) -> None:
     """Train signal-only, transfer and multimodal models; write metrics, model and report."""
     settings = load_config(TrainConfig, config, build_overrides(models, seed, overrides))
@@ -83,10 +85,32 @@ def train(
         def on_step(label: str, done: int, total: int) -> None:
             progress.update(task, description=label, completed=done, total=total)
 
-        summary = train_models(store, settings, out, overwrite=overwrite, on_step=on_step)
+        if cv is not None:
+            from fedecg.training.crossval import cross_validate
+
+            summary = cross_validate(store, settings, out, cv, overwrite, on_step)
+        else:
+            summary = train_models(store, settings, out, overwrite=overwrite, on_step=on_step)
+    if cv is not None:
+        for line in cv_lines(summary):
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"wrote {out}", highlight=False)
+        return
     report = write_report(out)
     console.print(one_line(summary), highlight=False, soft_wrap=True)
     console.print(f"wrote {out}" + (f" (report {report})" if report else ""), highlight=False)
+
+
+def cv_lines(summary: dict[str, Any]) -> list[str]:
+    """Per model: out-of-fold macro AUROC and each scored diagnosis label with its CI."""
+    lines = []
+    for name in [*summary["models"], "naive"]:
+        dx = summary[name]["diagnosis"]
+        labels = ", ".join(f"{label} {_fmt(v['auroc'])}{_ci(v['auroc_ci'])} ({v['positives']}+)"
+                           for label, v in dx["labels"].items() if v["auroc"] is not None)
+        lines.append(f"{name}: {summary['folds']}-fold out-of-fold dx macro AUROC "
+                     f"{_fmt(dx['macro_auroc'])}{_ci(dx['macro_auroc_ci'])}; {labels}")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -59,8 +59,8 @@ class StageConfig(StrictModel):
     """Shared settings of one training stage."""
 
     epochs: int = Field(5, ge=0)
-    min_steps: int = Field(0, ge=0, description="more epochs when needed so that the stage "
-                           "takes at least this many optimizer steps (small sites)")
+    min_steps: int = Field(0, ge=0, description="small sites: each epoch passes through the "
+                           "data as often as needed for the stage to take this many steps")
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)

@@ -37,7 +37,7 @@ from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.server_app import WrapFor
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.joint import JointModel
-from fedecg.training.outputs import has_known, output_quality
+from fedecg.training.outputs import budget_warnings, has_known, output_quality
 from fedecg.training.pipeline import data_summary, export_model, naive_results
 from fedecg.training.runner import MetricsLog, TrainingData, fit_model
 
@@ -220,6 +220,7 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
     config = without_unlabelled_rounds(config, store, say)
     prepare_run_dir(out, config, resume)
     partition_dir = ensure_partition(store, config.partition, out)
+    warn_small_sites(config, store, partition_dir, say)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in config.seeds:
         seeded = config.model_copy(update={"train": config.train.model_copy(
@@ -253,6 +254,18 @@ def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
     federation = config.federation.model_copy(update={
         "rounds": config.federation.rounds.model_copy(update={"lab": 0})})
     return config.model_copy(update={"federation": federation})
+
+
+def warn_small_sites(config: SimulationConfig, store: Path, partition_dir: Path,
+                     say: Say) -> None:
+    """Say, per site, which stages take few steps and which labels have few test positives."""
+    federation = config.federation
+    epochs = {stage: federation.rounds.of(stage) * federation.local_epochs
+              for stage in ("pretrain", "lab", "diagnosis")}
+    sites, _ = sites_of(store, partition_dir)
+    for site in sites.stores:
+        for line in budget_warnings(config.train, TrainingData([site]), epochs):
+            say(f"warning: site {site.manifest.site_name}: {line}")
 
 
 def combine_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from fedecg.models.joint import JointModel
 from fedecg.training.data import rows_with_targets
 from fedecg.training.evaluate import TASKS, predict
 from fedecg.training.metrics import label_metrics
-from fedecg.training.runner import TrainingData, planned_epochs
+from fedecg.training.runner import TrainingData, planned_passes
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,12 @@ def budget_warnings(config: TrainConfig, data: TrainingData,
             continue
         settings = getattr(config, stage)
         rows = sum(len(rows_with_targets(s, "train", targets)) for s in data.stores)
-        per_epoch = rows // config.batch_size if rows > config.batch_size else int(rows > 0)
-        count = (epochs or {}).get(stage, planned_epochs(settings, per_epoch))
-        steps = count * per_epoch
+        per_pass = rows // config.batch_size if rows > config.batch_size else int(rows > 0)
+        count = (epochs or {}).get(stage, settings.epochs)
+        passes = 1 if epochs else planned_passes(settings, per_pass)
+        steps = count * per_pass * passes
         if count and rows and steps < config.warn_below_steps:
-            lines.append(f"stage {stage}: {steps} optimizer steps ({count} epochs x {per_epoch} "
+            lines.append(f"stage {stage}: {steps} optimizer steps ({count} epochs x {per_pass} "
                          f"of batch {config.batch_size} on {rows} training ECGs), fewer than "
                          f"{config.warn_below_steps}: results may stay near chance; raise "
                          f"{stage}.epochs or set {stage}.min_steps")

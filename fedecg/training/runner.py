@@ -164,8 +164,9 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
                             f"{[str(s.path) for s in data.stores]}; expected at least 2")
     val = data.dataset("val", stage.targets, config.crop_samples, False, config)
     optimizer = make_optimizer(activate(model, stage), settings.lr, settings.weight_decay)
-    steps = len(epoch_loader(train, config.batch_size, 0, True, seed))
-    epochs = planned_epochs(settings, steps)
+    epochs = settings.epochs
+    passes = planned_passes(settings, len(epoch_loader(train, config.batch_size, 0, True, seed)))
+    steps = len(epoch_loader(train, config.batch_size, 0, True, seed, passes=passes))
     scheduler = warmup_cosine(optimizer, epochs * steps, settings.warmup_fraction)
     first = 0
     if resume is not None:
@@ -174,7 +175,8 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
         first = resume["position"].epoch
     for epoch in range(first, epochs):
         torch.manual_seed(derive_seed(seed, epoch))
-        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
+        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
+                              passes)
         label = f"{name} · {stage.name} {epoch + 1}/{epochs}"
         start = time.perf_counter()
         logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
@@ -191,11 +193,13 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
                         optimizer, scheduler)
 
 
-def planned_epochs(settings: StageConfig, steps_per_epoch: int) -> int:
-    """The stage's epochs, raised so that it takes at least ``settings.min_steps`` steps."""
-    if settings.epochs == 0 or steps_per_epoch == 0:
-        return settings.epochs
-    return max(settings.epochs, math.ceil(settings.min_steps / steps_per_epoch))
+def planned_passes(settings: StageConfig, steps_per_pass: int) -> int:
+    """Passes through the data per epoch: enough that the stage takes at least
+    ``settings.min_steps`` optimizer steps (1 on a site large enough)."""
+    planned = settings.epochs * steps_per_pass
+    if planned == 0 or planned >= settings.min_steps:
+        return 1
+    return math.ceil(settings.min_steps / planned)
 
 
 def _bind(on_step: OnStep | None, label: str, total: int) -> Callable[[int], None] | None:
