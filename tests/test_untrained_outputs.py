@@ -100,9 +100,12 @@ def test_explain_label_option_and_its_errors(run: tuple[Path, str], shared_data:
 
 def test_min_steps_adds_passes_for_small_sites() -> None:
     settings = StageConfig(epochs=15, min_steps=300)
-    assert planned_passes(settings, 2) == 10  # 150 training ECGs, batch 64: 2 steps a pass
-    assert planned_passes(settings, 40) == 1  # a large site: one pass an epoch
-    assert planned_passes(StageConfig(epochs=0, min_steps=300), 2) == 1  # off stays off
+    passes = planned_passes(settings, 150, 64)  # 150 training ECGs: 2 steps a pass
+    assert passes == 9 and 15 * (150 * passes // 64) >= 300 > 15 * (150 * (passes - 1) // 64)
+    assert planned_passes(settings, 38, 64) == 34  # fewer ECGs than a batch
+    assert 15 * (38 * 34 // 64) >= 300
+    assert planned_passes(settings, 2560, 64) == 1  # a large site: one pass an epoch
+    assert planned_passes(StageConfig(epochs=0, min_steps=300), 150, 64) == 1  # off stays off
 
 
 def test_passes_draw_every_row_each_pass_with_fresh_crops(tmp_path: Path) -> None:

@@ -95,8 +95,9 @@ def budget_warnings(config: TrainConfig, data: TrainingData,
         rows = sum(len(rows_with_targets(s, "train", targets)) for s in data.stores)
         per_pass = rows // config.batch_size if rows > config.batch_size else int(rows > 0)
         count = (epochs or {}).get(stage, settings.epochs)
-        passes = 1 if epochs else planned_passes(settings, per_pass)
-        steps = count * per_pass * passes
+        passes = 1 if epochs else planned_passes(settings, rows, config.batch_size)
+        steps = count * (rows * passes // config.batch_size if rows * passes > config.batch_size
+                         else 1)
         if count and rows and steps < config.warn_below_steps:
             lines.append(f"stage {stage}: {steps} optimizer steps ({count} epochs x {per_pass} "
                          f"of batch {config.batch_size} on {rows} training ECGs), fewer than "

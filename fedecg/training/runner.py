@@ -165,7 +165,7 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
     val = data.dataset("val", stage.targets, config.crop_samples, False, config)
     optimizer = make_optimizer(activate(model, stage), settings.lr, settings.weight_decay)
     epochs = settings.epochs
-    passes = planned_passes(settings, len(epoch_loader(train, config.batch_size, 0, True, seed)))
+    passes = planned_passes(settings, len(train), config.batch_size)
     steps = len(epoch_loader(train, config.batch_size, 0, True, seed, passes=passes))
     scheduler = warmup_cosine(optimizer, epochs * steps, settings.warmup_fraction)
     first = 0
@@ -193,13 +193,14 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
                         optimizer, scheduler)
 
 
-def planned_passes(settings: StageConfig, steps_per_pass: int) -> int:
-    """Passes through the data per epoch: enough that the stage takes at least
-    ``settings.min_steps`` optimizer steps (1 on a site large enough)."""
-    planned = settings.epochs * steps_per_pass
-    if planned == 0 or planned >= settings.min_steps:
+def planned_passes(settings: StageConfig, rows: int, batch_size: int) -> int:
+    """Passes through ``rows`` training rows per epoch: enough that the stage takes at least
+    ``settings.min_steps`` optimizer steps of ``batch_size`` (1 on a site large enough)."""
+    if settings.epochs == 0 or rows == 0:
         return 1
-    return math.ceil(settings.min_steps / planned)
+    if settings.epochs * max(rows // batch_size, 1) >= settings.min_steps:
+        return 1
+    return math.ceil(settings.min_steps * batch_size / (settings.epochs * rows))
 
 
 def _bind(on_step: OnStep | None, label: str, total: int) -> Callable[[int], None] | None:
