@@ -4,11 +4,13 @@ records in ../shared/data (read in place) and small generic sites built in tmp_p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fixtures.builders import make_challenge_site, make_generic_site
 
 from fedecg.config.data import CohortConfig, PrepareConfig
@@ -113,3 +115,48 @@ def test_site_declaration_rejects_unknown_keys(tmp_path: Path) -> None:
         _cohort(site)
     (site / "site.yaml").write_text("diagnosis_labels: ecg\n")
     assert "dx_lvh" in _cohort(site) and "dx_lvh" not in _cohort(site, diagnosis_labels="clinical")
+
+
+@pytest.mark.slow
+def test_challenge_site_end_to_end(tmp_path: Path, shared_data: Path) -> None:
+    """validate → prepare → train → predict → explain → simulate (3 natural sites) on the 50
+    Challenge records, without labs or times; tiny settings (the defaults differ only in size)."""
+    from typer.testing import CliRunner
+
+    from fedecg.cli import app
+
+    runner = CliRunner()
+    site = make_challenge_site(tmp_path, shared_data / CHALLENGE)
+    store, run = tmp_path / "store", tmp_path / "run"
+    checked = runner.invoke(app, ["validate", str(site)])
+    assert checked.exit_code == 0 and "warning: no labs" in checked.output
+    assert runner.invoke(app, ["prepare", "--site-dir", str(site), "--out", str(store)]
+                         ).exit_code == 0
+    tiny = {"crop_samples": 100, "batch_size": 16, "threads": 1,
+            "encoder": {"stem_width": 8, "widths": [8, 16], "blocks": [1, 1], "groups": 4},
+            "clinical": {"hidden": 16, "embedding_dim": 16},
+            "pretrain": {"projection_dim": 16, "epochs": 1}, "lab": {"epochs": 1},
+            "diagnosis": {"epochs": 2}, "eval": {"crops": 1, "bootstrap": 0}}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({**tiny, "models": ["transfer"]}))
+    trained = runner.invoke(app, ["train", "--store", str(store), "--out", str(run),
+                                  "--config", str(tmp_path / "train.yaml")])
+    assert trained.exit_code == 0, trained.output
+    record = str(shared_data / CHALLENGE / "HR06000")
+    predicted = runner.invoke(app, ["predict", "--model", str(run / "model"), "--wfdb", record])
+    payload = json.loads(predicted.output)
+    assert payload["lab_abnormalities"] == {} and len(payload["not_learned"]["lab"]) == 33
+    assert "sinus_tachycardia" in payload["diagnoses"]
+    explained = runner.invoke(app, ["explain", "--model", str(run / "model"), "--wfdb", record,
+                                    "--out", str(tmp_path / "why")])
+    assert explained.exit_code == 0, explained.output
+    study = {"data": {"store": str(store)}, "train": tiny,
+             "partition": {"method": "natural", "column": "source", "num_sites": 3},
+             "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    simulated = runner.invoke(app, ["simulate", "--config", str(tmp_path / "study.yaml"),
+                                    "--out", str(tmp_path / "sim")])
+    assert simulated.exit_code == 0, simulated.output
+    assert "the lab stage is skipped" in " ".join(simulated.output.split())
+    lines = [json.loads(x) for x in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
+    assert {x["site"] for x in lines if x["kind"] == "train"} == {"site0", "site1", "site2"}
+    assert "lab" not in {x["stage"] for x in lines}
