@@ -75,7 +75,8 @@ def test_predict_and_explain_leave_untrained_labs_out(run: tuple[Path, str], sha
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["lab_abnormalities"] == {}
-    assert payload["not_learned"]["lab"]["potassium_high"].startswith("not learned: never trained")
+    assert payload["not_learned"]["lab"]["potassium_high"] == (
+        "not learned: never trained (no training ECG has a known value)")
     explained = runner.invoke(app, ["explain", "--model", str(model), "--wfdb",
                                     str(shared_data / CHAPMAN), "--out", str(tmp_path / "x")])
     assert explained.exit_code == 0, explained.output
@@ -153,3 +154,42 @@ def test_cv_scores_every_ecg_once_out_of_fold(tmp_path: Path) -> None:
     naive = oof[oof["model"] == "naive"].groupby("fold")["p_dx_atrial_fibrillation"]
     assert (naive.nunique() == 1).all()  # each fold's training prevalence, for every ECG
     assert "signal-only: 3-fold out-of-fold dx macro AUROC" in result.output
+
+
+def test_explain_draws_a_window_of_a_long_record_at_its_own_rate(tmp_path: Path) -> None:
+    """38 s at 1000 Hz with a 2 ms pacing spike at 24 s: --window 20 shows 20-30 s at 1000 Hz,
+    the spike at full height (resampled to the model's 100 Hz it would be a fraction)."""
+    from fixtures.builders import fixture_signal, write_record
+    from inference_support import saved_model
+
+    from fedecg.data.leads import CANONICAL_LEADS
+    from fedecg.data.waveform import preprocess, read_ecg
+    from fedecg.explain.explanation import explain_record, explanation_figure, record_window
+    from fedecg.explain.inference import prepare_record
+    from fedecg.models.io import load_inference_model
+
+    signal = fixture_signal(1000, 38, list(CANONICAL_LEADS))
+    signal[24000:24002, :] += 2.5  # [T, 12]: a 2 ms spike on every lead
+    write_record(tmp_path / "long", signal, 1000, list(CANONICAL_LEADS))
+    model_dir = saved_model(tmp_path / "model", fs=100.0, crop_samples=250)
+    result = runner.invoke(app, ["explain", "--model", str(model_dir), "--wfdb",
+                                 str(tmp_path / "long"), "--out", str(tmp_path / "x"),
+                                 "--window", "20"])
+    assert result.exit_code == 0, result.output
+    model, card = load_inference_model(model_dir)
+    record = read_ecg(tmp_path / "long")
+    explanation = explain_record(model, card, prepare_record(record, card), top_diagnoses=1,
+                                 method="saliency")
+    trace = record_window(record, card, explanation.attribution_map, start_s=20)
+    assert trace.fs == 1000 and trace.signal.shape == (12, 10000) and trace.start_s == 20
+    spike = trace.signal[0, 4000:4002].max() - trace.signal[0, 3990]
+    resampled = preprocess(record, 100, 10.0, 3800)[0]
+    assert spike > 2.0 > resampled[2398:2403].max() - resampled[2390]
+    assert trace.attribution.shape == trace.signal.shape
+    figure = explanation_figure(explanation, trace)
+    labels = [t.get_text() for t in figure.axes[5].get_xticklabels()]
+    assert labels[0] == "20" and labels[-1] == "30"
+    late = runner.invoke(app, ["explain", "--model", str(model_dir), "--wfdb",
+                               str(tmp_path / "long"), "--out", str(tmp_path / "y"),
+                               "--window", "40"])
+    assert late.exit_code == 1 and "--window 40: the record" in " ".join(late.output.split())

@@ -68,20 +68,25 @@ def explain(
                                help="Attribution method: integrated_gradients or saliency."),
     label: str | None = typer.Option(None, "--label",
                                      help="Diagnosis to explain (default: the most probable)."),
+    window: float = typer.Option(0.0, "--window", min=0.0,
+                                 help="Start (s) of the 10 s shown of a longer record."),
 ) -> None:
     """Write explanation.json and explanation.png for one ECG."""
-    from fedecg.explain.explanation import explain_record, write_explanation
-    from fedecg.explain.inference import read_for_model
+    from fedecg.data.waveform import read_ecg
+    from fedecg.explain.explanation import explain_record, record_window, write_explanation
+    from fedecg.explain.inference import prepare_record
 
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out}: exists and is a file; expected a folder (new or "
                                 "existing) for explanation.json and explanation.png")
     attribution = _method(method)
     classifier, card = _load(model)
-    signal = read_for_model(wfdb, card)
+    record = read_ecg(wfdb)
+    signal = prepare_record(record, card)
     explanation = explain_record(classifier, card, signal, source=str(wfdb),
                                  top_diagnoses=top, method=attribution, label=label)
-    json_path, png_path = write_explanation(explanation, signal, out)
+    trace = record_window(record, card, explanation.attribution_map, window)
+    json_path, png_path = write_explanation(explanation, trace, out)
     for item in explanation.top:
         labs = ", ".join(s.label for s in item.supporting_labs) or "none"
         console.print(f"{item.label}: p={item.probability:.3f}; supported by {labs}",

@@ -50,7 +50,8 @@ def card_sampling(card: ModelCard, source: Path | str = CARD_FILE) -> tuple[floa
     return float(card.fs), float(clip)
 
 
-def _lead_rows(card: ModelCard) -> list[int]:
+def lead_rows(card: ModelCard) -> list[int]:
+    """Row of each of the card's leads in ``CANONICAL_LEADS`` order (how records are read)."""
     rows = []
     for name in card.lead_order:
         canonical = canonical_lead_name(name)
@@ -66,7 +67,7 @@ def prepare_record(record: EcgRecord, card: ModelCard) -> np.ndarray:
     fs, clip = card_sampling(card)
     n_samples = max(card.crop_samples, round(record.signal.shape[-1] * fs / record.fs))
     signal = preprocess(record, fs_out=fs, clip_mv=clip, n_samples=n_samples)
-    return np.ascontiguousarray(signal[_lead_rows(card)])
+    return np.ascontiguousarray(signal[lead_rows(card)])
 
 
 def read_for_model(path: Path, card: ModelCard) -> np.ndarray:

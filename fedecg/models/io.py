@@ -75,6 +75,8 @@ class ModelCard(StrictModel):
 
 def _reason(entry: dict[str, Any], threshold: float | None) -> str:
     status = entry.get("status")
+    if status == "untrained" and not entry.get("train_known"):
+        return "not learned: never trained (no training ECG has a known value)"
     if status == "untrained":
         return (f"not learned: never trained ({entry.get('train_positives', 0)} training "
                 f"positive(s) of {entry.get('train_known', 0)} known)")
