@@ -193,3 +193,13 @@ def test_explain_draws_a_window_of_a_long_record_at_its_own_rate(tmp_path: Path)
                                str(tmp_path / "long"), "--out", str(tmp_path / "y"),
                                "--window", "40"])
     assert late.exit_code == 1 and "--window 40: the record" in " ".join(late.output.split())
+
+
+def test_summary_has_per_label_auroc_cis_and_test_positives(run: tuple[Path, str]) -> None:
+    summary = json.loads((run[0] / "summary.json").read_text())
+    entry = summary["signal-only"]
+    for label, auroc in entry["diagnosis_auroc"].items():
+        low, high = entry["diagnosis_auroc_low"][label], entry["diagnosis_auroc_high"][label]
+        assert low <= high and low - 0.05 <= auroc <= high + 0.05  # percentile CI around it
+        assert entry["diagnosis_positives"][label] > 0
+    assert entry["lab_auroc_low"] == {} and entry["lab_positives"]["potassium_high"] == 0

@@ -26,7 +26,7 @@ from fedecg.data.cohort import patient_folds
 from fedecg.data.store import SiteStore
 from fedecg.errors import OutputExistsError
 from fedecg.io import atomic_write_bytes, atomic_write_json
-from fedecg.training.evaluate import TASKS, predict
+from fedecg.training.evaluate import TASKS, label_auroc_cis, predict
 from fedecg.training.metrics import bootstrap_macro, label_metrics, naive_scores
 from fedecg.training.outputs import budget_warnings, without_unlabelled_stages
 from fedecg.training.pipeline import open_stores
@@ -92,13 +92,12 @@ def _scores(parts: list[dict[str, np.ndarray]], names: dict[str, list[str]],
         y_true = np.concatenate([p[f"true_{key}"] for p in parts])
         y_score = np.concatenate([p[f"score_{key}"] for p in parts])
         metrics = label_metrics(y_true, y_score, names[task])
-        labels = {}
-        for j, label in enumerate(names[task]):
-            known = ~np.isnan(y_true[:, j])
-            ci = bootstrap_macro(y_true[:, [j]], y_score[:, [j]], config.eval.bootstrap,
-                                 config.eval.ci, config.seed)["auroc"]
-            labels[label] = {"auroc": metrics["auroc"].get(label), "auroc_ci": ci,
-                             "positives": int(np.nansum(y_true[:, j])), "known": int(known.sum())}
+        cis = label_auroc_cis(y_true, y_score, names[task], metrics["auroc"], config.eval,
+                              config.seed)
+        labels = {label: {"auroc": metrics["auroc"].get(label), "auroc_ci": cis.get(label),
+                          "positives": int(np.nansum(y_true[:, j])),
+                          "known": int(np.sum(~np.isnan(y_true[:, j])))}
+                  for j, label in enumerate(names[task])}
         macro_ci = bootstrap_macro(y_true, y_score, config.eval.bootstrap, config.eval.ci,
                                    config.seed)["auroc"]
         result[task] = {"macro_auroc": metrics["macro_auroc"], "macro_auroc_ci": macro_ci,
