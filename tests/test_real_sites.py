@@ -160,3 +160,27 @@ def test_challenge_site_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
     assert {x["site"] for x in lines if x["kind"] == "train"} == {"site0", "site1", "site2"}
     assert "lab" not in {x["stage"] for x in lines}
+
+
+def test_clinical_encoder_masks_groups_missing_for_every_row() -> None:
+    """A site without labs or vitals: those columns are NaN in every training row; they get
+    mean 0 / std 1, their mask bits are all 1, and embeddings stay finite and depend only on
+    what is known (age, sex)."""
+    import torch
+
+    from fedecg.models.clinical import ClinicalEncoder
+
+    rng = np.random.default_rng(0)
+    features = np.full((40, 6), np.nan)  # age, sex_male, then four never-measured columns
+    features[:, 0] = rng.normal(60, 10, 40)
+    features[:, 1] = rng.integers(0, 2, 40)
+    encoder = ClinicalEncoder(6, hidden=8, layers=1, embedding_dim=4).eval()
+    encoder.fit_normalization(features)
+    assert encoder.mean[2:].eq(0).all() and encoder.std[2:].eq(1).all()
+    inputs = encoder.inputs(torch.tensor(features, dtype=torch.float32))
+    assert torch.isfinite(inputs).all() and inputs[:, 8:].eq(1).all()
+    same = torch.tensor(features[:2], dtype=torch.float32)
+    same[1, :2] = same[0, :2]
+    embedded = encoder(same)
+    assert torch.isfinite(embedded).all() and torch.equal(embedded[0], embedded[1])
+    assert torch.isfinite(encoder(torch.full((1, 6), float("nan")))).all()
