@@ -59,7 +59,7 @@ def cross_validate(stores: list[Path], config: TrainConfig, out: Path, k: int,
     for fold in range(k):
         views = TrainingData([cv_view(s, k, fold, config.seed) for s in data.stores])
         if fold == 0:
-            for line in budget_warnings(config, views):
+            for line in budget_warnings(config, views, test_split=False):
                 log.warning("fold 1 of %d: %s", k, line)
         test = views.dataset("test", ("dx", "lab"), None, False, config)
         train = views.dataset("train", ("dx", "lab"), None, False, config)

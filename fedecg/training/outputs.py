@@ -81,9 +81,9 @@ STAGE_TARGETS = {"pretrain": ("clinical",), "lab": ("lab",), "diagnosis": ("dx",
 
 
 def budget_warnings(config: TrainConfig, data: TrainingData,
-                    epochs: dict[str, int] | None = None) -> list[str]:
-    """Lines warning of stages with fewer than ``warn_below_steps`` optimizer steps and of
-    labels with fewer than ``warn_below_test_positives`` test positives.
+                    epochs: dict[str, int] | None = None, test_split: bool = True) -> list[str]:
+    """Lines warning of stages with fewer than ``warn_below_steps`` optimizer steps and (with
+    ``test_split``) of labels with fewer than ``warn_below_test_positives`` test positives.
 
     ``epochs`` per stage replaces the config's (a federated site: rounds × local epochs).
     """
@@ -103,6 +103,8 @@ def budget_warnings(config: TrainConfig, data: TrainingData,
                          f"of batch {config.batch_size} on {rows} training ECGs), fewer than "
                          f"{config.warn_below_steps}: results may stay near chance; raise "
                          f"{stage}.epochs or set {stage}.min_steps")
+    if not test_split:
+        return lines
     test = data.dataset("test", ("dx",), None, False, config).dx.numpy()
     train = data.dataset("train", ("dx",), None, False, config).dx.numpy()
     few = [f"{name} ({int(np.nansum(test[:, j]))})"
