@@ -5,6 +5,7 @@ records in ../shared/data (read in place) and small generic sites built in tmp_p
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_recorded_labels_by_vocabulary() -> None:
     assert "axis_deviation" not in recorded_labels(ECG_DIAGNOSIS_LABELS, {"statement"})
 
 
-def test_encounter_rules_without_times(tmp_path: Path) -> None:
+def test_encounter_rules_without_times(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """No encounter → unknown; an encounter listed without codes → negative; the ECG's own
     statements come first, then the encounter its row names."""
     site = make_generic_site(tmp_path)
@@ -97,7 +98,9 @@ def test_encounter_rules_without_times(tmp_path: Path) -> None:
         "P2,V2,,I50.9,icd10\n"          # E3's encounter ...
         "P2,,E3,afib,statement\n")      # ... but E3's own statements come first
     (site / "site.yaml").write_text("diagnosis_labels: ecg\n")
-    cohort = _cohort(site)
+    with caplog.at_level(logging.WARNING, logger="fedecg"):
+        cohort = _cohort(site)
+    assert caplog.text.count("3 of 3 ECGs have no time: lab and vital linkage is off") == 1
     assert cohort.loc["E1", "dx_atrial_fibrillation"] == 1
     assert cohort.loc["E2"].filter(like="dx_").dropna().eq(0).all()
     assert cohort.loc["E3", "dx_atrial_fibrillation"] == 1

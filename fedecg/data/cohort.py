@@ -332,6 +332,15 @@ def _diagnoses(ecgs: pd.DataFrame, tables: ClinicalTables, labels: Sequence[Diag
     return pd.concat([stay, dx], axis=1)
 
 
+def _say_untimed(ecgs: pd.DataFrame) -> None:
+    """Log once how many ECGs have no time (they link no lab, vital or time-based encounter)."""
+    untimed = int(ecgs["ecg_time"].isna().sum())
+    if untimed:
+        log.warning("%d of %d ECGs have no time: lab and vital linkage is off for them; their "
+                    "labels come from the encounter they name or their own statements",
+                    untimed, len(ecgs))
+
+
 def build_cohort(ecgs: pd.DataFrame, tables: ClinicalTables,
                  config: CohortConfig) -> pd.DataFrame:
     """One row per ECG (DESIGN.md §3), in the order of ``ecgs``.
@@ -349,6 +358,7 @@ def build_cohort(ecgs: pd.DataFrame, tables: ClinicalTables,
         raise TableError(f"ECG index: missing column(s) {missing}; found {list(ecgs.columns)}")
     panel, labels = resolve_panel(config), resolve_diagnosis_set(config)
     ecgs = ecgs.reset_index(drop=True)
+    _say_untimed(ecgs)
     parts = [ecgs.drop(columns=["age"], errors="ignore"), _demographics(ecgs, tables.patients),
              _measurements(ecgs, tables.measurements, config),
              _labs(ecgs, tables.labs, panel, config), _diagnoses(ecgs, tables, labels, config)]
