@@ -174,7 +174,7 @@ def test_explain_draws_a_window_of_a_long_record_at_its_own_rate(tmp_path: Path)
     model_dir = saved_model(tmp_path / "model", fs=100.0, crop_samples=250)
     result = runner.invoke(app, ["explain", "--model", str(model_dir), "--wfdb",
                                  str(tmp_path / "long"), "--out", str(tmp_path / "x"),
-                                 "--window", "20"])
+                                 "--window", "20", "--method", "saliency", "--top", "1"])
     assert result.exit_code == 0, result.output
     model, card = load_inference_model(model_dir)
     record = read_ecg(tmp_path / "long")
@@ -191,7 +191,7 @@ def test_explain_draws_a_window_of_a_long_record_at_its_own_rate(tmp_path: Path)
     assert labels[0] == "20" and labels[-1] == "30"
     late = runner.invoke(app, ["explain", "--model", str(model_dir), "--wfdb",
                                str(tmp_path / "long"), "--out", str(tmp_path / "y"),
-                               "--window", "40"])
+                               "--window", "40", "--method", "saliency", "--top", "1"])
     assert late.exit_code == 1 and "--window 40: the record" in " ".join(late.output.split())
 
 
