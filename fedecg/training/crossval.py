@@ -8,7 +8,7 @@ site every ECG counts instead of one test fold. ``cross_validate`` writes into `
 
 * ``fold-<k>/``: that fold's ``metrics.jsonl`` and ``checkpoints/`` (rerunning resumes);
 * ``oof_predictions.parquet``: per model, ECG and label the out-of-fold probability;
-* ``cv_summary.json``: per model (and ``naive``, each fold's training prevalence) and task,
+* ``cv_summary.json``: per model (and ``naive``, each label's prevalence) and task,
   per-label ``auroc``, ``auroc_ci``, ``positives``, ``known``, plus ``macro_auroc(_ci)``.
 """
 
@@ -54,15 +54,13 @@ def cross_validate(stores: list[Path], config: TrainConfig, out: Path, k: int,
                                 "--out or pass --overwrite")
     data = open_stores(stores)
     config = without_unlabelled_stages(config, data)
-    rows: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in
-                                                    [*config.models, "naive"]}
+    rows: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in config.models}
     for fold in range(k):
         views = TrainingData([cv_view(s, k, fold, config.seed) for s in data.stores])
         if fold == 0:
             for line in budget_warnings(config, views, test_split=False):
                 log.warning("fold 1 of %d: %s", k, line)
         test = views.dataset("test", ("dx", "lab"), None, False, config)
-        train = views.dataset("train", ("dx", "lab"), None, False, config)
         part = {"fold": np.full(len(test), fold), "store": test.source_of, "row": test.row_of,
                 **{f"true_{key}": getattr(test, key).numpy().astype(np.float64)
                    for key in TASKS.values()}}
@@ -75,14 +73,23 @@ def cross_validate(stores: list[Path], config: TrainConfig, out: Path, k: int,
             scores = predict(model, test, config.crop_samples, config.eval.crops,
                              config.eval.batch_size)
             rows[name].append({**part, **{f"score_{key}": scores[key] for key in TASKS.values()}})
-        rows["naive"].append({**part, **{f"score_{key}": naive_scores(
-            getattr(train, key).numpy(), len(test)) for key in TASKS.values()}})
+    rows["naive"] = _naive(rows[config.models[0]])
     summary = {name: _scores(parts, data.names, config) for name, parts in rows.items()}
     summary.update(folds=k, seed=config.seed, models=list(config.models),
                    stores=[str(s.path) for s in data.stores])
     _write_predictions(out / PREDICTIONS_FILE, rows, data.names)
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _naive(parts: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The naive baseline: every ECG scored with its label's prevalence, one constant (each
+    fold's own training prevalence would be anti-correlated with its held-out fold and score
+    below 0.5 when pooled)."""
+    truth = {key: np.concatenate([p[f"true_{key}"] for p in parts]) for key in TASKS.values()}
+    return [{**{k: v for k, v in part.items() if not k.startswith("score_")},
+             **{f"score_{key}": naive_scores(truth[key], len(part["row"]))
+                for key in TASKS.values()}} for part in parts]
 
 
 def _scores(parts: list[dict[str, np.ndarray]], names: dict[str, list[str]],
@@ -110,12 +117,12 @@ def _write_predictions(path: Path, rows: dict[str, list[dict[str, np.ndarray]]],
     frames = []
     for model, parts in rows.items():
         for part in parts:
-            frame = pd.DataFrame({"model": model, "fold": part["fold"], "store": part["store"],
-                                  "row": part["row"]})
+            columns = {"model": model, "fold": part["fold"], "store": part["store"],
+                       "row": part["row"]}
             for task, key in TASKS.items():
                 for j, label in enumerate(names[task]):
-                    frame[f"{key}_{label}"] = part[f"true_{key}"][:, j]
-                    frame[f"p_{key}_{label}"] = part[f"score_{key}"][:, j]
-            frames.append(frame)
+                    columns[f"{key}_{label}"] = part[f"true_{key}"][:, j]
+                    columns[f"p_{key}_{label}"] = part[f"score_{key}"][:, j]
+            frames.append(pd.DataFrame(columns))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     atomic_write_bytes(path, table.to_parquet(index=False))
