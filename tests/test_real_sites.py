@@ -187,3 +187,17 @@ def test_clinical_encoder_masks_groups_missing_for_every_row() -> None:
     embedded = encoder(same)
     assert torch.isfinite(embedded).all() and torch.equal(embedded[0], embedded[1])
     assert torch.isfinite(encoder(torch.full((1, 6), float("nan")))).all()
+
+
+def test_the_client_readme_example_site(tmp_path: Path) -> None:
+    """client/example_site: the runnable example of client/README.md, labels as it says."""
+    site = Path(__file__).resolve().parents[1] / "client" / "example_site"
+    cohort = _cohort(site)
+    assert cohort["dx_atrial_fibrillation"].to_dict() == {
+        "E01": 0, "E02": 1, "E03": 0, "E04": 0, "E05": 1, "E06": 0, "E07": 0, "E08": 1,
+        "E09": 0, "E10": 1, "E11": 0, "E12": 0}
+    assert cohort.loc["E07", "dx_sinus_tachycardia"] == 1  # R00.0
+    assert cohort.loc["E03", "dx_sinus_tachycardia"] == 1  # statement STACH
+    assert cohort.loc["E04"].filter(like="dx_").dropna().eq(0).all()  # listed without codes
+    assert cohort.loc[["E09", "E10", "E11", "E12"], "stay_kind"].eq("ecg").all()
+    assert cohort.filter(like="abn_").isna().all().all() and cohort["ecg_time"].isna().all()
