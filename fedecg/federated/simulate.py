@@ -122,12 +122,13 @@ def _stop_ray() -> None:
 
 
 def baseline_config(config: SimulationConfig) -> TrainConfig:
-    """The centralized config with the federated run's epochs per stage."""
+    """The centralized config with the federated run's epochs per stage (and one pass per
+    epoch: ``min_steps`` does not apply to federated rounds, so it does not to baselines)."""
     federation = config.federation
     train = config.train
     return train.model_copy(update={
         stage: getattr(train, stage).model_copy(update={
-            "epochs": federation.rounds.of(stage) * federation.local_epochs})
+            "epochs": federation.rounds.of(stage) * federation.local_epochs, "min_steps": 0})
         for stage in ("pretrain", "lab", "diagnosis")})
 
 
