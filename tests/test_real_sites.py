@@ -111,6 +111,11 @@ def test_encounter_rules_without_times(tmp_path: Path, caplog: pytest.LogCapture
     assert cohort.index.size == 3 and _cohort(site).filter(like="dx_").isna().all().all()
 
 
+def test_an_empty_lab_panel_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cohort\.lab_panel is empty.*leave it null"):
+        _cohort(make_generic_site(tmp_path), lab_panel=[])
+
+
 def test_site_declaration_rejects_unknown_keys(tmp_path: Path) -> None:
     site = make_generic_site(tmp_path)
     (site / "site.yaml").write_text("labels: ecg\n")

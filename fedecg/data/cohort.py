@@ -67,6 +67,10 @@ def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:
     """The configured lab panel, validated (default ``DEFAULT_LAB_PANEL``)."""
     if config.lab_panel is None:
         return DEFAULT_LAB_PANEL
+    if not config.lab_panel:
+        raise ConfigError("cohort.lab_panel is empty; expected at least one lab. A site without "
+                          "labs keeps the panel (leave it null): its lab values are unknown and "
+                          "training skips the lab stage")
     panel = tuple(validate_config(LabDefinition, item, f"cohort.lab_panel[{i}]")
                   for i, item in enumerate(config.lab_panel))
     _check_unique([lab.name for lab in panel], "cohort.lab_panel", "lab name")
