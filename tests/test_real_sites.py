@@ -23,7 +23,7 @@ from fedecg.data.diagnoses import (
 )
 from fedecg.data.prepare import SiteInput, load_input
 from fedecg.data.tables import Rejects
-from fedecg.errors import ConfigError
+from fedecg.errors import ConfigError, TableError
 
 CHALLENGE = "physionet-challenge-2021-sample"
 
@@ -206,3 +206,21 @@ def test_the_client_readme_example_site(tmp_path: Path) -> None:
     assert cohort.loc["E04"].filter(like="dx_").dropna().eq(0).all()  # listed without codes
     assert cohort.loc[["E09", "E10", "E11", "E12"], "stay_kind"].eq("ecg").all()
     assert cohort.filter(like="abn_").isna().all().all() and cohort["ecg_time"].isna().all()
+
+
+def test_diagnosis_rows_that_link_nothing_or_name_no_vocabulary_are_bad_rows(
+        tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    (site / "diagnoses.csv").write_text("patient_id,encounter_id,code,code_system\n"
+                                        "P1,V1,I50.9,icd10\nP1,,I48.0,icd10\nP2,V2,X,loinc\n")
+    with pytest.raises(TableError, match=r"line 4, column 'code_system': 'loinc' is not icd9, "
+                                         r"icd10, snomed or statement"):
+        _cohort(site)
+    (site / "diagnoses.csv").write_text("patient_id,encounter_id,code,code_system\n"
+                                        "P1,V1,I50.9,icd10\nP1,,I48.0,icd10\n")
+    with pytest.raises(TableError, match=r"line 3, column 'ecg_id': empty is not an ecg_id, an "
+                                         r"encounter_id, or start_time and end_time"):
+        _cohort(site)
+    (site / "diagnoses.csv").write_text("patient_id,encounter_id,diagnosis\nP1,V1,I50.9\n")
+    with pytest.raises(TableError, match="no code column; expected 'code'"):
+        _cohort(site)
