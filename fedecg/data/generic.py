@@ -257,12 +257,12 @@ def _diagnoses(site_dir: Path, rejects: Rejects, statements: pd.DataFrame | None
     frame = frame.assign(stay_id=keys, kind=kind)
     frame = drop_bad_rows(frame, ~frame["kind"].isin(["admission", "ed", "ecg"]).to_numpy(), path,
                           "kind", "'admission' or 'ed' (or empty for admission)", rejects)
-    stays = frame.drop_duplicates("stay_id")[["patient_id", "stay_id", "start_time", "end_time",
-                                              "kind"]]
-    stays = stays.rename(columns={"patient_id": "subject_id", "start_time": "start",
-                                  "end_time": "end"}).reset_index(drop=True)
-    stays["study_id"] = frame.drop_duplicates("stay_id")["ecg_id"].astype("str").where(
-        frame.drop_duplicates("stay_id")["ecg_id"].notna()).str.strip().to_numpy()
+    first = frame.drop_duplicates("stay_id")
+    stays = pd.DataFrame({"subject_id": first["patient_id"], "stay_id": first["stay_id"],
+                          "start": first["start_time"], "end": first["end_time"],
+                          "kind": first["kind"],  # study_id: the ECG a statement stay belongs to
+                          "study_id": first["ecg_id"].astype("str").str.strip().where(
+                              first["ecg_id"].notna())}).reset_index(drop=True)
     diagnoses = pd.DataFrame({"stay_id": frame["stay_id"].to_numpy(),
                               "code": frame["code"].fillna("").to_numpy(),
                               "system": frame["code_system"].to_numpy()})
