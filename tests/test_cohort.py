@@ -175,8 +175,8 @@ def test_nearest_events_respects_window_and_ties() -> None:
 
 
 def test_diagnosis_prefixes_match_by_version() -> None:
-    dx = pd.DataFrame({"stay_id": ["a", "a", "b"], "icd_code": ["I48.0", "42731", "4280"],
-                       "icd_version": [10, 10, 9]})
+    dx = pd.DataFrame({"stay_id": ["a", "a", "b"], "code": ["I48.0", "42731", "4280"],
+                       "system": ["icd10", "icd10", "icd9"]})
     matrix = diagnosis_matrix(dx, resolve_diagnosis_set(CohortConfig()))
     assert matrix.loc["a", "dx_atrial_fibrillation"] == 1  # 42731 as ICD-10 does not count
     assert matrix.loc["b", "dx_heart_failure"] == 1

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from federated_support import TINY_TRAIN, make_store
@@ -215,3 +216,20 @@ def test_a_site_error_becomes_one_line(reason, expected):
     from fedecg.federated.strategies import error_reason
 
     assert error_reason(Error(code=2, reason=reason)) == expected
+
+
+def test_sites_without_labs_skip_the_lab_stage(tmp_path, caplog):
+    """Deployed studies have no store at the server: when every site reports 0 lab examples in
+    the first lab round, the server skips the stage (said once) and goes on to diagnosis."""
+    store = make_store(tmp_path / "store", n_patients=20)
+    cohort = pd.read_parquet(store / "cohort.parquet")
+    cohort[[c for c in cohort if c.startswith(("abn_", "lab_"))]] = np.nan
+    cohort.to_parquet(store / "cohort.parquet", index=False)
+    with caplog.at_level(logging.WARNING, logger="fedecg"):
+        plan = _run(_config(store), tmp_path, model="signal-only")
+    assert read_result(Path(plan.out))["status"] == "ok"
+    assert caplog.text.count("the lab stage is skipped") == 1
+    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    lab = [x for x in lines if x["stage"] == "lab" and x["kind"] == "train"]
+    assert lab and all(x["num-examples"] == 0 for x in lab)
+    assert {x["stage"] for x in lines if x["kind"] == "evaluate"} == {"diagnosis"}

@@ -219,7 +219,7 @@ def test_diagnoses_match_labels_and_real_icd_titles(twin: Path, shared_data: Pat
     assert len(both) == len(titles) and (both["long_title"] == both["long_title_real"]).all()
     assert set(zip(dx["icd_code"], dx["icd_version"], strict=True)) == set(
         zip(titles["icd_code"], titles["icd_version"], strict=True))
-    matched = [any(label.matches(c, v) for label in DEFAULT_DIAGNOSIS_LABELS)
+    matched = [any(label.matches(c, f"icd{v}") for label in DEFAULT_DIAGNOSIS_LABELS)
                for c, v in zip(dx["icd_code"], dx["icd_version"], strict=True)]
     assert 0 < np.mean(matched) < 1  # label codes plus unrelated filler
 

@@ -79,9 +79,9 @@ def test_cli_exits_non_zero_when_every_record_is_unreadable(tmp_path: Path) -> N
 
 def test_cli_exits_non_zero_on_missing_table_and_empty_index(tmp_path: Path) -> None:
     site = make_generic_site(tmp_path)
-    (site / "labs.csv").unlink()
+    (site / "diagnoses.csv").unlink()
     missing = runner.invoke(app, ["validate", str(site)])
-    assert missing.exit_code == 1 and "table 'labs' not found" in missing.output
+    assert missing.exit_code == 1 and "table 'diagnoses' not found" in missing.output
     empty = make_generic_site(tmp_path / "b")
     write_table(empty, "ecgs", "ecg_id,patient_id,record_path,ecg_time\n")
     result = runner.invoke(app, ["validate", str(empty)])
@@ -94,6 +94,19 @@ def test_cli_flags_sites_whose_labs_do_not_link(tmp_path: Path) -> None:
     (site / "labs.csv").write_text(labs)
     result = runner.invoke(app, ["validate", str(site)])
     assert result.exit_code == 1 and "no ECG has any panel lab" in result.output
+
+
+def test_site_without_labs_or_times_is_a_warning_not_fatal(tmp_path: Path) -> None:
+    site = make_generic_site(tmp_path)
+    (site / "labs.csv").unlink()
+    result = runner.invoke(app, ["validate", str(site)])
+    assert result.exit_code == 0, result.output
+    assert "warning: no labs: lab features and lab-abnormality labels are unknown" in (
+        " ".join(result.output.split()))
+    ecgs = (site / "ecgs.csv").read_text().splitlines()
+    (site / "ecgs.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in ecgs) + "\n")
+    result = runner.invoke(app, ["validate", str(site)])
+    assert result.exit_code == 0 and "no ECG has a time" in " ".join(result.output.split())
 
 
 def test_cli_store_and_unknown_folder(tmp_path: Path) -> None:

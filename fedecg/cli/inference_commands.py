@@ -24,17 +24,24 @@ def predict(
     model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     wfdb: Path = typer.Option(..., "--wfdb", help=WFDB_HELP),
 ) -> None:
-    """Print JSON with diagnosis and lab-abnormality probabilities of one ECG."""
-    from fedecg.explain.inference import predict_signal, read_for_model
+    """Print JSON with diagnosis and lab-abnormality probabilities of one ECG.
+
+    Outputs the model never learned (per its card) are listed under ``not_learned`` with the
+    reason instead of a probability; ``diagnosis_flags`` marks diagnoses shown although their
+    validation AUROC is below the card's ``min_auroc`` or unknown.
+    """
+    from fedecg.explain.inference import predict_signal, read_for_model, results_of
 
     classifier, card = _load(model)
-    signal, problem = read_for_model(wfdb, card)
+    _, signal, problem = read_for_model(wfdb, card)
     prediction = predict_signal(classifier, card, signal)
+    shown = results_of(card, prediction)
     payload = {"model": card.model_name, "record": str(wfdb), "fs": card.fs,
                "n_samples": int(signal.shape[-1]), "n_crops": prediction.n_crops,
                "warnings": [] if problem is None else [problem],
-               "diagnoses": _rounded(prediction.diagnoses),
-               "lab_abnormalities": _rounded(prediction.lab_abnormalities)}
+               "diagnoses": _rounded(shown.diagnoses), "diagnosis_flags": shown.flags,
+               "lab_abnormalities": _rounded(shown.lab_abnormalities),
+               "not_learned": shown.not_learned}
     typer.echo(json.dumps(payload, indent=2))
 
 
@@ -60,9 +67,13 @@ def explain(
     top: int = typer.Option(3, "--top", min=1, help="How many top diagnoses to explain."),
     method: str = typer.Option("integrated_gradients", "--method",
                                help="Attribution method: integrated_gradients or saliency."),
+    label: str | None = typer.Option(None, "--label",
+                                     help="Diagnosis to explain (default: the most probable)."),
+    window: float = typer.Option(0.0, "--window", min=0.0,
+                                 help="Start (s) of the 10 s shown of a longer record."),
 ) -> None:
     """Write explanation.json and explanation.png for one ECG."""
-    from fedecg.explain.explanation import explain_record, write_explanation
+    from fedecg.explain.explanation import explain_record, record_window, write_explanation
     from fedecg.explain.inference import read_for_model
 
     if out.exists() and not out.is_dir():
@@ -70,10 +81,11 @@ def explain(
                                 "existing) for explanation.json and explanation.png")
     attribution = _method(method)
     classifier, card = _load(model)
-    signal, _problem = read_for_model(wfdb, card)  # a problem is logged as a warning
+    record, signal, _problem = read_for_model(wfdb, card)  # a problem is logged as a warning
     explanation = explain_record(classifier, card, signal, source=str(wfdb),
-                                 top_diagnoses=top, method=attribution)
-    json_path, png_path = write_explanation(explanation, signal, out)
+                                 top_diagnoses=top, method=attribution, label=label)
+    trace = record_window(record, card, explanation.attribution_map, window)
+    json_path, png_path = write_explanation(explanation, trace, out)
     for item in explanation.top:
         labs = ", ".join(s.label for s in item.supporting_labs) or "none"
         console.print(f"{item.label}: p={item.probability:.3f}; supported by {labs}",

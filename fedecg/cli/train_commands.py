@@ -122,6 +122,8 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
     quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
     log_json: bool = typer.Option(False, "--log-json", help=LOG_JSON_HELP),
+    cv: int | None = typer.Option(None, "--cv", min=3, help="K-fold patient-grouped cross-"
+                                  "validation: out-of-fold per-label AUROC with CIs."),
 ) -> None:
     """Train signal-only, transfer and multimodal models; write metrics, model and report.
 
@@ -141,17 +143,45 @@ def train(
             def on_step(label: str, done: int, total: int) -> None:
                 bar.update(task, description=label, completed=done, total=total)
 
-            summary = train_models(store, settings, out, overwrite=overwrite, on_step=on_step,
-                                   on_epoch=on_epoch)
+            summary = _run(store, settings, out, cv, overwrite, on_step, on_epoch)
     else:
-        summary = train_models(store, settings, out, overwrite=overwrite, on_epoch=on_epoch)
+        summary = _run(store, settings, out, cv, overwrite, None, on_epoch)
     record_command(out, started)
+    if cv is not None:
+        for line in cv_lines(summary):
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"wrote {out}", highlight=False)
+        return
     report = write_report(out)
     console.print(one_line(summary), highlight=False, soft_wrap=True)
     console.print(f"wrote {out}" + (f" (report {report})" if report else ""), highlight=False)
     progress.result({"out": str(out), "report": str(report) if report else None,
                      **{name: {k: summary.get(name, {}).get(k) for k in RESULT_KEYS}
                         for name in [*summary.get("models", []), "naive"]}})
+
+
+def _run(store: list[Path], settings: TrainConfig, out: Path, cv: int | None, overwrite: bool,
+         on_step: Callable[[str, int, int], None] | None,
+         on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train the models, or cross-validate them with ``cv`` folds."""
+    if cv is None:
+        return train_models(store, settings, out, overwrite=overwrite, on_step=on_step,
+                            on_epoch=on_epoch)
+    from fedecg.training.crossval import cross_validate
+
+    return cross_validate(store, settings, out, cv, overwrite, on_step)
+
+
+def cv_lines(summary: dict[str, Any]) -> list[str]:
+    """Per model: out-of-fold macro AUROC and each scored diagnosis label with its CI."""
+    lines = []
+    for name in [*summary["models"], "naive"]:
+        dx = summary[name]["diagnosis"]
+        labels = ", ".join(f"{label} {_fmt(v['auroc'])}{_ci(v['auroc_ci'])} ({v['positives']}+)"
+                           for label, v in dx["labels"].items() if v["auroc"] is not None)
+        lines.append(f"{name}: {summary['folds']}-fold out-of-fold dx macro AUROC "
+                     f"{_fmt(dx['macro_auroc'])}{_ci(dx['macro_auroc_ci'])}; {labels}")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,12 @@
 The lab panel and the diagnosis set are plain mappings here because their typed models
 (``fedecg.data.labs.LabDefinition``, ``fedecg.data.diagnoses.DiagnosisLabel``) live one layer up;
 ``fedecg.data.cohort.resolve_panel`` / ``resolve_diagnosis_set`` validate them, and leaving them
-out (``null``) means the defaults ``DEFAULT_LAB_PANEL`` / ``DEFAULT_DIAGNOSIS_LABELS``.
+out (``null``) means the defaults ``DEFAULT_LAB_PANEL`` / ``DEFAULT_DIAGNOSIS_LABELS``. The
+diagnosis set may also name a built-in set (``clinical`` or ``ecg``).
+
+What a site records (``SITE_DECLARATION_KEYS``: its label set, the labels it records, diagnoses in
+WFDB headers) may also be declared by a generic site in its own ``site.yaml``; values set here
+take precedence.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from pydantic import Field, model_validator
 from fedecg.config.base import StrictModel
 
 OnError = Literal["raise", "skip"]
+LabelSetName = Literal["clinical", "ecg"]
+HeaderDiagnoses = Literal["snomed"]
+SITE_DECLARATION_KEYS = ("diagnosis_labels", "recorded_labels", "header_diagnoses")
+"""``cohort`` keys a generic site may declare in its ``site.yaml``."""
 
 
 class CohortConfig(StrictModel):
@@ -26,8 +35,15 @@ class CohortConfig(StrictModel):
     biometrics_window_days: float = Field(365.0, gt=0, description="weight, height, BMI ±")
     lab_panel: list[dict[str, Any]] | None = Field(
         None, description="LabDefinition mappings; null = fedecg.data.labs.DEFAULT_LAB_PANEL")
-    diagnosis_labels: list[dict[str, Any]] | None = Field(
-        None, description="DiagnosisLabel mappings; null = DEFAULT_DIAGNOSIS_LABELS")
+    diagnosis_labels: list[dict[str, Any]] | LabelSetName | None = Field(
+        None, description="DiagnosisLabel mappings, or a built-in set's name (clinical, ecg); "
+        "null = the site's site.yaml, else clinical (DEFAULT_DIAGNOSIS_LABELS)")
+    recorded_labels: list[str] | None = Field(
+        None, description="diagnosis labels this site records (others are unknown, never "
+        "negative); null = every label with a code in a vocabulary the site's diagnoses use")
+    header_diagnoses: HeaderDiagnoses | None = Field(
+        None, description="snomed: also read '# Dx:' SNOMED codes from each record's WFDB "
+        "header as statements of that ECG (generic sites)")
     n_folds: int = Field(10, ge=3, description="patient-grouped folds 0..n_folds-1")
     fold_seed: int = Field(0, description="seed of the patient hash that assigns folds")
     val_folds: list[int] = Field(default_factory=lambda: [8])

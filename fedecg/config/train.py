@@ -59,6 +59,8 @@ class StageConfig(StrictModel):
     """Shared settings of one training stage."""
 
     epochs: int = Field(5, ge=0)
+    min_steps: int = Field(0, ge=0, description="small sites: each epoch passes through the "
+                           "data as often as needed for the stage to take this many steps")
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
@@ -95,6 +97,8 @@ class EvalConfig(StrictModel):
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples (0: no CI)")
     ci: float = Field(0.95, gt=0.0, lt=1.0)
     batch_size: int = Field(256, ge=1)
+    min_auroc: float = Field(0.6, ge=0.0, le=1.0, description="an output whose validation "
+                             "AUROC is below this is shown as not learned")
 
 
 class TrainConfig(StrictModel):
@@ -109,6 +113,10 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="auto: cuda when available, else cpu")
     max_grad_norm: float | None = Field(5.0, gt=0.0)
+    warn_below_steps: int = Field(100, ge=0, description="warn when a stage takes fewer "
+                                  "optimizer steps")
+    warn_below_test_positives: int = Field(10, ge=0, description="warn when a label has fewer "
+                                           "positives in the test split")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     clinical: ClinicalConfig = Field(default_factory=ClinicalConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -8,6 +8,7 @@ by subject; nothing loops over ECGs in Python.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,10 +17,18 @@ import pandas as pd
 
 from fedecg.config.base import validate_config
 from fedecg.config.data import CohortConfig
-from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS, DiagnosisLabel
+from fedecg.data.diagnoses import (
+    CODE_SYSTEMS,
+    DEFAULT_DIAGNOSIS_LABELS,
+    LABEL_SETS,
+    DiagnosisLabel,
+    recorded_labels,
+)
 from fedecg.data.labs import DEFAULT_LAB_PANEL, LabDefinition
 from fedecg.data.store import DIAGNOSIS_PREFIX, LAB_FEATURE_PREFIX, LAB_LABEL_PREFIX
 from fedecg.errors import ConfigError, TableError
+
+log = logging.getLogger(__name__)
 
 BIOMETRICS = ("weight_kg", "height_cm", "bmi")
 VITALS = ("heart_rate", "sbp", "dbp", "resp_rate", "o2sat", "temperature")
@@ -39,8 +48,10 @@ class ClinicalTables:
     * ``labs``: ``subject_id, time, lab (panel name), value, ref_low, ref_high, flag`` where
       ``flag`` is 1.0 when the source marks the value abnormal, 0.0 when it marks it normal,
       NaN when it says nothing
-    * ``stays``: ``subject_id, stay_id (str), start, end, kind ('admission' | 'ed')``
-    * ``diagnoses``: ``stay_id, icd_code, icd_version (9 | 10)``
+    * ``stays``: ``subject_id, stay_id (str), start, end, kind ('admission' | 'ed')``; start and
+      end may be NaT for an encounter that ECGs name (``encounter_id``) instead of times
+    * ``diagnoses``: ``stay_id, code, system`` (``system`` one of ``CODE_SYSTEMS``: icd9, icd10,
+      snomed, statement); an empty code marks an encounter without codes (all labels negative)
     * ``measurements``: ``subject_id, time, name (one of MEASUREMENT_NAMES), value``
     """
 
@@ -56,6 +67,10 @@ def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:
     """The configured lab panel, validated (default ``DEFAULT_LAB_PANEL``)."""
     if config.lab_panel is None:
         return DEFAULT_LAB_PANEL
+    if not config.lab_panel:
+        raise ConfigError("cohort.lab_panel is empty; expected at least one lab. A site without "
+                          "labs keeps the panel (leave it null): its lab values are unknown and "
+                          "training skips the lab stage")
     panel = tuple(validate_config(LabDefinition, item, f"cohort.lab_panel[{i}]")
                   for i, item in enumerate(config.lab_panel))
     _check_unique([lab.name for lab in panel], "cohort.lab_panel", "lab name")
@@ -67,6 +82,8 @@ def resolve_diagnosis_set(config: CohortConfig) -> tuple[DiagnosisLabel, ...]:
     """The configured diagnosis labels, validated (default ``DEFAULT_DIAGNOSIS_LABELS``)."""
     if config.diagnosis_labels is None:
         return DEFAULT_DIAGNOSIS_LABELS
+    if isinstance(config.diagnosis_labels, str):
+        return LABEL_SETS[config.diagnosis_labels]
     labels = tuple(validate_config(DiagnosisLabel, item, f"cohort.diagnosis_labels[{i}]")
                    for i, item in enumerate(config.diagnosis_labels))
     _check_unique([label.name for label in labels], "cohort.diagnosis_labels", "name")
@@ -96,17 +113,18 @@ def nearest_events(ecgs: pd.DataFrame, events: pd.DataFrame, window: pd.Timedelt
     values where no event is in the window). Ties in distance go to the earlier event; events at
     the same time are ordered by their values, so the result does not depend on row order.
     """
-    if events.empty:
+    timed = ecgs[ecg_time].notna().to_numpy()  # an ECG without a time links to no event
+    if events.empty or not timed.any():
         return pd.DataFrame({c: np.full(len(ecgs), np.nan) for c in [*columns, "offset_hours"]},
                             index=ecgs.index)
     left = pd.DataFrame({by: ecgs[by].to_numpy(), "_t": ecgs[ecg_time].astype(US).to_numpy(),
-                         "_row": np.arange(len(ecgs))}).sort_values("_t", kind="stable")
+                         "_row": np.arange(len(ecgs))})[timed].sort_values("_t", kind="stable")
     right = events[[by, time, *columns]].rename(columns={time: "_event_time"})
     right["_event_time"] = right["_event_time"].astype(US)
     right = right.sort_values(["_event_time", *columns], kind="stable")
     merged = pd.merge_asof(left, right, left_on="_t", right_on="_event_time", by=by,
                            direction="nearest", tolerance=window)
-    merged = merged.sort_values("_row")
+    merged = merged.set_index("_row").reindex(np.arange(len(ecgs)))
     out = merged[list(columns)].set_axis(ecgs.index)
     out["offset_hours"] = ((merged["_event_time"] - merged["_t"]).to_numpy()
                            / np.timedelta64(1, "h"))
@@ -168,26 +186,38 @@ def containing_stay(ecgs: pd.DataFrame, stays: pd.DataFrame) -> pd.DataFrame:
 
 def nearest_backward(ecgs: pd.DataFrame, events: pd.DataFrame, time: str,
                      columns: Sequence[str]) -> pd.DataFrame:
-    """For each ECG, ``columns`` of the subject's latest event at or before the ECG."""
+    """For each ECG, ``columns`` of the subject's latest event at or before the ECG.
+
+    ECGs without a time and events without ``time`` take part in no match (NaN).
+    """
     left = pd.DataFrame({"subject_id": ecgs["subject_id"].to_numpy(),
                          "_t": ecgs["ecg_time"].to_numpy(), "_row": np.arange(len(ecgs))})
-    right = events[["subject_id", time, *columns]].sort_values([time], kind="stable")
+    left = left[left["_t"].notna()]
+    right = events[["subject_id", time, *columns]]
+    right = right[right[time].notna()].sort_values([time], kind="stable")
     merged = pd.merge_asof(left.sort_values("_t", kind="stable"), right, left_on="_t",
                            right_on=time, by="subject_id", direction="backward")
-    return merged.sort_values("_row")[list(columns)].set_axis(ecgs.index)
+    merged = merged.set_index("_row").reindex(np.arange(len(ecgs)))
+    return merged[list(columns)].set_axis(ecgs.index)
 
 
 def diagnosis_matrix(diagnoses: pd.DataFrame, labels: Sequence[DiagnosisLabel]) -> pd.DataFrame:
-    """``dx_<name>`` per ``stay_id`` (1.0/0.0) from ICD codes matched by version and prefix."""
-    code = diagnoses["icd_code"].astype("str").str.strip().str.upper().str.replace(
-        ".", "", regex=False)
-    version = pd.to_numeric(diagnoses["icd_version"], errors="coerce")
+    """``dx_<name>`` per ``stay_id`` (1.0/0.0) from codes matched per vocabulary: ICD by
+    prefix, SNOMED and statements exactly (``DiagnosisLabel.matches``)."""
+    system = diagnoses["system"].astype("str")
+    upper = diagnoses["code"].astype("str").str.strip().str.upper()
+    codes = {name: upper.str.replace(".", "", regex=False) if name in ("icd9", "icd10")
+             else upper for name in CODE_SYSTEMS if (system == name).any()}
     hits = {}
     for label in labels:
         hit = pd.Series(False, index=diagnoses.index)
-        for ver, prefixes in ((10, label.icd10), (9, label.icd9)):
-            if prefixes:
-                hit |= (version == ver) & code.str.startswith(tuple(prefixes))
+        for name, code in codes.items():
+            wanted = tuple(label.codes(name))
+            if not wanted:
+                continue
+            found = (code.str.startswith(wanted) if name in ("icd9", "icd10")
+                     else code.isin(wanted))
+            hit |= (system == name) & found
         hits[DIAGNOSIS_PREFIX + label.name] = hit
     frame = pd.DataFrame(hits, index=diagnoses.index).astype("float32")
     frame["stay_id"] = diagnoses["stay_id"].astype("str").to_numpy()
@@ -211,12 +241,16 @@ def split_of_folds(folds: np.ndarray, config: CohortConfig) -> np.ndarray:
 
 
 def _demographics(ecgs: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
+    """Sex and age at the ECG: from the birth date and ECG time, else the ECG row's ``age``."""
     found = ecgs[["subject_id"]].merge(patients[["subject_id", "sex", "birth_time"]],
                                        on="subject_id", how="left", validate="many_to_one")
-    age = (ecgs["ecg_time"].to_numpy() - found["birth_time"].to_numpy()) / np.timedelta64(1, "D")
+    days = (ecgs["ecg_time"].to_numpy() - found["birth_time"].to_numpy()) / np.timedelta64(1, "D")
+    age = pd.Series(days / 365.2425, index=ecgs.index)
+    if "age" in ecgs:
+        age = age.fillna(pd.to_numeric(ecgs["age"], errors="coerce"))
     sex = found["sex"].to_numpy()
     male = np.where(sex == "M", 1.0, np.where(sex == "F", 0.0, np.nan))
-    return pd.DataFrame({"sex": found["sex"].to_numpy(), "age": age / 365.2425,
+    return pd.DataFrame({"sex": found["sex"].to_numpy(), "age": age.to_numpy(),
                          "sex_male": male}, index=ecgs.index)
 
 
@@ -253,12 +287,62 @@ def _labs(ecgs: pd.DataFrame, labs: pd.DataFrame, panel: Sequence[LabDefinition]
     return pd.concat(parts, axis=1)
 
 
-def _diagnoses(ecgs: pd.DataFrame, tables: ClinicalTables,
-               labels: Sequence[DiagnosisLabel]) -> pd.DataFrame:
-    stay = containing_stay(ecgs, tables.stays)
+def ecg_encounters(ecgs: pd.DataFrame, stays: pd.DataFrame) -> pd.DataFrame:
+    """``stay_id``, ``stay_kind`` of each ECG, first found of: the statements of the ECG itself
+    (a stay whose ``study_id`` is the ECG's), the encounter its row names (``encounter_id``, a
+    stay id), the stay whose [start, end] holds its time; else NA (no encounter)."""
+    stay = containing_stay(ecgs, stays)
+    kinds = stays.drop_duplicates("stay_id").set_index("stay_id")["kind"]
+    choices = []
+    if "encounter_id" in ecgs:
+        choices.append(ecgs["encounter_id"].astype("str").where(ecgs["encounter_id"].notna()))
+    if "study_id" in stays:
+        own = stays.dropna(subset=["study_id"]).drop_duplicates("study_id")
+        choices.append(ecgs["study_id"].astype("str").map(own.set_index("study_id")["stay_id"]))
+    for named in choices:  # later choices take precedence
+        chosen = named.notna()
+        stay.loc[chosen, "stay_id"] = named[chosen]
+        stay.loc[chosen, "stay_kind"] = named[chosen].map(kinds).fillna("unlisted")
+    return stay
+
+
+def site_recorded_labels(diagnoses: pd.DataFrame, labels: Sequence[DiagnosisLabel],
+                         config: CohortConfig) -> list[str]:
+    """The labels this site records: ``cohort.recorded_labels`` when given (checked against
+    the label set), else every label with a code in a vocabulary the site's diagnoses use."""
+    names = [label.name for label in labels]
+    if config.recorded_labels is not None:
+        unknown = sorted(set(config.recorded_labels) - set(names))
+        if unknown:
+            raise ConfigError(f"cohort.recorded_labels: {unknown} are not labels of the "
+                              f"diagnosis set; expected some of {names}")
+        return [n for n in names if n in config.recorded_labels]
+    return recorded_labels(labels, set(diagnoses["system"].astype("str")))
+
+
+def _diagnoses(ecgs: pd.DataFrame, tables: ClinicalTables, labels: Sequence[DiagnosisLabel],
+               config: CohortConfig) -> pd.DataFrame:
+    """Encounter and labels per ECG: NaN for an ECG without an encounter and for labels the
+    site does not record; an encounter without codes is negative for every recorded label."""
+    stay = ecg_encounters(ecgs, tables.stays)
     matrix = diagnosis_matrix(tables.diagnoses, labels)
     dx = matrix.reindex(stay["stay_id"].to_numpy()).set_axis(ecgs.index)
+    recorded = site_recorded_labels(tables.diagnoses, labels, config)
+    unrecorded = [label.name for label in labels if label.name not in recorded]
+    if unrecorded:
+        log.info("%d diagnosis label(s) this site does not record are unknown, not negative: "
+                 "%s", len(unrecorded), ", ".join(unrecorded))
+        dx[[DIAGNOSIS_PREFIX + name for name in unrecorded]] = np.nan
     return pd.concat([stay, dx], axis=1)
+
+
+def _say_untimed(ecgs: pd.DataFrame) -> None:
+    """Log once how many ECGs have no time (they link no lab, vital or time-based encounter)."""
+    untimed = int(ecgs["ecg_time"].isna().sum())
+    if untimed:
+        log.warning("%d of %d ECGs have no time: lab and vital linkage is off for them; their "
+                    "labels come from the encounter they name or their own statements",
+                    untimed, len(ecgs))
 
 
 def build_cohort(ecgs: pd.DataFrame, tables: ClinicalTables,
@@ -268,17 +352,20 @@ def build_cohort(ecgs: pd.DataFrame, tables: ClinicalTables,
     ``ecgs`` needs ``study_id, subject_id, ecg_time, record_path`` (extra columns such as
     ``cart_id`` are kept). Adds ``sex, age, sex_male``, biometrics and vitals, ``lab_<name>``
     (nearest within the feature window), ``nearest_lab_hours``, ``abn_<lab>_<dir>`` (nearest
-    within the label window; NaN when none), ``stay_id, stay_kind, dx_<name>`` (NaN outside any
-    stay or for a stay without codes), ``fold`` and ``split``.
+    within the label window; NaN when none), ``stay_id, stay_kind, dx_<name>`` (NaN without an
+    encounter, or for a label the site does not record), ``fold`` and ``split``. ``ecgs`` may
+    carry ``encounter_id`` (the stay an ECG belongs to) and ``age``; an ECG without a time
+    (NaT) links to no lab, vital or time-based stay.
     """
     missing = [c for c in ECG_COLUMNS if c not in ecgs]
     if missing:
         raise TableError(f"ECG index: missing column(s) {missing}; found {list(ecgs.columns)}")
     panel, labels = resolve_panel(config), resolve_diagnosis_set(config)
     ecgs = ecgs.reset_index(drop=True)
-    parts = [ecgs, _demographics(ecgs, tables.patients),
+    _say_untimed(ecgs)
+    parts = [ecgs.drop(columns=["age"], errors="ignore"), _demographics(ecgs, tables.patients),
              _measurements(ecgs, tables.measurements, config),
-             _labs(ecgs, tables.labs, panel, config), _diagnoses(ecgs, tables, labels)]
+             _labs(ecgs, tables.labs, panel, config), _diagnoses(ecgs, tables, labels, config)]
     cohort = pd.concat(parts, axis=1)
     cohort["fold"] = patient_folds(cohort["subject_id"], config.n_folds, config.fold_seed)
     cohort["split"] = split_of_folds(cohort["fold"].to_numpy(), config)

@@ -132,8 +132,8 @@ def _diagnoses_icd(hosp: Path, rejects: Rejects) -> pd.DataFrame:
     frame = read_csv_checked(path, ["hadm_id", "icd_code", "icd_version"])
     frame = _ids(frame, ["hadm_id", "icd_version"], path, rejects)
     return pd.DataFrame({"stay_id": "h" + frame["hadm_id"].astype("str"),
-                         "icd_code": frame["icd_code"].fillna(""),
-                         "icd_version": frame["icd_version"]})
+                         "code": frame["icd_code"].fillna(""),
+                         "system": "icd" + frame["icd_version"].astype("str")})
 
 
 def _omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
@@ -193,8 +193,8 @@ def read_ed(ed: Path, rejects: Rejects) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     dx = _ids(read_csv_checked(dx_path, ["stay_id", "icd_code", "icd_version"]),
               ["stay_id", "icd_version"], dx_path, rejects)
     diagnoses = pd.DataFrame({"stay_id": "e" + dx["stay_id"].astype("str"),
-                              "icd_code": dx["icd_code"].fillna(""),
-                              "icd_version": dx["icd_version"]})
+                              "code": dx["icd_code"].fillna(""),
+                              "system": "icd" + dx["icd_version"].astype("str")})
     intime = frame.set_index("stay_id")["intime"]
     vitals = [_ed_vitals(ed, "triage", rejects, intime)]
     if has_table(ed, "vitalsign"):

@@ -33,7 +33,7 @@ from fedecg.data.cohort import (
     resolve_panel,
 )
 from fedecg.data.ecg_rows import drop_unlinkable_ecgs
-from fedecg.data.generic import read_site_ecgs, read_site_tables
+from fedecg.data.generic import read_site_ecgs, read_site_tables, with_site_declaration
 from fedecg.data.labs import panel_label_names
 from fedecg.data.mimic import read_mimic_tables, read_record_list
 from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
@@ -73,11 +73,13 @@ PrepareInput = MimicInput | SiteInput
 
 @dataclass(frozen=True)
 class LoadedInput:
-    """ECG index and clinical tables of an input, read with checks."""
+    """ECG index and clinical tables of an input, read with checks, and the settings in
+    force (``config`` with what a generic site declares in its ``site.yaml``)."""
 
     ecgs: pd.DataFrame
     tables: ClinicalTables
     layout: str
+    config: PrepareConfig
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class PrepareResult:
 def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) -> LoadedInput:
     """Read an input's ECG index and clinical tables (bad rows raise or go to ``rejects``)."""
     panel = resolve_panel(config.cohort)
+    if isinstance(inputs, SiteInput):
+        config = with_site_declaration(config, Path(inputs.site_dir))
     if isinstance(inputs, MimicInput):
         ecgs = read_record_list(Path(inputs.ecg_root), rejects)
         tables = read_mimic_tables(Path(inputs.mimic_root), ecgs["subject_id"].unique(), panel,
@@ -110,7 +114,8 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         layout, index, id_column = "mimic", find_table(inputs.ecg_root, "record_list"), "subject_id"
     else:
         ecgs = read_site_ecgs(Path(inputs.site_dir), rejects)
-        tables = read_site_tables(Path(inputs.site_dir), panel, rejects)
+        tables = read_site_tables(Path(inputs.site_dir), panel, rejects, ecgs,
+                                  config.cohort.header_diagnoses)
         layout, index, id_column = "generic", find_table(inputs.site_dir, "ecgs"), "patient_id"
     ecgs = drop_unlinkable_ecgs(ecgs, tables.patients, index,
                                 tables.sources.get("patients", "the patients table"), id_column,
@@ -119,7 +124,7 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         reasons = "; ".join(rejects.frame()["reason"].tail(2)) if len(rejects) else "none"
         raise TableError(f"{inputs}: no usable ECG rows in the ECG index; expected at least one "
                          f"(last reasons: {reasons})")
-    return LoadedInput(ecgs=ecgs, tables=tables, layout=layout)
+    return LoadedInput(ecgs=ecgs, tables=tables, layout=layout, config=config)
 
 
 def _process(task: tuple[int, str], waveform: WaveformConfig
@@ -199,6 +204,8 @@ def _manifest(cohort: pd.DataFrame, config: PrepareConfig, inputs: PrepareInput,
               loaded: LoadedInput, source_fs: Counter, rejects: dict[str, int]) -> StoreManifest:
     counts = {"records": len(cohort), "patients": int(cohort["subject_id"].nunique()),
               "stays": int(cohort["stay_id"].nunique()), "ecgs_listed": len(loaded.ecgs),
+              "lab_rows": len(loaded.tables.labs),
+              "ecgs_with_time": int(cohort["ecg_time"].notna().sum()),
               **{f"split_{s}": int((cohort["split"] == s).sum()) for s in ("train", "val", "test")},
               **{f"rejected_{k}": v for k, v in rejects.items()}}
     manifest = schema_manifest(
@@ -226,6 +233,7 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
     start = time.perf_counter()
     rejects = Rejects(config.on_error)
     loaded = load_input(inputs, config, rejects)
+    config = loaded.config
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
     with StoreWriter(Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,

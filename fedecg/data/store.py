@@ -115,7 +115,8 @@ MIN_POSITIVES = 5
 SPLIT_USE = {"train": "trained", "val": "validated", "test": "tested"}
 FEW_POSITIVES_EFFECT = {"train": "they can hardly be learned",
                         "val": "their validation metrics are noise",
-                        "test": "their test metrics (AUROC, CI) are noise"}
+                        "test": "their test metrics (AUROC, CI) are noise; `fedecg train --cv "
+                                "K` scores every ECG out of fold"}
 
 
 def split_problems(cohort: pd.DataFrame, columns: Sequence[str], where: str) -> list[str]:

@@ -94,12 +94,14 @@ def _assess(report: DataReport, cohort: pd.DataFrame) -> None:
     elif unreadable:
         report.warnings.append(f"{unreadable} of {n} records are unreadable or hold no usable "
                                "ECG (reasons below)")
-    if n and cohort["age"].isna().all():
-        report.fatal.append("no ECG's patient is in the patients table: check patient ids")
-    if n and cohort[NEAREST_LAB_HOURS].isna().all():
-        report.fatal.append("no ECG has any panel lab within the feature window: check that labs "
-                            "and ECGs share patient ids and the same timeline")
-    empty = [name for name, stats in report.prevalence.items() if not stats["positive"]]
+    if n:
+        _assess_links(report, cohort)
+    unknown = [name for name, stats in report.prevalence.items() if not stats["known"]]
+    if unknown:
+        report.warnings.append(f"{len(unknown)} label(s) are unknown for every ECG (not recorded "
+                               "here; never counted as negative): " + _names(unknown))
+    empty = [name for name, stats in report.prevalence.items()
+             if stats["known"] and not stats["positive"]]
     if empty:
         report.warnings.append(f"{len(empty)} label(s) have no positive ECG (they cannot be "
                                f"learned or evaluated here): {', '.join(empty)}")
@@ -108,6 +110,31 @@ def _assess(report: DataReport, cohort: pd.DataFrame) -> None:
     if report.counts.get("rejected_rows", 0):
         report.warnings.append(f"{report.counts['rejected_rows']} table rows were rejected "
                                "(reasons below); `fedecg prepare` needs --on-error skip")
+
+
+def _names(columns: list[str], shown: int = 8) -> str:
+    more = f" and {len(columns) - shown} more" if len(columns) > shown else ""
+    return ", ".join(columns[:shown]) + more
+
+
+def _assess_links(report: DataReport, cohort: pd.DataFrame) -> None:
+    """Linkage problems: fatal when tables exist but nothing links; a warning for a site
+    without labs or ECG times (a supported mode: labs unknown, the lab stage skipped)."""
+    if cohort["sex"].isna().all() and cohort["age"].isna().all():
+        report.fatal.append("no ECG's patient is in the patients table: check patient ids")
+    timed = int(cohort["ecg_time"].notna().sum())
+    if not timed:
+        report.warnings.append("no ECG has a time (ecg_time): labs and vitals cannot be linked, "
+                               "labels come from the encounter each ECG names or from its own "
+                               "statements")
+    if not cohort[NEAREST_LAB_HOURS].isna().all():
+        return
+    if not report.counts.get("lab_rows", 0):
+        report.warnings.append("no labs: lab features and lab-abnormality labels are unknown; "
+                               "training skips the lab stage (pretraining and diagnosis run)")
+    elif timed:
+        report.fatal.append("no ECG has any panel lab within the feature window: check that labs "
+                            "and ECGs share patient ids and the same timeline")
 
 
 def _report(source: str, kind: str, cohort: pd.DataFrame, config: PrepareConfig,
@@ -134,7 +161,8 @@ def report_store(path: Path) -> DataReport:
     rejects = (pd.read_csv(Path(path) / REJECTS_FILE) if (Path(path) / REJECTS_FILE).is_file()
                else Rejects("skip").frame())
     record_rejects = int(rejects["line"].isna().sum())
-    counts = {"unreadable_records": record_rejects,
+    counts = {"lab_rows": store.manifest.counts.get("lab_rows", 1),
+              "unreadable_records": record_rejects,
               "records_checked": len(store) + record_rejects,
               "rejected_rows": len(rejects) - record_rejects}
     return _report(str(path), "store", store.cohort, config, rejects, counts)
@@ -145,6 +173,7 @@ def report_input(inputs: PrepareInput, config: PrepareConfig,
     """Report on raw inputs: read every table (collecting bad rows) and try every record."""
     rejects = Rejects("skip")
     loaded = load_input(inputs, config, rejects)
+    config = loaded.config
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
     unreadable = 0
@@ -155,7 +184,8 @@ def report_input(inputs: PrepareInput, config: PrepareConfig,
                 unreadable += 1
                 rejects.handle(RecordError(error), paths[index], None,
                                cohort["study_id"].iloc[index])
-    counts = {"unreadable_records": unreadable, "rejected_rows": rejected_rows,
+    counts = {"lab_rows": len(loaded.tables.labs), "unreadable_records": unreadable,
+              "rejected_rows": rejected_rows,
               "records_checked": len(cohort) if check_records else 0}
     return _report(str(inputs), loaded.layout, cohort, config, rejects.frame(), counts)
 

@@ -21,7 +21,7 @@ from fedecg.data.leads import CANONICAL_LEADS, canonical_lead_name
 from fedecg.data.waveform import EcgRecord, preprocess, quality_problem, read_ecg
 from fedecg.errors import StoreError
 from fedecg.models.classifier import EcgClassifier
-from fedecg.models.io import CARD_FILE, ModelCard
+from fedecg.models.io import CARD_FILE, LEARNED, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def card_sampling(card: ModelCard, source: Path | str = CARD_FILE) -> tuple[floa
     return float(card.fs), float(clip)
 
 
-def _lead_rows(card: ModelCard) -> list[int]:
+def lead_rows(card: ModelCard) -> list[int]:
+    """Row of each of the card's leads in ``CANONICAL_LEADS`` order (how records are read)."""
     rows = []
     for name in card.lead_order:
         canonical = canonical_lead_name(name)
@@ -69,21 +70,20 @@ def prepare_record(record: EcgRecord, card: ModelCard) -> np.ndarray:
     fs, clip = card_sampling(card)
     n_samples = max(card.crop_samples, round(record.signal.shape[-1] * fs / record.fs))
     signal = preprocess(record, fs_out=fs, clip_mv=clip, n_samples=n_samples)
-    return np.ascontiguousarray(signal[_lead_rows(card)])
+    return np.ascontiguousarray(signal[lead_rows(card)])
 
 
-def read_for_model(path: Path, card: ModelCard) -> tuple[np.ndarray, str | None]:
-    """Read WFDB record ``path`` and prepare it for the model of ``card``.
-
-    Also returns why the record is no usable ECG (a flat line, or less signal than one
-    training crop before trailing zeros), or None; such a problem is logged as a warning,
-    since the scores of such a record mean nothing.
+def read_for_model(path: Path, card: ModelCard) -> tuple[EcgRecord, np.ndarray, str | None]:
+    """Read WFDB record ``path``: the record as recorded, its signal prepared for the model of
+    ``card``, and why the record is no usable ECG (a flat line, or less signal than one
+    training crop before trailing zeros) or None; such a problem is logged as a warning, since
+    the scores of such a record mean nothing.
     """
     record = read_ecg(Path(path))
     problem = quality_problem(record, card.crop_samples / card.fs)
     if problem is not None:
         log.warning("%s: %s; its scores are not meaningful", record.path, problem)
-    return prepare_record(record, card), problem
+    return record, prepare_record(record, card), problem
 
 
 def crop_count(card: ModelCard, n_samples: int) -> int:
@@ -109,3 +109,30 @@ def predict_signal(model: EcgClassifier, card: ModelCard, signal: np.ndarray) ->
     return Prediction(diagnoses=dict(zip(card.diagnosis_labels, dx, strict=True)),
                       lab_abnormalities=dict(zip(card.lab_labels, lab, strict=True)),
                       n_crops=crop_count(card, ecg.shape[-1]))
+
+
+@dataclass(frozen=True)
+class Results:
+    """The outputs of a ``Prediction`` that are results, per the card's ``outputs``.
+
+    ``diagnoses`` and ``lab_abnormalities`` leave out what never learned (``not_learned``:
+    task → label → reason); ``flags`` gives the status of shown diagnoses that are not
+    ``learned`` (``below threshold``, ``unvalidated``). A card without ``outputs`` (an older
+    model) shows everything.
+    """
+
+    diagnoses: dict[str, float]
+    lab_abnormalities: dict[str, float]
+    flags: dict[str, str]
+    not_learned: dict[str, dict[str, str]]
+
+
+def results_of(card: ModelCard, prediction: Prediction) -> Results:
+    """The result outputs of ``prediction`` (see ``Results``)."""
+    hidden = {task: card.not_learned(task) for task in ("diagnosis", "lab")}
+    diagnoses = {k: v for k, v in prediction.diagnoses.items() if k not in hidden["diagnosis"]}
+    flags = {k: str(card.status("diagnosis", k)) for k in diagnoses
+             if card.status("diagnosis", k) not in (None, LEARNED)}
+    return Results(diagnoses=diagnoses, flags=flags, not_learned=hidden,
+                   lab_abnormalities={k: v for k, v in prediction.lab_abnormalities.items()
+                                      if k not in hidden["lab"]})

@@ -16,7 +16,7 @@ embedding the cosine has a standard deviation of about 0.06).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,15 +51,16 @@ def head_cosines(model: EcgClassifier) -> np.ndarray:
 
 def supporting_labs(cosines: np.ndarray, lab_probabilities: Mapping[str, float],
                     min_probability: float = 0.5, min_cosine: float = 0.1,
-                    top_k: int = 5) -> list[LabSupport]:
+                    top_k: int = 5, exclude: Collection[str] = ()) -> list[LabSupport]:
     """Labs supporting one diagnosis, given its row of ``head_cosines`` (see module rule).
 
-    ``lab_probabilities`` maps each lab label, in lab-head order, to its probability.
+    ``lab_probabilities`` maps each lab label, in lab-head order, to its probability; labs in
+    ``exclude`` (not learned, ``ModelCard.not_learned``) never support anything.
     """
     supports = [
         LabSupport(label=label, probability=float(p), cosine=float(c), score=float(c * p))
         for (label, p), c in zip(lab_probabilities.items(), cosines, strict=True)
-        if p >= min_probability and c >= min_cosine
+        if p >= min_probability and c >= min_cosine and label not in exclude
     ]
     supports.sort(key=lambda s: s.score, reverse=True)
     return supports[:top_k]

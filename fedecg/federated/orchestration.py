@@ -221,7 +221,7 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
     strategy = make_strategy(federation.strategy, plan.config.num_sites, federation.min_sites)
     wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, done, record,
                           federation.min_sites, federation.round_timeout_s, roster,
-                          federation.max_update_norm_ratio)
+                          federation.max_update_norm_ratio, stage.name)
     if done > 0:
         wrapper.load_state(run.strategy_state)
 
@@ -248,9 +248,21 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
     shared = stage.shared_keys(model)
     log.info("stage %s: rounds %d..%d, sharing %d keys", stage.name, done + 1, rounds,
              len(shared))
-    wrapper.start(grid, to_arrays(run.global_state, shared), num_rounds=rounds - done,
-                  timeout=federation.round_timeout_s, train_config=message_config(),
-                  evaluate_config=message_config(), evaluate_fn=after_round)
+    try:
+        wrapper.start(grid, to_arrays(run.global_state, shared), num_rounds=rounds - done,
+                      timeout=federation.round_timeout_s, train_config=message_config(),
+                      evaluate_config=message_config(), evaluate_fn=after_round)
+    except FederationError:
+        if not (stage.name == "lab" and done == 0 and _nobody_trained(run.history, offset + 1)):
+            raise
+        log.warning("stage lab: no site holds a known lab label (sites without labs); the lab "
+                    "stage is skipped, the lab outputs stay untrained")
+
+
+def _nobody_trained(history: list[dict[str, Any]], global_round: int) -> bool:
+    """True when every site that answered round ``global_round`` trained on 0 examples."""
+    answers = [h for h in history if h["round"] == global_round and h["kind"] == "train"]
+    return bool(answers) and all(not h.get(keys.NUM_EXAMPLES) for h in answers)
 
 
 def _line(model: str, stage: str, global_round: int, stage_round: int, kind: str,

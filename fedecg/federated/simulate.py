@@ -45,6 +45,7 @@ from fedecg.io import (
     mark_output,
 )
 from fedecg.models.joint import JointModel
+from fedecg.training.outputs import budget_warnings, has_known, output_quality
 from fedecg.training.pipeline import data_summary, export_model, naive_results
 from fedecg.training.runner import MetricsLog, TrainingData, check_crop, fit_model
 
@@ -138,12 +139,13 @@ def require_privacy_apps(config: SimulationConfig, client_app: ClientApp | None,
 
 
 def baseline_config(config: SimulationConfig) -> TrainConfig:
-    """The centralized config with the federated run's epochs per stage."""
+    """The centralized config with the federated run's epochs per stage (and one pass per
+    epoch: ``min_steps`` does not apply to federated rounds, so it does not to baselines)."""
     federation = config.federation
     train = config.train
     return train.model_copy(update={
         stage: getattr(train, stage).model_copy(update={
-            "epochs": federation.rounds.of(stage) * federation.local_epochs})
+            "epochs": federation.rounds.of(stage) * federation.local_epochs, "min_steps": 0})
         for stage in ("pretrain", "lab", "diagnosis")})
 
 
@@ -234,9 +236,11 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
     require_privacy_apps(config, client_app, wrap_for)
     say = say or log.info
     out = Path(out)
-    prepare_run_dir(out, config, resume)
     store = ensure_store(config.data, say, console)
+    config = without_unlabelled_rounds(config, store, say)
+    prepare_run_dir(out, config, resume)
     partition_dir = ensure_partition(store, config.partition, out)
+    warn_small_sites(config, store, partition_dir, say)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in config.seeds:
         seeded = config.model_copy(update={"train": config.train.model_copy(
@@ -247,7 +251,8 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
         if seed == config.seeds[0]:
             name = "transfer" if "transfer" in exports else next(iter(exports))
             export_model(out, name, exports[name], sites.manifest, data_summary(sites),
-                         seeded.train, result["federated"][name])
+                         seeded.train, result["federated"][name],
+                         output_quality(exports[name], sites, seeded.train))
     summary = combine_seeds(per_seed)
     summary.update(seeds=config.seeds, model_names=list(config.train.models),
                    partition=_partition_summary(partition_dir, store),
@@ -256,6 +261,33 @@ def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
     collect_metrics(out, config)
     atomic_write_json(out / SUMMARY_FILE, summary, SHARED)
     return summary
+
+
+def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
+                              ) -> SimulationConfig:
+    """``config`` with no lab rounds when no site holds a known lab label (said once)."""
+    if config.federation.rounds.lab == 0 or has_known(TrainingData([SiteStore.open(store)]),
+                                                      "lab"):
+        return config
+    say("no site holds a known lab label (sites without labs): the lab stage is skipped; "
+        "the sites pretrain on what they have and train the diagnosis head")
+    federation = config.federation.model_copy(update={
+        "rounds": config.federation.rounds.model_copy(update={"lab": 0})})
+    return config.model_copy(update={"federation": federation})
+
+
+def warn_small_sites(config: SimulationConfig, store: Path, partition_dir: Path,
+                     say: Say) -> None:
+    """Say, per site, which stages take few steps (few positives per split are said by the
+    partition, ``split_problems``)."""
+    federation = config.federation
+    epochs = {stage: federation.rounds.of(stage) * federation.local_epochs
+              for stage in ("pretrain", "lab", "diagnosis")}
+    sites, _ = sites_of(store, partition_dir)
+    for site in sites.stores:
+        for line in budget_warnings(config.train, TrainingData([site]), epochs,
+                                    test_split=False):
+            say(f"warning: site {site.manifest.site_name}: {line}")
 
 
 def combine_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:

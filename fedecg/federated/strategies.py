@@ -128,13 +128,16 @@ class StageRounds(Strategy):
 
     ``min_sites`` usable updates make a round; ``timeout`` (the round's reply timeout) also
     bounds the wait for connected sites; ``max_norm_ratio`` rejects updates that far from the
-    global model, relative to the round's median (None: no bound).
+    global model, relative to the round's median (None: no bound); ``stage`` names the stage
+    in errors.
     """
 
     def __init__(self, inner: Strategy, offset: int, on_site_metrics: SiteMetrics,
                  min_sites: int = 1, timeout: float = 3600.0,
-                 roster: Roster | None = None, max_norm_ratio: float | None = None) -> None:
+                 roster: Roster | None = None, max_norm_ratio: float | None = None,
+                 stage: str = "this") -> None:
         self.inner = inner
+        self.stage = stage
         self.offset = offset
         self.on_site_metrics = on_site_metrics
         self.min_sites = min_sites
@@ -248,9 +251,10 @@ class StageRounds(Strategy):
             index, name = self.roster.names[node]
             self.on_site_metrics(kind, stage_round, index, name, {**metrics, NODE_ID: node})
         if ordered and total <= 0:
-            raise FederationError(f"{kind} round {stage_round}: every site "
-                                  "reported 0 examples; the sites hold no labelled rows for "
-                                  "this stage")
+            raise FederationError(f"{self.stage} stage, {kind} round {stage_round}: every "
+                                  "site reported 0 examples; the sites hold no labelled rows "
+                                  f"for the {self.stage} stage (set federation.rounds."
+                                  f"{self.stage}=0 to skip it)")
         return ordered
 
     def _screen(self, message: Message, node: int, kind: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -31,6 +31,9 @@ MODEL_FILE = "model.pt"
 CARD_FILE = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 MODEL_FORMAT = 1
+OutputStatus = Literal["learned", "below threshold", "unvalidated", "untrained"]
+LEARNED: OutputStatus = "learned"
+TASK_LABELS = {"diagnosis": "diagnosis_labels", "lab": "lab_labels"}
 
 
 class ModelCard(StrictModel):
@@ -49,10 +52,43 @@ class ModelCard(StrictModel):
     seed: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     privacy: dict[str, Any] | None = None
+    outputs: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="per task and label: status, training and validation "
+        "positives, validation AUROC (fedecg.training.outputs.output_quality)")
+    min_auroc: float | None = Field(None, description="validation AUROC an output needs to count "
+                                    "as learned")
     created_at: str = Field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     fedecg_version: str = __version__
     architecture: dict[str, Any] = Field(default_factory=dict)
+
+    def status(self, task: str, label: str) -> OutputStatus | None:
+        """The recorded status of output ``label`` of ``task`` (None when not recorded)."""
+        return self.outputs.get(task, {}).get(label, {}).get("status")
+
+    def not_learned(self, task: str) -> dict[str, str]:
+        """Outputs of ``task`` that are not results, each with the reason (from ``outputs``).
+
+        Lab outputs count only when ``learned``; diagnosis outputs are left out only when
+        ``untrained`` (the others are shown, flagged by ``status``).
+        """
+        shown = {LEARNED} if task == "lab" else {LEARNED, "below threshold", "unvalidated"}
+        return {label: _reason(entry, self.min_auroc)
+                for label, entry in self.outputs.get(task, {}).items()
+                if entry.get("status") not in shown}
+
+
+def _reason(entry: dict[str, Any], threshold: float | None) -> str:
+    status = entry.get("status")
+    if status == "untrained" and not entry.get("train_known"):
+        return "not learned: never trained (no training ECG has a known value)"
+    if status == "untrained":
+        return (f"not learned: never trained ({entry.get('train_positives', 0)} training "
+                f"positive(s) of {entry.get('train_known', 0)} known)")
+    if status == "unvalidated":
+        return (f"not learned: no validation AUROC ({entry.get('val_positives', 0)} validation "
+                "positive(s))")
+    return f"not learned: validation AUROC {entry.get('val_auroc')} < {threshold}"
 
 
 def save_inference_model(directory: Path, model: EcgClassifier, card: ModelCard,
@@ -110,6 +146,7 @@ def card_markdown(card: ModelCard) -> str:
     """A short human-readable rendering of ``card``."""
     metrics = "\n".join(f"- {k}: {_fmt(v)}" for k, v in card.metrics.items()
                         if not isinstance(v, dict))
+    labs = _output_names(card, "lab")
     data = "\n".join(f"- {k}: {_fmt(v)}" for k, v in card.data_summary.items())
     privacy = json.dumps(card.privacy) if card.privacy else "none (no differential privacy)"
     return (
@@ -119,12 +156,26 @@ def card_markdown(card: ModelCard) -> str:
         f"scored on {card.eval_crops} crop(s) of {card.crop_samples} samples; "
         f"preprocessing {json.dumps(card.preprocessing)}.\n\n"
         f"## Outputs\nDiagnoses ({len(card.diagnosis_labels)}): "
-        f"{', '.join(card.diagnosis_labels)}.\n\n"
-        f"Lab abnormalities ({len(card.lab_labels)}): {', '.join(card.lab_labels)}.\n\n"
+        f"{_output_names(card, 'diagnosis')}.\n\n"
+        f"Lab abnormalities ({len(card.lab_labels)}): {labs}.\n\n"
         f"## Training data\n{data or '- (not recorded)'}\n\n"
         f"## Test metrics\n{metrics or '- (not recorded)'}\n\n"
         f"## Privacy\n{privacy}\n"
     )
+
+
+def _output_names(card: ModelCard, task: str) -> str:
+    """Label names with their status and validation AUROC where the card records them."""
+    names = getattr(card, TASK_LABELS[task])
+    if not card.outputs.get(task):
+        return ", ".join(names)
+    missing = card.not_learned(task)
+    shown = [f"{n} ({card.status(task, n)}, val AUROC "
+             f"{card.outputs[task][n].get('val_auroc')})" for n in names if n not in missing]
+    text = ", ".join(shown) or "none learned"
+    if missing:
+        text += f"; not learned, never shown as results ({len(missing)}): {', '.join(missing)}"
+    return text
 
 
 def _fmt(value: Any) -> str:

@@ -1,9 +1,10 @@
 """Training and evaluation data: crops of store records, seeded so that runs are reproducible.
 
 ``CropDataset`` pools rows of one or more ``SiteStore``s. Item ``i`` of epoch ``e`` draws its crop
-start and augmentation from ``numpy.random.default_rng((seed, e, i))``, so the data seen does
-not depend on worker count, batch order or resumption. Call ``set_epoch(e)`` before each epoch
-(``epoch_loader`` does). With ``crop=None`` items are whole records (evaluation).
+start and augmentation from ``numpy.random.default_rng((seed, e, i))`` (an epoch of several
+passes numbers the items of pass ``p`` from ``p × len``, so each pass draws fresh crops), so the
+data seen does not depend on worker count, batch order or resumption. Call ``set_epoch(e)``
+before each epoch (``epoch_loader`` does). With ``crop=None`` items are whole records (evaluation).
 
 Items are per-sample dicts (``ecg``, ``clinical``, ``lab``, ``dx``), so Opacus's
 ``DPDataLoader.from_data_loader`` can re-sample the same dataset with Poisson sampling.
@@ -11,11 +12,11 @@ Items are per-sample dicts (``ecg``, ``clinical``, ``lab``, ``dx``), so Opacus's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from fedecg.config.train import AugmentConfig
 from fedecg.data.store import SiteStore, Split
@@ -48,8 +49,9 @@ class CropDataset(Dataset):
         return len(self.row_of)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        record = self.waveforms[self.source_of[item]][self.row_of[item]]  # mapped [12, T]
         rng = np.random.default_rng((self.seed, self.epoch, item)) if self.train else None
+        item = item % len(self.row_of)  # a later pass of the same epoch
+        record = self.waveforms[self.source_of[item]][self.row_of[item]]  # mapped [12, T]
         if self.crop is not None and self.crop < record.shape[-1]:
             span = record.shape[-1] - self.crop
             start = int(rng.integers(0, span + 1)) if rng is not None else span // 2
@@ -86,14 +88,34 @@ def rows_with_targets(store: SiteStore, split: Split, targets: Sequence[str]) ->
     return rows[known]
 
 
+class PassesSampler(Sampler[int]):
+    """``passes`` seeded permutations of a dataset's ``n`` items; pass ``p`` yields indices
+    offset by ``p × n`` (``CropDataset`` maps them back, with fresh crops)."""
+
+    def __init__(self, n: int, passes: int, generator: torch.Generator) -> None:
+        self.n, self.passes, self.generator = n, passes, generator
+
+    def __len__(self) -> int:
+        return self.n * self.passes
+
+    def __iter__(self) -> Iterator[int]:
+        for offset in range(0, len(self), max(self.n, 1)):
+            yield from (offset + torch.randperm(self.n, generator=self.generator)).tolist()
+
+
 def epoch_loader(dataset: CropDataset, batch_size: int, epoch: int, shuffle: bool,
-                 seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A loader over ``dataset`` for ``epoch``; the shuffle order is seeded by ``(seed, epoch)``."""
+                 seed: int = 0, num_workers: int = 0, passes: int = 1) -> DataLoader:
+    """A loader over ``dataset`` for ``epoch``; the shuffle order is seeded by ``(seed, epoch)``.
+
+    With ``passes`` > 1 (a small site, see ``StageConfig.min_steps``) the epoch goes through the
+    shuffled data that many times.
+    """
     dataset.set_epoch(epoch)
     if shuffle:
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
             (seed, epoch)).generate_state(1)[0]))
-        sampler = RandomSampler(dataset, generator=generator)
+        sampler: Sampler[int] = (RandomSampler(dataset, generator=generator) if passes == 1
+                                 else PassesSampler(len(dataset), passes, generator))
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

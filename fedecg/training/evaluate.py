@@ -3,8 +3,10 @@
 ``predict`` scores whole records: the ECG embedding is averaged over ``crops`` evenly spaced
 windows of ``crop`` samples (the heads are linear, so this is the mean of the logits), then
 turned into probabilities. ``evaluate`` returns, per task (``diagnosis``, ``lab``), the
-``label_metrics`` dict plus ``macro_auroc_ci``/``macro_auprc_ci``. ``flatten`` turns that into
-the ``summary.json`` keys (``diagnosis_macro_auroc``, ``diagnosis_macro_auroc_ci``, ...).
+``label_metrics`` dict plus ``macro_auroc_ci``/``macro_auprc_ci``, each label's ``auroc_ci`` and
+its test ``positives``. ``flatten`` turns that into the ``summary.json`` keys
+(``diagnosis_macro_auroc``, ``diagnosis_macro_auroc_ci``, per label ``diagnosis_auroc`` with
+``diagnosis_auroc_low``/``_high`` and ``diagnosis_positives``, ...).
 """
 
 from __future__ import annotations
@@ -56,8 +58,21 @@ def score(probabilities: dict[str, np.ndarray], dataset: CropDataset, names: dic
         cis = bootstrap_macro(y_true, probabilities[key], config.bootstrap, config.ci, seed)
         metrics["macro_auroc_ci"] = cis["auroc"]
         metrics["macro_auprc_ci"] = cis["auprc"]
+        metrics["auroc_ci"] = label_auroc_cis(y_true, probabilities[key], names[task],
+                                              metrics["auroc"], config, seed)
+        metrics["positives"] = {name: int(np.nansum(y_true[:, j]))
+                                for j, name in enumerate(names[task])}
         result[task] = metrics
     return result
+
+
+def label_auroc_cis(y_true: np.ndarray, y_score: np.ndarray, names: list[str],
+                    scored: dict[str, float], config: EvalConfig, seed: int = 0
+                    ) -> dict[str, list[float] | None]:
+    """Bootstrap CI of each scored label's AUROC (resamples keep both of its classes)."""
+    return {name: bootstrap_macro(y_true[:, [j]], y_score[:, [j]], config.bootstrap,
+                                  config.ci, seed)["auroc"]
+            for j, name in enumerate(names) if name in scored}
 
 
 def evaluate(model: JointModel, dataset: CropDataset, names: dict[str, list[str]], crop: int,
@@ -75,6 +90,10 @@ def flatten(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
             flat[f"{task}_macro_{kind}"] = values[f"macro_{kind}"]
             flat[f"{task}_macro_{kind}_ci"] = values[f"macro_{kind}_ci"]
             flat[f"{task}_{kind}"] = values[kind]
+        for end, side in (("low", 0), ("high", 1)):  # per-label CI bounds (label -> value)
+            flat[f"{task}_auroc_{end}"] = {label: None if ci is None else ci[side]
+                                           for label, ci in values["auroc_ci"].items()}
+        flat[f"{task}_positives"] = values["positives"]
         flat[f"{task}_skipped"] = values["skipped"]
         flat["n_test"] = values["n"]
     return flat

@@ -32,6 +32,7 @@ from fedecg.models.io import ModelCard, save_inference_model
 from fedecg.models.joint import JointModel
 from fedecg.training.evaluate import evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
+from fedecg.training.outputs import budget_warnings, output_quality, without_unlabelled_stages
 from fedecg.training.runner import (
     MetricsLog,
     OnStep,
@@ -145,9 +146,11 @@ def data_summary(data: TrainingData) -> dict[str, Any]:
 
 
 def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifest,
-                 summary: dict[str, Any], config: TrainConfig, results: dict[str, Any]) -> None:
+                 summary: dict[str, Any], config: TrainConfig, results: dict[str, Any],
+                 outputs: dict[str, Any] | None = None) -> None:
     """Write ``out/model``: the inference-only ECG classifier of ``name`` and its card
-    (``summary``: what it was trained on, e.g. ``data_summary``)."""
+    (``summary``: what it was trained on, e.g. ``data_summary``; ``outputs``: each label's
+    status, ``fedecg.training.outputs.output_quality``)."""
     keys = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
             "lab_macro_auroc_ci", "diagnosis_macro_auprc", "lab_macro_auprc", "n_test")
     card = ModelCard(
@@ -157,7 +160,8 @@ def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifes
         lead_order=manifest.lead_order, fs=manifest.fs, crop_samples=config.crop_samples,
         eval_crops=config.eval.crops,
         preprocessing={"fs": manifest.fs, **manifest.preprocessing},
-        data_summary=summary, seed=config.seed, metrics={k: results.get(k) for k in keys})
+        data_summary=summary, seed=config.seed, metrics={k: results.get(k) for k in keys},
+        outputs=outputs or {}, min_auroc=config.eval.min_auroc if outputs else None)
     save_inference_model(out / "model", model.classifier, card)
 
 
@@ -175,7 +179,10 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
         config = validate_config(TrainConfig, {**config.model_dump(), **changes}, "arguments")
     data = open_stores(stores)
     check_crop(data, config)
-    warn_of_small_splits(data)
+    warn_of_small_splits(data)  # empty splits, labels with few positives in a split
+    config = without_unlabelled_stages(config, data)
+    for line in budget_warnings(config, data, test_split=False):
+        logger.warning(line)
     prepare_run_dir(out, config, stores, overwrite)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -190,7 +197,7 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
         export = next((m for m in EXPORT_ORDER if m in config.models), None)
         if name == export and not exported:
             export_model(Path(out), name, model, data.manifest, data_summary(data), config,
-                         summary[name])
+                         summary[name], output_quality(model, data, config))
             exported = True
     summary["naive"] = naive_results(data, config)
     summary.update(seed=config.seed, models=list(config.models),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,30 +191,43 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
                             f"{[str(s.path) for s in data.stores]}; expected at least 2")
     val = data.dataset("val", stage.targets, config.crop_samples, False, config)
     optimizer = make_optimizer(activate(model, stage), settings.lr, settings.weight_decay)
-    steps = len(epoch_loader(train, config.batch_size, 0, True, seed))
-    scheduler = warmup_cosine(optimizer, settings.epochs * steps, settings.warmup_fraction)
+    epochs = settings.epochs
+    passes = planned_passes(settings, len(train), config.batch_size)
+    steps = len(epoch_loader(train, config.batch_size, 0, True, seed, passes=passes))
+    scheduler = warmup_cosine(optimizer, epochs * steps, settings.warmup_fraction)
     first = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         first = resume["position"].epoch
-    for epoch in range(first, settings.epochs):
+    for epoch in range(first, epochs):
         torch.manual_seed(derive_seed(seed, epoch))
-        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
-        label = f"{name} · {stage.name} {epoch + 1}/{settings.epochs}"
+        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
+                              passes)
+        label = f"{name} · {stage.name} {epoch + 1}/{epochs}"
         start = time.perf_counter()
         logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
                            max_grad_norm=config.max_grad_norm,
                            on_step=_bind(on_step, label, steps))
         seconds = time.perf_counter() - start
         record = {"model": name, "stage": stage.name, "epoch": epoch + 1,
-                  "epochs": settings.epochs, "lr": scheduler.get_last_lr()[0],
+                  "epochs": epochs, "lr": scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
                   "examples_per_second": logs["examples"] / max(seconds, 1e-9)}
         record.update(validate(model, stage, val, data.names, config.eval.batch_size))
         log.append(record)
         save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
                         optimizer, scheduler)
+
+
+def planned_passes(settings: StageConfig, rows: int, batch_size: int) -> int:
+    """Passes through ``rows`` training rows per epoch: enough that the stage takes at least
+    ``settings.min_steps`` optimizer steps of ``batch_size`` (1 on a site large enough)."""
+    if settings.epochs == 0 or rows == 0:
+        return 1
+    if settings.epochs * max(rows // batch_size, 1) >= settings.min_steps:
+        return 1
+    return math.ceil(settings.min_steps * batch_size / (settings.epochs * rows))
 
 
 def _bind(on_step: OnStep | None, label: str, total: int) -> Callable[[int], None] | None:
