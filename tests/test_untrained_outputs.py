@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,17 @@ def test_card_records_untrained_labs_and_hides_them(run: tuple[Path, str]) -> No
     assert card.min_auroc == 0.6
     text = (run[0] / "model" / CARD_MARKDOWN).read_text()
     assert f"not learned, never shown as results ({len(card.lab_labels)})" in text
+
+
+def test_the_report_flags_every_output_the_model_did_not_learn(run: tuple[Path, str]) -> None:
+    _, card = load_inference_model(run[0] / "model")
+    report = (run[0] / "report.html").read_text()
+    assert re.search(rf"lab abnormality outputs learned</th><td[^>]*>0 of {len(card.lab_labels)} ",
+                     report)
+    flagged = report.count("NOT LEARNED (untrained)")
+    untrained = sum(e["status"] == "untrained" for task in card.outputs.values()
+                    for e in task.values())
+    assert flagged == untrained >= len(card.lab_labels)
 
 
 def test_predict_and_explain_leave_untrained_labs_out(run: tuple[Path, str], shared_data: Path,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.errors import InputFileError, TableError
-from fedecg.models.io import CARD_FILE, CARD_MARKDOWN, ModelCard
+from fedecg.models.io import CARD_FILE, CARD_MARKDOWN, LEARNED, ModelCard
 from fedecg.report.html import HtmlPage
 from fedecg.report.plots import (
     format_with_ci,
@@ -349,10 +349,47 @@ def card_section(page: HtmlPage, model_dir: Path, exported: str) -> None:
         rows += [(f"privacy: {k.replace('_', ' ')}", v) for k, v in _flatten(privacy)]
     else:
         rows.append(("privacy", "none: trained without differential privacy"))
+    rows += _learned_counts(card)
     page.facts(rows)
+    _outputs_table(page, card)
     page.links("The same card as files beside this report:",
                [("model/model_card.md", f"model/{CARD_MARKDOWN}"),
                 (f"model/{CARD_FILE} (machine-readable)", f"model/{CARD_FILE}")])
+
+
+OUTPUT_TASKS = (("diagnosis", "diagnosis"), ("lab", "lab abnormality"))
+
+
+def _learned_counts(card: dict[str, Any]) -> list[tuple[str, object]]:
+    """One row per task: how many of its outputs the card records as learned."""
+    outputs = card.get("outputs") or {}
+    rows: list[tuple[str, object]] = []
+    for task, title in OUTPUT_TASKS:
+        entries = outputs.get(task) or {}
+        if entries:
+            learned = sum(entry.get("status") == LEARNED for entry in entries.values())
+            rows.append((f"{title} outputs learned",
+                         f"{learned} of {len(entries)} (validation AUROC ≥ "
+                         f"{card.get('min_auroc')}; the others are flagged below)"))
+    return rows
+
+
+def _outputs_table(page: HtmlPage, card: dict[str, Any]) -> None:
+    """Every output of the exported model with its status, as predict/explain treat it."""
+    outputs = card.get("outputs") or {}
+    rows = [[title, label, entry.get("status") if entry.get("status") == LEARNED
+             else f"NOT LEARNED ({entry.get('status')})", entry.get("train_positives"),
+             entry.get("val_positives"), entry.get("val_auroc")]
+            for task, title in OUTPUT_TASKS for label, entry in (outputs.get(task) or {}).items()]
+    if not rows:
+        return
+    page.table(["task", "output", "status", "training positives", "validation positives",
+                "validation AUROC"], rows,
+               caption="Each output of the exported model as its card records it: learned "
+                       "when its validation AUROC reaches the card's threshold. A lab output "
+                       "that is not learned is never shown by predict or explain, nor named as "
+                       "a supporting lab; an untrained diagnosis is left out, the others are "
+                       "shown with their flag.")
 
 
 _DATA_NAMES = {"records": "ECGs (all splits)", "train_records": "training ECGs",
