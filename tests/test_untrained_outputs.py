@@ -229,3 +229,16 @@ def test_simulation_baselines_ignore_min_steps() -> None:
                                                             "local_epochs": 2}})
     assert baseline_config(study).diagnosis.epochs == 8
     assert baseline_config(study).diagnosis.min_steps == 0
+
+
+def test_an_output_validated_on_fewer_than_five_positives_is_not_learned() -> None:
+    """A validation AUROC of 1.0 on one positive (seen on the main job's tsh_high) says
+    nothing: such an output is unvalidated, never shown as a result."""
+    from fedecg.training.outputs import _entry
+
+    train = np.array([1.0] * 8 + [0.0] * 100)
+    few = np.array([1.0, 1.0] + [0.0] * 60)
+    enough = np.array([1.0] * 5 + [0.0] * 60)
+    assert _entry(train, few, 1.0, 0.6)["status"] == "unvalidated"
+    assert _entry(train, enough, 0.7, 0.6)["status"] == "learned"
+    assert _entry(train, enough, 0.5, 0.6)["status"] == "below threshold"

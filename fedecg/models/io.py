@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 
 from fedecg import __version__
 from fedecg.config.base import StrictModel
+from fedecg.data.store import MIN_POSITIVES
 from fedecg.errors import StoreError
 from fedecg.io import (
     OutputKind,
@@ -86,8 +87,9 @@ def _reason(entry: dict[str, Any], threshold: float | None) -> str:
         return (f"not learned: never trained ({entry.get('train_positives', 0)} training "
                 f"positive(s) of {entry.get('train_known', 0)} known)")
     if status == "unvalidated":
-        return (f"not learned: no validation AUROC ({entry.get('val_positives', 0)} validation "
-                "positive(s))")
+        return (f"not learned: not validated ({entry.get('val_positives', 0)} validation "
+                f"positive(s) of {entry.get('val_known', 0)}; at least {MIN_POSITIVES} of each "
+                "class needed)")
     return f"not learned: validation AUROC {entry.get('val_auroc')} < {threshold}"
 
 

@@ -4,8 +4,9 @@ label's training support and validation AUROC (the model card's ``outputs``).
 A site without labs has no known lab label: ``without_unlabelled_stages`` turns the lab stage
 off (said once) instead of failing. ``output_quality`` records per task and label the training
 positives, validation positives and AUROC, and a ``status``: ``learned`` (validation AUROC at
-least ``eval.min_auroc``), ``below threshold``, ``unvalidated`` (no validation row of both
-classes) or ``untrained`` (no training positive and negative). ``predict``/``explain`` and the
+least ``eval.min_auroc``), ``below threshold``, ``unvalidated`` (fewer than
+``MIN_POSITIVES`` validation positives or negatives: an AUROC on one or two positives says
+nothing) or ``untrained`` (no training positive and negative). ``predict``/``explain`` and the
 report use it so that an output that never learned is never shown as a result.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedecg.config.train import TrainConfig
+from fedecg.data.store import MIN_POSITIVES
 from fedecg.models.io import LEARNED, OutputStatus
 from fedecg.models.joint import JointModel
 from fedecg.training.data import rows_with_targets
@@ -68,7 +70,8 @@ def _entry(y_train: np.ndarray, y_val: np.ndarray, auroc: float | None,
     status: OutputStatus
     if positives == 0 or positives == known:
         status = "untrained"
-    elif auroc is None:
+    elif auroc is None or min(int(np.nansum(y_val)),
+                              int(np.sum(y_val == 0))) < MIN_POSITIVES:
         status = "unvalidated"
     else:
         status = LEARNED if auroc >= threshold else "below threshold"
