@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 from benchmark_json import emit
 
+from fedecg.app import simulated as simulated_sites
 from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
 from fedecg.deploy.node_keys import create_node_keys
 from fedecg.deploy.submit import submit_study
@@ -42,7 +43,6 @@ from fedecg.deploy.supernode import NodeKit, launch, stop_supernode
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
 from fedecg.federated.final_report import N_TRAIN, NAIVE_PREFIX, encode_entry
-from fedecg.federated.simulate import run_federated
 
 TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32,
          "encoder": {"stem_width": 16, "widths": [16, 32, 64], "blocks": [1, 1, 1]},
@@ -94,7 +94,8 @@ def simulated(config: SimulationConfig, store: Path, folder: Path, rounds: int) 
     """The study in Flower's simulation engine."""
     partition = ensure_partition(store, config.partition, folder)
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)
-    stamps = timed(lambda: run_federated(plan), folder / "federated" / "metrics.jsonl", rounds)
+    stamps = timed(lambda: simulated_sites().run(plan, None),
+                   folder / "federated" / "metrics.jsonl", rounds)
     return {"seconds_per_round": per_round(stamps), "lines": _lines(folder / "federated")}
 
 

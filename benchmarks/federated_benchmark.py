@@ -38,13 +38,13 @@ from pathlib import Path
 import torch
 from benchmark_json import emit
 
+from fedecg.app import client_app, simulated
 from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
 from fedecg.federated import keys
-from fedecg.federated.client_app import app as client_app
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import run_server
-from fedecg.federated.simulate import baseline_config, run_federated, sites_of
+from fedecg.federated.simulate import baseline_config, sites_of
 from fedecg.training.runner import MetricsLog, fit_model
 
 TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32, "threads": 1,
@@ -91,7 +91,7 @@ def time_federated(config: SimulationConfig, store: Path, partition: Path,
     """Seconds per round (after the first) of the Flower simulation, and per-site figures."""
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)
     stamps: list[float] = []
-    run_federated(plan, progress=lambda event: stamps.append(time.perf_counter()))
+    simulated().run(plan, lambda event: stamps.append(time.perf_counter()))
     lines = [json.loads(x) for x in (folder / "federated" / "metrics.jsonl").read_text()
              .splitlines()]
     train = [x for x in lines if x["kind"] == "train"]

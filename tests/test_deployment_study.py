@@ -18,13 +18,13 @@ import yaml
 from federated_support import SCHEMA, TINY_TRAIN, make_store
 from flwr.app import Array, ArrayRecord, Error, Message
 
+from fedecg.app import client_app
 from fedecg.errors import FederationError
 from fedecg.federated import keys
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import read_result
 from fedecg.models.io import load_inference_model
-from fedecg.privacy.apps import client_app
 
 SITES = 3
 
@@ -77,7 +77,7 @@ class FaultyGrid(InProcessGrid):
 
 
 def serve(tmp_path: Path, grid, **federation):
-    from fedecg.deploy.study import serve_study
+    from fedecg.app import serve_study
 
     run_config = {"config": str(study_file(tmp_path, **federation)),
                   "out": str(tmp_path / "run")}

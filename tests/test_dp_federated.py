@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from federated_support import TINY_TRAIN, make_store
 
+from fedecg.app import client_app
 from fedecg.config.federated import SimulationConfig
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import METRICS_FILE, run_server
 from fedecg.privacy import normalization
-from fedecg.privacy.apps import client_app
 from fedecg.privacy.sample_dp import EPSILON, STOPPED
 
 
@@ -50,8 +50,8 @@ def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, m
 
 @pytest.mark.parametrize("clipping", ["server", "client"])
 def test_client_level_run_accounts_every_round_in_the_server_ledger(store, tmp_path, clipping):
+    from fedecg.app import client_level
     from fedecg.privacy.accounting import Ledger, epsilon_of
-    from fedecg.privacy.apps import client_level
 
     config = SimulationConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": 2},

@@ -16,14 +16,14 @@ import pytest
 import torch
 from federated_support import TINY_TRAIN, make_store
 
+from fedecg.app import client_app
 from fedecg.config.federated import SimulationConfig
 from fedecg.config.privacy import DPConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import FederationError
-from fedecg.federated import client_app as client_module
 from fedecg.federated import keys
+from fedecg.federated import site_handlers as client_module
 from fedecg.federated.checkpoint import latest_site_state, load_checkpoint
-from fedecg.federated.client_app import app as client_app
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import METRICS_FILE, initial_model, read_result, run_server
@@ -185,10 +185,12 @@ def test_site_smaller_than_a_batch_trains_one_batch_and_empty_site_sits_out(stor
 
 
 def test_a_private_run_is_refused_rather_than_trained_without_dp(store, tmp_path):
+    """A site whose handlers get no privacy hook (not fedecg.app's ClientApp) refuses."""
     config = _config(store).model_copy(update={"privacy": DPConfig(mode="sample",
                                                                    target_epsilon=3.0)})
+    nodes = [{keys.NODE_PARTITION_ID: i} for i in range(2)]
     with pytest.raises(FederationError, match="differential privacy"):
-        _run(config, tmp_path)
+        _run(config, tmp_path, grid=InProcessGrid(client_module.handle_train, nodes))
 
 
 def test_a_plan_with_unknown_prevalence_travels_to_the_sites(store, tmp_path):

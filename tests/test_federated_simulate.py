@@ -220,29 +220,48 @@ def test_a_killed_simulate_leaves_no_ray_process(store, tmp_path, signum):
 
 
 @pytest.mark.parametrize("mode", ["client", "sample"])
-def test_the_python_study_api_never_runs_a_private_config_without_privacy(store, tmp_path,
-                                                                            monkeypatch, mode):
-    """`run_study` called from Python with a private config raises before any work unless the
-    privacy layer's apps are passed; with them the run is private (client level: every round
-    is in the server's ledger)."""
+def test_the_python_study_api_runs_a_private_config_private(store, tmp_path, monkeypatch, mode):
+    """`run_study` called from Python with a private config (no apps passed) trains with DP:
+    client level, every round is in the server's ledger; sample level, every site reports ε."""
+    from fedecg.app import run_study
     from fedecg.config.base import load_config
     from fedecg.config.federated import SimulationConfig
-    from fedecg.errors import FederationError
-    from fedecg.federated.simulate import run_study
-    from fedecg.privacy.apps import client_app, client_level
+    from fedecg.privacy import normalization
+    from fedecg.privacy.accounting import Ledger
     from fedecg.privacy.client_dp import LEDGER_FILE
+    from fedecg.privacy.sample_dp import EPSILON
 
     _fake_simulation(monkeypatch)
+    monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
     config = load_config(SimulationConfig, _study(tmp_path, store), [
         f"privacy.mode={mode}", "privacy.target_epsilon=50"])
-    with pytest.raises(FederationError, match="would train without differential privacy"):
-        run_study(config, tmp_path / "plain")
-    assert not (tmp_path / "plain").exists()
+    run_study(config, tmp_path / "private")
     if mode == "client":
-        run_study(config, tmp_path / "private", client_app=client_app, wrap_for=client_level)
         ledger = tmp_path / "private" / "seed-0" / "transfer" / "federated" / LEDGER_FILE
-        from fedecg.privacy.accounting import Ledger
-
         released = Ledger.from_record(json.loads(ledger.read_text()))
         assert sum(steps for _, _, steps in released.history) == 3  # a round of each stage
         assert 0 < released.epsilon() <= 50
+    else:
+        lines = [json.loads(x) for x in
+                 (tmp_path / "private" / "metrics.jsonl").read_text().splitlines()]
+        train = [x for x in lines if x["kind"] == "train"]
+        assert train and all(0 < x[EPSILON] <= 50 for x in train)
+
+
+def test_a_server_without_client_level_dp_refuses_a_private_plan(store, tmp_path):
+    """The low-level ``run_server`` refuses a client-level DP plan without its wrapper."""
+    from fedecg.app import client_app
+    from fedecg.config.base import load_config
+    from fedecg.config.federated import SimulationConfig
+    from fedecg.errors import FederationError
+    from fedecg.federated.datasource import ensure_partition, make_plan
+    from fedecg.federated.orchestration import run_server
+
+    config = load_config(SimulationConfig, _study(tmp_path, store), [
+        "privacy.mode=client", "privacy.target_epsilon=50"])
+    partition = ensure_partition(store, config.partition, tmp_path)
+    plan = make_plan(config, "transfer", tmp_path / "run", store, partition)
+    grid = InProcessGrid(client_app, [{keys.NODE_PARTITION_ID: i} for i in range(2)])
+    with pytest.raises(FederationError, match="without differential privacy"):
+        run_server(grid, plan)
+    assert not (tmp_path / "run").exists()

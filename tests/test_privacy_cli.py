@@ -16,12 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from fedecg.cli import app
-from fedecg.cli.privacy_commands import plot_records
 from fedecg.errors import ConfigError
 from fedecg.io import OutputKind, mark_output
 from fedecg.models.classifier import EcgClassifier
 from fedecg.models.io import ModelCard, load_inference_model, save_inference_model
 from fedecg.privacy.sweep import parse_epsilons
+from fedecg.report.privacy_plot import plot_records
 
 AUROC = {("inf", "signal-only"): (0.70, 0.62), ("inf", "transfer"): (0.80, 0.71),
          ("8", "signal-only"): (0.64, 0.58), ("8", "transfer"): (0.74, 0.66)}

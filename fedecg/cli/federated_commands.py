@@ -98,9 +98,8 @@ def simulate(
     Prints one line per round with the sites' validation loss and AUROC and an ETA of the
     federated rounds (the pooled and local-only baselines come on top).
     """
-    from fedecg.federated.simulate import CONFIG_FILE, run_study
-    from fedecg.privacy.apps import client_app, client_level
-    from fedecg.privacy.sweep import card_entry, site_budgets
+    from fedecg.app import run_study
+    from fedecg.federated.simulate import CONFIG_FILE
 
     started = time.time()
     if (resume is None) == (out is None):
@@ -123,9 +122,7 @@ def simulate(
         progress.restart_clock()
 
     summary = run_study(settings, Path(run_dir), resume=resume is not None, say=say,
-                        progress=round_reporter(settings, progress), client_app=client_app,
-                        wrap_for=client_level, console=console)
-    card_entry(Path(run_dir), site_budgets(Path(run_dir)))  # privacy section of the model card
+                        progress=round_reporter(settings, progress), console=console)
     console.print(results_table(summary))
     record_command(Path(run_dir), started)
     report = _report(Path(run_dir))

@@ -126,7 +126,16 @@ StrategyWrap = Callable[[Strategy], Strategy]
 
 def run_server(grid: Grid, plan: RunPlan, progress: Progress | None = None,
                wrap: StrategyWrap | None = None) -> None:
-    """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome."""
+    """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome.
+
+    ``wrap`` wraps each stage's strategy (``fedecg.app.client_level``: client-level DP); a
+    plan asking for client-level DP is refused without it.
+    """
+    privacy = plan.config.privacy
+    if privacy.enabled and privacy.mode == "client" and wrap is None:
+        raise FederationError(f"privacy.mode=client with target_epsilon="
+                              f"{privacy.target_epsilon:g}: this server would aggregate without "
+                              "differential privacy; run it through fedecg.app")
     keep_flower_log_short()
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The ClientApp: a site trains and evaluates the stage the server asks for.
+"""What a site does with the server's messages (``fedecg.app.client_app`` calls these):
+``handle_train`` trains the stage the server asks for, ``handle_evaluate`` tests it.
 
 A site finds its data from ``node_config``: ``data-dir`` (a prepared store, in deployment; with
 optional ``site-name``, ``site-index`` and ``state-dir``, where the site keeps its model between
@@ -15,15 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
 
 from fedecg.data.store import SiteStore
 from fedecg.errors import FedecgError, FederationError
@@ -158,7 +157,7 @@ def handle_train(message: Message, context: Context,
             raise FederationError(f"site {site.name}: the run asks for sample-level "
                                   f"differential privacy (ε={privacy.target_epsilon}) but this "
                                   "ClientApp has no privacy hook; refusing to train without "
-                                  "it (run fedecg.privacy.apps:client_app)")
+                                  "it (run fedecg.app:client_app)")
         stage = stages_for(plan)[index]
         model = site_model(plan, site, context, global_round)
         if hook is not None:
@@ -226,31 +225,11 @@ def _keep(model: JointModel, plan: RunPlan, site: Site, context: Context,
         save_site_state(site.state_dir, site.index, global_round, plain_state(model))
 
 
-def build_client_app(privacy_for: PrivacyFor | None = None,
-                     train_mods: Sequence[Mod] = ()) -> ClientApp:
-    """The ClientApp; ``privacy_for`` and ``train_mods`` come from the privacy layer."""
-    client = ClientApp()
-
-    @client.train(mods=list(train_mods))
-    def train(message: Message, context: Context) -> Message:
-        with _errors_without_paths():
-            return handle_train(message, context, privacy_for)
-
-    @client.evaluate()
-    def evaluate(message: Message, context: Context) -> Message:
-        with _errors_without_paths():
-            return handle_evaluate(message, context, privacy_for)
-
-    return client
-
-
 @contextlib.contextmanager
-def _errors_without_paths() -> Iterator[None]:
+def errors_without_paths() -> Iterator[None]:
     """A site's error leaves it as one line without its file paths (``redact_paths``)."""
     try:
         yield
     except FedecgError as exc:
         raise FederationError(redact_paths(str(exc))) from None
 
-
-app = build_client_app()
