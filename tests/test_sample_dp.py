@@ -21,7 +21,7 @@ from fedecg.privacy.normalization import apply_public_normalization, public_stat
 from fedecg.privacy.objectives import private_stage
 from fedecg.privacy.sample_dp import EPSILON, STOPPED, SitePrivacy
 from fedecg.privacy.validation import validate_model
-from fedecg.training.trainer import activate, make_optimizer, train_epochs
+from fedecg.training.trainer import activate, make_optimizer, train_window
 from tests.dp_support import (
     BATCH,
     ENCODER,
@@ -68,12 +68,13 @@ def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
     site = site_privacy(noise=0.0, clip=1e9, objective=objective)
     objective = private_stage(stage, site.config.sample)
     optimizer = make_optimizer(activate(plain, objective), lr=1e-2)
-    train_epochs(plain, objective, fixed_batches(), optimizer, 1, extra_loss=extra)
+    train_window(plain, objective, lambda _: fixed_batches(), optimizer, range(1),
+                 extra_loss=extra)
 
     optimizer = make_optimizer(activate(private, stage), lr=1e-2)
     with site.private_round(private, stage, fixed_batches(), optimizer, seed=0,
                             extra_loss=extra) as dp:
-        train_epochs(dp.model, dp.stage, fixed_batches(), dp.optimizer, 1)
+        train_window(dp.model, dp.stage, lambda _: fixed_batches(), dp.optimizer, range(1))
     changed = 0
     for (key, a), b in zip(plain.state_dict().items(), private.state_dict().values(),
                            strict=True):
@@ -91,7 +92,8 @@ def test_private_rounds_account_every_noised_step_cumulatively():
         loader = DataLoader(TinyRecords(), batch_size=BATCH, shuffle=True)
         with site.private_round(model, stage, loader, optimizer, seed=round_index) as dp:
             steps = site.steps_allowed(stage.name, N // BATCH)
-            logs = train_epochs(dp.model, dp.stage, dp.loader, dp.optimizer, 1, max_steps=steps)
+            logs = train_window(dp.model, dp.stage, lambda _: dp.loader, dp.optimizer, range(1),
+                                max_steps=steps)
         assert logs[0]["steps"] == steps == N // BATCH
         for _ in range(steps):
             independent.step(noise_multiplier=site.noise_multiplier, sample_rate=BATCH / N)
@@ -218,6 +220,6 @@ def test_empty_poisson_batches_still_take_a_noised_accounted_step():
     with site.private_round(model, stage, DataLoader(TinyRecords(), batch_size=1), optimizer,
                             seed=0) as dp:
         sizes = [len(batch["ecg"]) for batch in dp.loader]
-        logs = train_epochs(dp.model, dp.stage, dp.loader, dp.optimizer, 1)
+        logs = train_window(dp.model, dp.stage, lambda _: dp.loader, dp.optimizer, range(1))
     assert 0 in sizes and len(sizes) == N  # q = 1/24: some of the 24 draws are empty
     assert logs[0]["steps"] == N and site.ledger.steps == N

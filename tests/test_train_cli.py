@@ -175,9 +175,9 @@ def test_a_non_utf8_config_and_an_unwritable_out_are_one_line(store, tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_a_rerun_continues(store, tmp_path, monkeypatch):
-    from fedecg.training import runner as training_runner
+    from fedecg.training import trainer as training_loop
 
-    real = training_runner.train_epoch
+    real = training_loop.train_epoch
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -186,11 +186,11 @@ def test_ctrl_c_is_one_line_and_a_rerun_continues(store, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training_runner, "train_epoch", interrupted)
+    monkeypatch.setattr(training_loop, "train_epoch", interrupted)
     args = _args(store, tmp_path / "run", "--models", "signal-only")
     result = runner.invoke(app, args)
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert ("interrupted: finished work is kept; rerun train with the same --out"
             in result.output)
-    monkeypatch.setattr(training_runner, "train_epoch", real)
+    monkeypatch.setattr(training_loop, "train_epoch", real)
     assert runner.invoke(app, args).exit_code == 0

@@ -13,7 +13,7 @@ from fedecg.config.base import load_config
 from fedecg.config.train import TrainConfig
 from fedecg.errors import StoreError, TrainingError
 from fedecg.models.joint import JointModel
-from fedecg.training import runner
+from fedecg.training import runner, trainer
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
 from fedecg.training.data import CropDataset, epoch_loader
 from fedecg.training.losses import siglip
@@ -183,7 +183,8 @@ def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, 
                      "diagnosis.epochs=2")
     whole = train_models([store], config, tmp_path / "whole")
     calls = {"n": 0}
-    real = getattr(runner, where)
+    module = trainer if where == "train_epoch" else runner  # the stage loop calls train_epoch
+    real = getattr(module, where)
     # 8th call: train_epoch of transfer's lab epoch 2 (signal-only 4 + pretrain 2 + lab 1
     # before it); save_checkpoint of its lab epoch 1 (signal-only adds its final checkpoint)
 
@@ -193,13 +194,13 @@ def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, where, crashing)
+    monkeypatch.setattr(module, where, crashing)
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
     saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")
     assert len(metrics_history(tmp_path / "resumed")) == 7  # signal-only 4, transfer 3
     assert saved["position"].metric_lines == (7 if where == "train_epoch" else 6)
-    monkeypatch.setattr(runner, where, real)
+    monkeypatch.setattr(module, where, real)
     resumed = train_models([store], config, tmp_path / "resumed")
     assert metrics_history(tmp_path / "resumed") == metrics_history(tmp_path / "whole")
     assert len(metrics_history(tmp_path / "whole")) == 10
@@ -211,7 +212,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monke
                      "diagnosis.epochs=2")
     whole = train_models([store], config, tmp_path / "whole")
     calls = {"n": 0}
-    real = runner.train_epoch
+    real = trainer.train_epoch
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
@@ -219,12 +220,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_epoch", crashing)
+    monkeypatch.setattr(trainer, "train_epoch", crashing)
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")[
         "position"].epoch == 1
-    monkeypatch.setattr(runner, "train_epoch", real)
+    monkeypatch.setattr(trainer, "train_epoch", real)
     resumed = train_models([store], config, tmp_path / "resumed")
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "transfer.pt")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")["model"]

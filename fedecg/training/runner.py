@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from fedecg.config.train import MODEL_NAMES, StageConfig, TrainConfig
 from fedecg.data.store import SiteStore, Split, StoreManifest, split_problems
@@ -29,17 +29,18 @@ from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoin
 from fedecg.training.data import CropDataset, epoch_loader, rows_with_targets
 from fedecg.training.evaluate import validate
 from fedecg.training.stages import Stage, build_stages
-from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+from fedecg.training.trainer import (
+    activate,
+    derive_seed,
+    make_optimizer,
+    train_window,
+    warmup_cosine,
+)
 
 logger = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int], None]
 """Progress callback ``(description, steps done, steps total)``."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed derived from integers (different parts give independent streams)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
 
 
 @dataclass
@@ -200,16 +201,14 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         first = resume["position"].epoch
-    for epoch in range(first, epochs):
-        torch.manual_seed(derive_seed(seed, epoch))
-        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
-                              passes)
-        label = f"{name} · {stage.name} {epoch + 1}/{epochs}"
-        start = time.perf_counter()
-        logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
-                           max_grad_norm=config.max_grad_norm,
-                           on_step=_bind(on_step, label, steps))
-        seconds = time.perf_counter() - start
+    def loader_for(epoch: int) -> DataLoader:
+        return epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
+                            passes)
+
+    def on_step_of(epoch: int) -> Callable[[int], None] | None:
+        return _bind(on_step, f"{name} · {stage.name} {epoch + 1}/{epochs}", steps)
+
+    def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> None:
         record = {"model": name, "stage": stage.name, "epoch": epoch + 1,
                   "epochs": epochs, "lr": scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
@@ -218,6 +217,10 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
         log.append(record)
         save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
                         optimizer, scheduler)
+
+    train_window(model, stage, loader_for, optimizer, range(first, epochs),
+                 scheduler=scheduler, max_grad_norm=config.max_grad_norm, seed=seed,
+                 on_step=on_step_of, on_epoch=on_epoch)
 
 
 def planned_passes(settings: StageConfig, rows: int, batch_size: int) -> int:
