@@ -29,7 +29,9 @@ from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import METRICS_FILE, initial_model, read_result, run_server
 from fedecg.federated.partition import site_view
 from fedecg.federated.site import RoundPlan, local_train
-from fedecg.training.runner import MetricsLog, TrainingData, build_model, fit_model
+from fedecg.models.build import build_model
+from fedecg.training.data import TrainingData
+from fedecg.training.runner import MetricsLog, fit_model
 from fedecg.training.stages import build_stages
 
 
@@ -173,13 +175,14 @@ def test_site_smaller_than_a_batch_trains_one_batch_and_empty_site_sits_out(stor
     plan = RoundPlan("transfer", 0, 1, 1)
     train_rows = opened.indices("train")
     small = TrainingData([site_view(opened, train_rows[:5], name="tiny")])
-    model = build_model("transfer", config.train, small)
+    model = build_model("transfer", config.train, small.manifest, small.train_clinical())
     with caplog.at_level(logging.INFO):
         metrics = local_train(model, stage, small, config.train, config.federation, plan, "tiny")
     assert metrics[keys.NUM_EXAMPLES] == 5 and metrics[keys.TRAIN_STEPS] == 1
     assert "fewer than batch_size" in caplog.text
     lone = TrainingData([site_view(opened, train_rows[:1], name="lone")])
-    metrics = local_train(build_model("transfer", config.train, lone), stage, lone, config.train,
+    metrics = local_train(build_model("transfer", config.train, lone.manifest,
+                                      lone.train_clinical()), stage, lone, config.train,
                           config.federation, plan, "lone")
     assert metrics[keys.NUM_EXAMPLES] == 0 and np.isnan(metrics[keys.TRAIN_LOSS])
 

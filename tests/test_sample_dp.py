@@ -164,10 +164,11 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     from fedecg.data.store import SiteStore
     from fedecg.federated import keys
     from fedecg.federated.orchestration import RunPlan, stages_for
+    from fedecg.models.build import build_model
     from fedecg.privacy.accounting import epsilon_of
     from fedecg.privacy.normalization import PUBLIC_SCALES
     from fedecg.privacy.site_hook import PrivateSite
-    from fedecg.training.runner import TrainingData, build_model
+    from fedecg.training.data import TrainingData
     from fedecg.training.trainer import train_epoch
     from tests.federated_support import make_store
 
@@ -181,7 +182,7 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     plan = RunPlan(config=config, model="transfer", manifest=store.manifest,
                    out=str(tmp_path / "run"))
     dp_config = DPConfig(mode="sample", target_epsilon=6.0)
-    model = build_model("transfer", config.train, data)
+    model = build_model("transfer", config.train, data.manifest, data.train_clinical())
     state, spent = RecordDict(), []
     for global_round, stage in enumerate(stages_for(plan), start=1):
         state = RecordDict() if global_round == 2 else state  # a restart: context.state is new

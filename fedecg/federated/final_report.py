@@ -33,9 +33,9 @@ from fedecg.federated.params import to_arrays
 from fedecg.federated.screening import declared_ecgs, screen_final
 from fedecg.federated.strategies import DROPOUT, NODE_ID, REJECTED, error_reason, sender
 from fedecg.models.joint import JointModel
+from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import TASKS, evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
-from fedecg.training.runner import TrainingData
 
 log = logging.getLogger(__name__)
 

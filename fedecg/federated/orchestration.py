@@ -41,8 +41,8 @@ from fedecg.federated.flower_log import keep_flower_log_short
 from fedecg.federated.params import plain_state, to_arrays, to_state
 from fedecg.federated.strategies import DROPOUT, REJECTED, Roster, StageRounds, make_strategy
 from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
-from fedecg.training.runner import build_model
 from fedecg.training.stages import HeadStage, Stage, build_stages
 
 log = logging.getLogger(__name__)
@@ -73,19 +73,9 @@ class RunPlan(StrictModel):
         return cls.model_validate_json(text)
 
 
-class _ManifestOnly:
-    """What ``build_model`` reads from training data, for a server that holds no data."""
-
-    def __init__(self, manifest: StoreManifest) -> None:
-        self.manifest = manifest
-
-    def train_clinical(self) -> np.ndarray:
-        return np.zeros((0, len(self.manifest.clinical_features)), dtype=np.float32)
-
-
 def initial_model(plan: RunPlan) -> JointModel:
     """The seeded, untrained model every site starts from (same init as centralized)."""
-    return build_model(plan.model, plan.config.train, _ManifestOnly(plan.manifest))  # type: ignore[arg-type]
+    return build_model(plan.model, plan.config.train, plan.manifest)
 
 
 def stages_for(plan: RunPlan) -> list[Stage]:

@@ -35,8 +35,9 @@ from fedecg.federated.orchestration import METRICS_FILE, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.ray_session import ray_session
 from fedecg.io import OutputKind, atomic_write_text, claim_output, mark_output
+from fedecg.training.data import TrainingData
 from fedecg.training.outputs import budget_warnings, has_known
-from fedecg.training.runner import MetricsLog, TrainingData, fit_model
+from fedecg.training.runner import MetricsLog, fit_model
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from torch import nn
 from fedecg.config.federated import FederationConfig
 from fedecg.config.train import MODEL_NAMES, TrainConfig
 from fedecg.federated import keys
+from fedecg.models.build import derive_seed
 from fedecg.models.joint import JointModel
-from fedecg.training.data import epoch_loader
+from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
-from fedecg.training.runner import TrainingData, stage_config
+from fedecg.training.runner import stage_config
 from fedecg.training.stages import Stage
 from fedecg.training.trainer import (
     activate,
     advance_schedule,
-    derive_seed,
     make_optimizer,
     train_window,
     warmup_cosine,

@@ -34,8 +34,9 @@ from fedecg.federated.params import load_arrays, plain_state, to_arrays
 from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.screening import redact_paths
 from fedecg.federated.site import RoundPlan, RoundPrivacy, local_evaluate, local_train
+from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
-from fedecg.training.runner import TrainingData, build_model
+from fedecg.training.data import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def _open(plan: RunPlan, node_config: dict) -> Site:
 
 def site_model(plan: RunPlan, site: Site, context: Context, global_round: int) -> JointModel:
     """The site's model: from ``context.state``, else its save before ``global_round``, else new."""
-    model = build_model(plan.model, plan.config.train, site.data)
+    model = build_model(plan.model, plan.config.train, site.data.manifest,
+                        site.data.train_clinical())
     meta = context.state.get(keys.STATE_META)
     mine = meta is not None and meta[keys.META_MODEL] == plan.model
     if keys.STATE_MODEL in context.state and mine:

@@ -49,8 +49,7 @@ from fedecg.privacy.accounting import PrivacyPlan, plan_stage
 from fedecg.privacy.normalization import apply_public_normalization
 from fedecg.privacy.sample_dp import STATE_PRIVACY, PrivateTraining, SitePrivacy
 from fedecg.privacy.validation import validate_model
-from fedecg.training.data import rows_with_targets
-from fedecg.training.runner import TrainingData
+from fedecg.training.data import TrainingData, rows_with_targets
 from fedecg.training.stages import Stage
 from fedecg.training.trainer import ExtraLoss
 

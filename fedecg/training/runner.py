@@ -1,8 +1,9 @@
 """Training one model through its stages, with per-epoch metrics and resumable checkpoints.
 
-``TrainingData`` pools the splits of one or more compatible stores. ``fit_model`` builds the
-``JointModel`` of a model name (``signal-only``, ``transfer``, ``multimodal``), fits the clinical
-standardization on training rows, runs its stages (``build_stages``), appends one
+``fit_model`` trains one model on ``TrainingData`` (``fedecg.training.data``): it builds the
+``JointModel`` of a model name (``signal-only``, ``transfer``, ``multimodal``;
+``fedecg.models.build``) with the clinical standardization fit on training rows, runs its
+stages (``build_stages``) through the stage loop (``train_window``), appends one
 ``metrics.jsonl`` record per epoch and writes a checkpoint after each, resuming from the last.
 """
 
@@ -12,26 +13,23 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from fedecg.config.train import MODEL_NAMES, StageConfig, TrainConfig
-from fedecg.data.store import SiteStore, Split, StoreManifest, split_problems
+from fedecg.data.store import split_problems
 from fedecg.errors import TrainingError
 from fedecg.io import atomic_write_text
+from fedecg.models.build import build_model, derive_seed
 from fedecg.models.joint import JointModel
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
-from fedecg.training.data import CropDataset, epoch_loader, rows_with_targets
+from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
 from fedecg.training.stages import Stage, build_stages
 from fedecg.training.trainer import (
     activate,
-    derive_seed,
     make_optimizer,
     train_window,
     warmup_cosine,
@@ -41,36 +39,6 @@ logger = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int], None]
 """Progress callback ``(description, steps done, steps total)``."""
-
-
-@dataclass
-class TrainingData:
-    """Compatible stores trained as one pool."""
-
-    stores: list[SiteStore]
-
-    @property
-    def manifest(self) -> StoreManifest:
-        """The first store's manifest (all pooled stores agree on labels and features)."""
-        return self.stores[0].manifest
-
-    @property
-    def names(self) -> dict[str, list[str]]:
-        """Label names per task: ``{"diagnosis": [...], "lab": [...]}``."""
-        return {"diagnosis": list(self.manifest.diagnosis_labels),
-                "lab": list(self.manifest.lab_labels)}
-
-    def dataset(self, split: Split, targets: tuple[str, ...], crop: int | None, train: bool,
-                config: TrainConfig, seed: int = 0, stores: list[int] | None = None
-                ) -> CropDataset:
-        """Rows of ``split`` with a known value of any ``targets``, pooled over stores."""
-        chosen = [self.stores[k] for k in (stores or range(len(self.stores)))]
-        sources = [(store, rows_with_targets(store, split, targets)) for store in chosen]
-        return CropDataset(sources, crop, train, config.augment, seed)
-
-    def train_clinical(self) -> np.ndarray:
-        """Clinical features of all training rows (what the standardization is fit on)."""
-        return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])
 
 
 def check_crop(data: TrainingData, config: TrainConfig) -> None:
@@ -121,28 +89,6 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))
 
 
-def build_model(name: str, config: TrainConfig, data: TrainingData) -> JointModel:
-    """The untrained ``JointModel`` of model ``name``, seeded by ``config.seed`` and the name."""
-    torch.manual_seed(derive_seed(config.seed, MODEL_NAMES.index(name)))
-    manifest = data.manifest
-    model = JointModel(
-        n_lab=len(manifest.lab_labels), n_dx=len(manifest.diagnosis_labels),
-        n_clinical=len(manifest.clinical_features), encoder=config.encoder.model_dump(),
-        clinical=config.clinical.model_dump(), projection_dim=config.pretrain.projection_dim,
-        temperature=config.pretrain.temperature,
-        learnable_temperature=config.pretrain.learnable_temperature,
-        fuse_clinical=name == "multimodal")
-    model.clinical.fit_normalization(data.train_clinical())
-    return model.to(resolve_device(config.device))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; other names as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def stage_config(config: TrainConfig, stage: Stage) -> StageConfig:
     """The config section of ``stage`` (``pretrain``, ``lab`` or ``diagnosis``)."""
     return getattr(config, stage.name)
@@ -151,7 +97,7 @@ def stage_config(config: TrainConfig, stage: Stage) -> StageConfig:
 def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Path,
               log: MetricsLog, on_step: OnStep | None = None) -> JointModel:
     """Train model ``name`` through its stages, resuming from ``checkpoint`` if it exists."""
-    model = build_model(name, config, data)
+    model = build_model(name, config, data.manifest, data.train_clinical())
     stages = build_stages(config, pretrained=name == "transfer")
     saved = load_checkpoint(checkpoint)
     if saved is None:

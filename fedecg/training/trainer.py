@@ -25,12 +25,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from fedecg.errors import TrainingError
+from fedecg.models.build import derive_seed
 from fedecg.training.stages import Batch, Stage
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
@@ -179,8 +179,3 @@ def advance_schedule(scheduler: LambdaLR, steps: int) -> None:
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
         for _ in range(steps):
             scheduler.step()
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed derived from integers (different parts give independent streams)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
