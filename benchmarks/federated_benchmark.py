@@ -39,7 +39,7 @@ import torch
 from benchmark_json import emit
 
 from fedecg.app import client_app, simulated
-from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
+from fedecg.config.federated import DataSourceConfig, StudyConfig, SynthesizeConfig
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
 from fedecg.federated.inprocess import InProcessGrid
@@ -52,15 +52,15 @@ TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32, "thre
          "eval": {"crops": 1, "bootstrap": 0}}
 
 
-def study_config(store: Path, sites: int, rounds: int) -> SimulationConfig:
+def study_config(store: Path, sites: int, rounds: int) -> StudyConfig:
     """Diagnosis stage only, ``rounds`` rounds of one local epoch, FedAvg over ``sites``."""
-    return SimulationConfig.model_validate({
+    return StudyConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": sites},
         "federation": {"rounds": {"pretrain": 0, "lab": 0, "diagnosis": rounds}},
         "train": {**TRAIN, "lab": {"epochs": 0}}})
 
 
-def time_pooled(config: SimulationConfig, pooled, folder: Path) -> dict[str, float]:
+def time_pooled(config: StudyConfig, pooled, folder: Path) -> dict[str, float]:
     """Seconds per epoch of centralized training on the pooled rows: training only, and
     wall time with the per-epoch validation and checkpoint (what a federated round also does)."""
     train = baseline_config(config)
@@ -75,7 +75,7 @@ def time_pooled(config: SimulationConfig, pooled, folder: Path) -> dict[str, flo
             "examples_per_epoch": epochs[-1]["train_examples"]}
 
 
-def cpu_in_process(config: SimulationConfig, store: Path, partition: Path,
+def cpu_in_process(config: StudyConfig, store: Path, partition: Path,
                    folder: Path) -> float:
     """CPU seconds per round (after the first) of the federated run in this process, no Ray."""
     plan = make_plan(config, "signal-only", folder / "in-process", store, partition)
@@ -86,7 +86,7 @@ def cpu_in_process(config: SimulationConfig, store: Path, partition: Path,
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
-def time_federated(config: SimulationConfig, store: Path, partition: Path,
+def time_federated(config: StudyConfig, store: Path, partition: Path,
                    folder: Path) -> dict[str, float]:
     """Seconds per round (after the first) of the Flower simulation, and per-site figures."""
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)

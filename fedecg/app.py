@@ -28,7 +28,7 @@ from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.federated.datasource import run_models, study_from_run_config, study_out
 from fedecg.federated.orchestration import (
     Progress,
@@ -164,7 +164,7 @@ def serve_study(grid: Grid, run_config: dict[str, Any], run_id: int = 0,
                      sites=deployed(grid, models), progress=progress)
 
 
-def run_study(config: SimulationConfig, out: Path, *, sites: Sites | None = None,
+def run_study(config: StudyConfig, out: Path, *, sites: Sites | None = None,
               resume: bool = False, say: Say | None = None, progress: Progress | None = None,
               console: Console | None = None) -> dict[str, Any]:
     """Run the whole study into ``out`` on ``sites`` (default ``simulated()``; or
@@ -174,7 +174,7 @@ def run_study(config: SimulationConfig, out: Path, *, sites: Sites | None = None
                        say=say or log.info, progress=progress, console=console)
 
 
-def run_sweep(config: SimulationConfig, epsilons: Sequence[float], out: Path, *,
+def run_sweep(config: StudyConfig, epsilons: Sequence[float], out: Path, *,
               say: Say | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Run (or continue) the study at each ε into ``out``; write the table; return its rows."""
     out = Path(out)

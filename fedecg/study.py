@@ -10,7 +10,7 @@ to the exported model's card. Where the sites run and where test metrics come fr
   engine); the server scores every model on each site's test split (plus the pooled and
   local-only baselines with ``baselines``);
 * ``Deployed``: the sites a Flower grid connects (the hospitals' own stores in deployment, or
-  virtual ones); the test metrics are the sites' own (``fedecg.federated.final_report``), the
+  virtual ones); the test metrics are the sites' own (``fedecg.federated.site_test_metrics``), the
   server never sees a record, and ``result.json`` and ``report.html`` record the outcome.
 
 ``fedecg.app`` gives both the Flower apps (with the config's privacy) through ``RunOnSites``.
@@ -29,12 +29,11 @@ from typing import Any, Protocol
 from flwr.serverapp import Grid
 from rich.console import Console
 
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.errors import FedecgError
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan, seed_plans
 from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
-from fedecg.federated.final_report import N_TRAIN, deployed_result, final_evaluation
 from fedecg.federated.orchestration import (
     METRICS_FILE,
     Progress,
@@ -56,6 +55,7 @@ from fedecg.federated.simulate import (
     warn_small_sites,
     without_unlabelled_rounds,
 )
+from fedecg.federated.site_test_metrics import N_TRAIN, deployed_result, final_evaluation
 from fedecg.federated.strategies import DROPOUT, REJECTED
 from fedecg.io import SHARED, atomic_write_json
 from fedecg.privacy.sweep import card_entry, site_budgets
@@ -75,27 +75,27 @@ EXPORT_ORDER = ("transfer", "signal-only", "multimodal")
 class Sites(Protocol):
     """Where a study's sites run and where its test metrics come from."""
 
-    def prepare(self, config: SimulationConfig, out: Path, resume: bool, say: Say,
-                console: Console | None) -> SimulationConfig:
+    def prepare(self, config: StudyConfig, out: Path, resume: bool, say: Say,
+                console: Console | None) -> StudyConfig:
         """Make or check the run folder (and the data); return the config to run."""
 
     def outcome(self, out: Path) -> contextlib.AbstractContextManager[None]:
         """Around the study after ``prepare`` (its summary written inside): its outcome."""
 
-    def run_seed(self, config: SimulationConfig, out: Path, say: Say,
+    def run_seed(self, config: StudyConfig, out: Path, say: Say,
                  progress: Progress | None) -> tuple[dict[str, Any], Export]:
         """Every model of ``config``'s seed: its result and how to export its model."""
 
-    def finish(self, out: Path, config: SimulationConfig, summary: dict[str, Any],
+    def finish(self, out: Path, config: StudyConfig, summary: dict[str, Any],
                first: dict[str, Any]) -> None:
         """Add what these sites report to ``summary`` (``first``: the first seed's result;
         the study's ``metrics.jsonl`` is written)."""
 
-    def models(self, config: SimulationConfig) -> list[str]:
+    def models(self, config: StudyConfig) -> list[str]:
         """The models the study trains."""
 
 
-def drive_study(config: SimulationConfig, out: Path, sites: Sites, *, resume: bool = False,
+def drive_study(config: StudyConfig, out: Path, sites: Sites, *, resume: bool = False,
                 say: Say, progress: Progress | None = None,
                 console: Console | None = None) -> dict[str, Any]:
     """Run the whole study into ``out`` on ``sites`` (module docstring); return the summary."""
@@ -128,8 +128,8 @@ class Simulated:
     store: Path = field(init=False)
     partition: Path = field(init=False)
 
-    def prepare(self, config: SimulationConfig, out: Path, resume: bool, say: Say,
-                console: Console | None) -> SimulationConfig:
+    def prepare(self, config: StudyConfig, out: Path, resume: bool, say: Say,
+                console: Console | None) -> StudyConfig:
         """Find or make the store, check or create RUN, partition the store."""
         self.store = ensure_store(config.data, say, console)
         config = without_unlabelled_rounds(config, self.store, say)
@@ -142,11 +142,11 @@ class Simulated:
         """Nothing: the caller sees the study's exception."""
         return contextlib.nullcontext()
 
-    def models(self, config: SimulationConfig) -> list[str]:
+    def models(self, config: StudyConfig) -> list[str]:
         """``train.models``."""
         return list(config.train.models)
 
-    def run_seed(self, config: SimulationConfig, out: Path, say: Say,
+    def run_seed(self, config: StudyConfig, out: Path, say: Say,
                  progress: Progress | None) -> tuple[dict[str, Any], Export]:
         """Every model federated, scored everywhere; with ``baselines`` pooled and local-only."""
         folder = out / f"seed-{config.train.seed}"
@@ -179,7 +179,7 @@ class Simulated:
 
         return result, export
 
-    def finish(self, out: Path, config: SimulationConfig, summary: dict[str, Any],
+    def finish(self, out: Path, config: StudyConfig, summary: dict[str, Any],
                first: dict[str, Any]) -> None:
         """The partition: each site's patients, records and split counts."""
         summary["partition"] = partition_summary(self.partition, self.store)
@@ -193,8 +193,8 @@ class Deployed:
     run: RunOnSites
     models_to_train: list[str] | None = None
 
-    def prepare(self, config: SimulationConfig, out: Path, resume: bool, say: Say,
-                console: Console | None) -> SimulationConfig:
+    def prepare(self, config: StudyConfig, out: Path, resume: bool, say: Say,
+                console: Console | None) -> StudyConfig:
         """Create RUN, or resume the study already in it."""
         out.mkdir(parents=True, exist_ok=True)
         prepare_run_dir(out, config, resume=resume or (out / CONFIG_FILE).is_file())
@@ -216,11 +216,11 @@ class Deployed:
             log.warning("report not written: %s", exc)
         write_result(out, "ok", models=models)
 
-    def models(self, config: SimulationConfig) -> list[str]:
+    def models(self, config: StudyConfig) -> list[str]:
         """The models asked for, else ``train.models``."""
         return list(self.models_to_train or config.train.models)
 
-    def run_seed(self, config: SimulationConfig, out: Path, say: Say,
+    def run_seed(self, config: StudyConfig, out: Path, say: Say,
                  progress: Progress | None) -> tuple[dict[str, Any], Export]:
         """Every model federated, then each site tests it and reports its metrics."""
         reports = {}
@@ -233,7 +233,7 @@ class Deployed:
         result = deployed_result(reports, config.train.eval.ci)
         return result, lambda out: _export_global(out, plans, result, reports)
 
-    def finish(self, out: Path, config: SimulationConfig, summary: dict[str, Any],
+    def finish(self, out: Path, config: StudyConfig, summary: dict[str, Any],
                first: dict[str, Any]) -> None:
         """Which sites took part (training and test rows) and every dropout or rejection."""
         sites = next(iter(first["sites"].values()), {})

@@ -25,7 +25,7 @@ import torch
 
 from fedecg.app import run_study
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.federated.simulate import SUMMARY_FILE
 
 HERE = Path(__file__).resolve().parent
@@ -51,10 +51,10 @@ STUDIES: dict[str, list[str]] = {
 }
 
 
-def study_config(name: str, seeds: list[int]) -> SimulationConfig:
+def study_config(name: str, seeds: list[int]) -> StudyConfig:
     """The base config with a study's overrides and the chosen seeds."""
     data = apply_overrides(read_yaml(BASE), [*STUDIES[name], f"seeds={seeds}"])
-    return validate_config(SimulationConfig, data, f"{BASE} + study {name}")
+    return validate_config(StudyConfig, data, f"{BASE} + study {name}")
 
 
 def run(name: str, runs: Path, seeds: list[int]) -> dict[str, Any]:

@@ -46,9 +46,9 @@ def test_round_lines_count_on_across_the_studies_of_a_sweep(capsys) -> None:
 
     from fedecg.cli.federated_commands import round_plan, round_reporter
     from fedecg.cli.progress import Output, RunProgress
-    from fedecg.config.federated import SimulationConfig
+    from fedecg.config.federated import StudyConfig
 
-    config = SimulationConfig.model_validate({
+    config = StudyConfig.model_validate({
         "train": {"models": ["transfer"]},
         "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}}})
     assert round_plan(config) == ({(0, "transfer"): 0}, 3)
@@ -72,9 +72,9 @@ def test_server_submit_prints_a_line_per_round_from_the_study_folder(tmp_path: P
 
     from fedecg.cli.deploy_commands import submit_reporter
     from fedecg.cli.progress import Output, RunProgress
-    from fedecg.config.federated import SimulationConfig
+    from fedecg.config.federated import StudyConfig
 
-    config = SimulationConfig.model_validate({"federation": {"rounds": {"lab": 2}}})
+    config = StudyConfig.model_validate({"federation": {"rounds": {"lab": 2}}})
     run = tmp_path / "out" / "seed-0" / "transfer" / "federated"
     run.mkdir(parents=True)
     on_poll = submit_reporter(config, tmp_path / "out",

@@ -17,7 +17,7 @@ from federated_support import SCHEMA, make_store
 from typer.testing import CliRunner
 
 from fedecg.cli import app
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.deploy.certs import CA_CERT, SERVER_CERT, SERVER_KEY, Validity, check_server_cert
 from fedecg.deploy.node_keys import check_node_key, check_public_key, create_node_keys
 from fedecg.deploy.superlink import init_server
@@ -82,7 +82,7 @@ def test_node_keys_are_made_once_and_checked(tmp_path):
 def test_a_wrong_data_dir_and_an_incompatible_store_are_one_line_each(tmp_path):
     with pytest.raises(DeploymentError, match=r"data-dir .*nowhere: no site store here"):
         check_store(tmp_path / "nowhere")
-    study = SimulationConfig.model_validate(
+    study = StudyConfig.model_validate(
         {"data": {"deployed": {"sites": 2, "prepare": SCHEMA.model_dump(mode="json")}}})
     good = make_store(tmp_path / "good", n_patients=4, schema=SCHEMA)
     assert check_store(good, study).manifest.n_records == 12
@@ -184,7 +184,7 @@ def test_a_hospital_prepares_with_the_study_settings_and_passes_its_check(tmp_pa
                                  str(tmp_path / "store"), "--study", str(study)])
     assert result.exit_code == 0, result.output
     assert SiteStore.open(tmp_path / "store").manifest.fs == 50.0
-    settings = SimulationConfig.model_validate(
+    settings = StudyConfig.model_validate(
         {"data": {"deployed": {"sites": 2, "prepare": {"waveform": {"fs": 50}}}}})
     check_store(tmp_path / "store", settings)
     simulated = tmp_path / "simulated.yaml"

@@ -27,7 +27,7 @@ import torch
 import yaml
 from federated_support import SCHEMA, TINY_TRAIN, make_store
 
-from fedecg.deploy.flower import flower_env, write_connection
+from fedecg.deploy.flower import write_connection
 from fedecg.deploy.node_keys import create_node_keys
 from fedecg.deploy.submit import rounds_done, submit_study
 from fedecg.deploy.superlink import (
@@ -41,6 +41,7 @@ from fedecg.deploy.superlink import (
 from fedecg.deploy.supernode import NodeKit, start_supernode, stop_supernode
 from fedecg.errors import DeploymentError
 from fedecg.federated.checkpoint import load_checkpoint
+from fedecg.federated.flower_env import flower_env
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from federated_support import TINY_TRAIN, make_store
 
 from fedecg.app import client_app
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
@@ -30,7 +30,7 @@ def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, m
     """Every model of the privacy sweep trains under DP (multimodal: the clinical encoder too,
     on public standardization), each round adding to each site's ε."""
     monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
-    config = SimulationConfig.model_validate({
+    config = StudyConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": 2},
         "federation": {"rounds": {"pretrain": 2, "lab": 1, "diagnosis": 2}},
         "train": TINY_TRAIN, "privacy": {"mode": "sample", "target_epsilon": 4.0}})
@@ -53,7 +53,7 @@ def test_client_level_run_accounts_every_round_in_the_server_ledger(store, tmp_p
     from fedecg.app import client_level
     from fedecg.privacy.accounting import Ledger, epsilon_of
 
-    config = SimulationConfig.model_validate({
+    config = StudyConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": 2},
         "federation": {"rounds": {"pretrain": 2, "lab": 1, "diagnosis": 2}},
         "train": TINY_TRAIN, "privacy": {"mode": "client", "target_epsilon": 50.0,

@@ -17,7 +17,7 @@ import torch
 from federated_support import TINY_TRAIN, make_store
 
 from fedecg.app import client_app
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.privacy import DPConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import FederationError
@@ -40,16 +40,16 @@ def store(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("fed") / "store", n_patients=40)
 
 
-def _config(store: Path, **sections) -> SimulationConfig:
+def _config(store: Path, **sections) -> StudyConfig:
     data = {"data": {"store": str(store)}, "partition": {"num_sites": 2},
             "federation": {"rounds": {"pretrain": 2, "lab": 1, "diagnosis": 2}},
             "train": TINY_TRAIN}
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
-    return SimulationConfig.model_validate(data)
+    return StudyConfig.model_validate(data)
 
 
-def _run(config: SimulationConfig, out: Path, model: str = "transfer", grid=None,
+def _run(config: StudyConfig, out: Path, model: str = "transfer", grid=None,
          node_configs=None):
     store = Path(config.data.store)
     plan = make_plan(config, model, out / "run", store,

@@ -225,7 +225,7 @@ def test_the_python_study_api_runs_a_private_config_private(store, tmp_path, mon
     client level, every round is in the server's ledger; sample level, every site reports ε."""
     from fedecg.app import run_study
     from fedecg.config.base import load_config
-    from fedecg.config.federated import SimulationConfig
+    from fedecg.config.federated import StudyConfig
     from fedecg.privacy import normalization
     from fedecg.privacy.accounting import Ledger
     from fedecg.privacy.client_dp import LEDGER_FILE
@@ -233,7 +233,7 @@ def test_the_python_study_api_runs_a_private_config_private(store, tmp_path, mon
 
     _fake_simulation(monkeypatch)
     monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
-    config = load_config(SimulationConfig, _study(tmp_path, store), [
+    config = load_config(StudyConfig, _study(tmp_path, store), [
         f"privacy.mode={mode}", "privacy.target_epsilon=50"])
     run_study(config, tmp_path / "private")
     if mode == "client":
@@ -252,12 +252,12 @@ def test_a_server_without_client_level_dp_refuses_a_private_plan(store, tmp_path
     """The low-level ``run_server`` refuses a client-level DP plan without its wrapper."""
     from fedecg.app import client_app
     from fedecg.config.base import load_config
-    from fedecg.config.federated import SimulationConfig
+    from fedecg.config.federated import StudyConfig
     from fedecg.errors import FederationError
     from fedecg.federated.datasource import ensure_partition, make_plan
     from fedecg.federated.orchestration import run_server
 
-    config = load_config(SimulationConfig, _study(tmp_path, store), [
+    config = load_config(StudyConfig, _study(tmp_path, store), [
         "privacy.mode=client", "privacy.target_epsilon=50"])
     partition = ensure_partition(store, config.partition, tmp_path)
     plan = make_plan(config, "transfer", tmp_path / "run", store, partition)

@@ -21,8 +21,8 @@ from federated_support import TINY_TRAIN
 from flower_processes import started_by, stop
 
 from fedecg.federated.checkpoint import load_checkpoint
+from fedecg.federated.flower_env import FLOWER_ENV
 from fedecg.federated.orchestration import METRICS_FILE, read_result
-from fedecg.federated.simulate import FLOWER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_WAIT_S = 180  # the run takes about a minute on 2 shared cores; room for a loaded machine

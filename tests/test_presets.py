@@ -10,11 +10,11 @@ from pydantic import BaseModel
 
 from fedecg.config.base import load_config
 from fedecg.config.data import PrepareConfig
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = {"quickstart.yaml": SimulationConfig, "deploy-study.yaml": SimulationConfig,
+PRESETS = {"quickstart.yaml": StudyConfig, "deploy-study.yaml": StudyConfig,
            "train-quickstart.yaml": TrainConfig,
            "paper.yaml": TrainConfig, "prepare.yaml": PrepareConfig}
 
@@ -32,6 +32,6 @@ def test_preset_validates(name: str):
 def test_main_job_preset_is_the_flower_apps_default_and_a_full_study():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"]["config"]["config"] == "configs/quickstart.yaml"
-    study = load_config(SimulationConfig, ROOT / "configs/quickstart.yaml", [])
+    study = load_config(StudyConfig, ROOT / "configs/quickstart.yaml", [])
     assert study.baselines and study.data.synthesize is not None
     assert list(study.train.models) == ["signal-only", "transfer", "multimodal"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedecg.config.base import load_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.privacy.sweep import budget_config, kept_share
 
 STUDY = Path(__file__).resolve().parents[1] / "simulation" / "privacy_utility"
@@ -30,7 +30,7 @@ def test_kept_share_is_the_share_of_auroc_above_chance():
 
 
 def test_study_config_is_the_quickstart_with_dp_at_every_budget():
-    config = load_config(SimulationConfig, STUDY / "config.yaml", [])
+    config = load_config(StudyConfig, STUDY / "config.yaml", [])
     assert config.privacy.mode == "sample" and len(config.seeds) >= 2
     private = budget_config(config, 8.0)
     assert private.train.models == ["signal-only", "transfer", "multimodal"]

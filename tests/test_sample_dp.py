@@ -160,7 +160,7 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     ``context.state`` before round 2: the ledger comes back from disk and ε keeps rising."""
     from flwr.app import RecordDict
 
-    from fedecg.config.federated import SimulationConfig
+    from fedecg.config.federated import StudyConfig
     from fedecg.data.store import SiteStore
     from fedecg.federated import keys
     from fedecg.federated.orchestration import RunPlan, stages_for
@@ -175,7 +175,7 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     store = SiteStore.open(make_store(tmp_path / "store", n_patients=14, n_samples=64))
     monkeypatch.setitem(PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))  # a fixture column
     data = TrainingData([store])
-    config = SimulationConfig.model_validate({
+    config = StudyConfig.model_validate({
         "train": {"batch_size": 4, "crop_samples": 32, "encoder": ENCODER,
                   "clinical": {"hidden": 8, "embedding_dim": 8}, "pretrain": {"projection_dim": 8}},
         "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}, "local_steps": 3}})

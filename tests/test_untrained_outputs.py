@@ -209,10 +209,10 @@ def test_summary_has_per_label_auroc_cis_and_test_positives(run: tuple[Path, str
 def test_simulation_baselines_ignore_min_steps() -> None:
     """Federated rounds take no extra passes, so the pooled and local-only baselines do not
     either: the comparison stays at equal epochs."""
-    from fedecg.config.federated import SimulationConfig
+    from fedecg.config.federated import StudyConfig
     from fedecg.federated.simulate import baseline_config
 
-    study = SimulationConfig.model_validate({"train": {"diagnosis": {"min_steps": 300}},
+    study = StudyConfig.model_validate({"train": {"diagnosis": {"min_steps": 300}},
                                              "federation": {"rounds": {"diagnosis": 4},
                                                             "local_epochs": 2}})
     assert baseline_config(study).diagnosis.epochs == 8

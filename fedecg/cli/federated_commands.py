@@ -19,7 +19,7 @@ from fedecg.cli.progress import (
     output_mode,
 )
 from fedecg.config.base import load_config, validate_config
-from fedecg.config.federated import PartitionConfig, SimulationConfig
+from fedecg.config.federated import PartitionConfig, StudyConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import ConfigError, FedecgError
 from fedecg.federated import keys
@@ -111,7 +111,7 @@ def simulate(
     if seeds is not None:
         extra.append(f"seeds=[{seeds}]")
     source = config if resume is None else (config or Path(run_dir) / CONFIG_FILE)
-    settings = load_config(SimulationConfig, source, extra)
+    settings = load_config(StudyConfig, source, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)
     progress = RunProgress(round_plan(settings)[1], "round", output_mode(quiet, log_json),
@@ -131,7 +131,7 @@ def simulate(
                                    for model, entry in summary["federated"].items()}})
 
 
-def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], int]:
+def round_plan(config: StudyConfig) -> tuple[dict[tuple[int, str], int], int]:
     """Rounds done before each ``(seed, model)`` starts, and the study's federated rounds."""
     offsets: dict[tuple[int, str], int] = {}
     total = 0
@@ -143,7 +143,7 @@ def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], in
     return offsets, total
 
 
-def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[[dict], None]:
+def round_reporter(config: StudyConfig, progress: RunProgress) -> Callable[[dict], None]:
     """The ``progress`` hook of ``run_study``: one line per round (see ``RunProgress``).
 
     Several studies may report through it one after the other (``fedecg sweep``): a round

@@ -13,7 +13,7 @@ from rich.table import Table
 from fedecg.cli.common import console, friendly_errors
 from fedecg.cli.progress import LOG_JSON_HELP, QUIET_HELP, RunProgress, output_mode
 from fedecg.config.base import load_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.io import SHARED, atomic_write_bytes
 
 PLOT_FILE = "privacy_utility.png"
@@ -46,7 +46,7 @@ def privacy(
     extra = list(overrides or [])
     if seeds is not None:
         extra.append(f"seeds=[{seeds}]")
-    settings = load_config(SimulationConfig, config, extra)
+    settings = load_config(StudyConfig, config, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)
     progress = RunProgress(round_plan(settings)[1] * len(budgets), "round",

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedecg.config.base import StrictModel
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.train import ModelName
 from fedecg.data.store import StoreManifest
 from fedecg.errors import FederationError
@@ -56,7 +56,7 @@ SITE_EVENTS = (DROPOUT, REJECTED)
 class RunPlan(StrictModel):
     """One federated training run of one model."""
 
-    config: SimulationConfig
+    config: StudyConfig
     model: ModelName = "transfer"
     manifest: StoreManifest
     out: str

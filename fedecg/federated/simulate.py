@@ -25,12 +25,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedecg.config.base import dump_config, read_yaml
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.train import TrainConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import FederationError, OutputExistsError, TrainingError
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.evaluation import score_everywhere
+from fedecg.federated.flower_env import use_flower_env
 from fedecg.federated.orchestration import METRICS_FILE, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.ray_session import ray_session
@@ -43,13 +44,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 Say = Callable[[str], None]
 
 
-def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> None:
+def prepare_run_dir(out: Path, config: StudyConfig, resume: bool) -> None:
     """Create RUN for a new study, or check that RUN holds this study when resuming."""
     out = Path(out)
     inputs = [config.data.store] if config.data.store is not None else []
@@ -78,8 +76,7 @@ def run_in_simulation(plan: RunPlan, server_app: ServerApp, client_app: ClientAp
         return
     from flwr.simulation import run_simulation
 
-    for key, value in {**FLOWER_ENV, "FLWR_HOME": str(Path(plan.out) / ".flwr")}.items():
-        os.environ.setdefault(key, value)
+    use_flower_env(Path(plan.out) / ".flwr")
     federation = plan.config.federation
     flower_log = logging.getLogger("flwr")
     level = flower_log.level
@@ -105,7 +102,7 @@ def run_in_simulation(plan: RunPlan, server_app: ServerApp, client_app: ClientAp
                               f"{result.get('reason', result['status'])}")
 
 
-def baseline_config(config: SimulationConfig) -> TrainConfig:
+def baseline_config(config: StudyConfig) -> TrainConfig:
     """The centralized config with the federated run's epochs per stage (and one pass per
     epoch: ``min_steps`` does not apply to federated rounds, so it does not to baselines)."""
     federation = config.federation
@@ -116,7 +113,7 @@ def baseline_config(config: SimulationConfig) -> TrainConfig:
         for stage in ("pretrain", "lab", "diagnosis")})
 
 
-def run_baselines(name: str, config: SimulationConfig, sites: TrainingData,
+def run_baselines(name: str, config: StudyConfig, sites: TrainingData,
                   pooled_data: TrainingData, folder: Path,
                   say: Say) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pooled and local-only training of ``name``, each tested everywhere."""
@@ -164,8 +161,8 @@ def sites_of(store: Path, partition_dir: Path) -> tuple[TrainingData, TrainingDa
     return sites, TrainingData([site_view(opened, np.concatenate(rows), name="pooled")])
 
 
-def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
-                              ) -> SimulationConfig:
+def without_unlabelled_rounds(config: StudyConfig, store: Path, say: Say
+                              ) -> StudyConfig:
     """``config`` with no lab rounds when no site holds a known lab label (said once)."""
     if config.federation.rounds.lab == 0 or has_known(TrainingData([SiteStore.open(store)]),
                                                       "lab"):
@@ -177,7 +174,7 @@ def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
     return config.model_copy(update={"federation": federation})
 
 
-def warn_small_sites(config: SimulationConfig, store: Path, partition_dir: Path,
+def warn_small_sites(config: StudyConfig, store: Path, partition_dir: Path,
                      say: Say) -> None:
     """Say, per site, which stages take few steps (few positives per split are said by the
     partition, ``split_problems``)."""
@@ -232,7 +229,7 @@ def partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
                                **s.split_counts} for s in partition.sites}}
 
 
-def collect_metrics(out: Path, config: SimulationConfig) -> None:
+def collect_metrics(out: Path, config: StudyConfig) -> None:
     """RUN/metrics.jsonl: every federated run's lines, with its seed."""
     lines = []
     for seed in config.seeds:

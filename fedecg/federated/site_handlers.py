@@ -28,12 +28,12 @@ from fedecg.data.store import SiteStore
 from fedecg.errors import FedecgError, FederationError
 from fedecg.federated import keys
 from fedecg.federated.checkpoint import fingerprint, latest_site_state, save_site_state
-from fedecg.federated.final_report import site_final_metrics
 from fedecg.federated.orchestration import RunPlan, round_offsets, stages_for
 from fedecg.federated.params import load_arrays, plain_state, to_arrays
 from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.screening import redact_paths
 from fedecg.federated.site import RoundPlan, RoundPrivacy, local_evaluate, local_train
+from fedecg.federated.site_test_metrics import site_final_metrics
 from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
 from fedecg.training.data import TrainingData

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.config.base import read_yaml, validate_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import ConfigError, PrivacyError
 from fedecg.federated.orchestration import METRICS_FILE
@@ -61,13 +61,13 @@ def epsilon_label(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
-def budget_config(config: SimulationConfig, epsilon: float) -> SimulationConfig:
+def budget_config(config: StudyConfig, epsilon: float) -> StudyConfig:
     """``config`` for one budget: the three models; DP off at ``inf``, else the configured mode
     (``sample`` when the config says ``none``) at target ``epsilon``."""
     base: DPConfig | None = getattr(config, "privacy", None)
     if base is None:
         raise PrivacyError("the study config has no 'privacy' section, so its federated runs "
-                           "cannot apply DP; fedecg.config.federated.SimulationConfig needs a "
+                           "cannot apply DP; fedecg.config.federated.StudyConfig needs a "
                            "privacy: DPConfig field")
     mode = "none" if math.isinf(epsilon) else ("sample" if base.mode == "none" else base.mode)
     privacy = base.model_copy(update={"mode": mode, "target_epsilon": epsilon})

@@ -26,7 +26,7 @@ import torch
 
 from fedecg.app import run_sweep
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.federated.simulate import SUMMARY_FILE
 from fedecg.io import atomic_write_text
 from fedecg.privacy.sweep import epsilon_label, kept_share, parse_epsilons
@@ -90,7 +90,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     data = apply_overrides(read_yaml(CONFIG), [*args.overrides, f"seeds=[{args.seeds}]"])
-    config = validate_config(SimulationConfig, data, f"{CONFIG} with --set {args.overrides}")
+    config = validate_config(StudyConfig, data, f"{CONFIG} with --set {args.overrides}")
     rows = run_sweep(config, args.epsilons, args.runs, say=logging.info)
     labels = ", ".join(epsilon_label(e) for e in args.epsilons)
     text = (f"# Privacy-utility study (ε = {labels}; seeds {args.seeds})\n\n"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fedecg.federated.final_report import combine_sites, decode_entry, encode_entry
+from fedecg.federated.site_test_metrics import combine_sites, decode_entry, encode_entry
 
 ENTRY = {"diagnosis_macro_auroc": 0.7, "diagnosis_macro_auroc_ci": [0.6, 0.8],
          "diagnosis_auroc": {"af": 0.7, "ckd": None}, "diagnosis_skipped": ["ckd"],
