@@ -5,8 +5,10 @@ Server side:
 
 * ``orchestration``: ``RunPlan`` (what both sides need) and ``run_server``, the walk through a
   model's stages, one Flower strategy per stage, checkpointed after every round;
-* ``strategies``: ``make_strategy`` (Flower's FedAvg/FedProx/FedAdam/FedYogi from config) and
-  ``StageRounds``, the wrapper that waits for sites, orders and counts their replies;
+* ``strategies``: ``make_strategy`` (Flower's FedAvg/FedProx/FedAdam/FedYogi from config),
+  ``Delegate`` (the one forwarding base of fedecg's wrappers) and ``StageRounds``, the
+  wrapper that screens, orders and records the sites' replies of a stage's rounds;
+* ``waiting``: ``wait_for_sites``, the bounded wait for connected sites;
 * ``screening``: what a site's reply must pass before it counts, and what its error may say;
 * ``checkpoint``: per-round checkpoints of a run and the sites' saved states;
 * ``site_test_metrics``: the final evaluation, each site testing the finished model itself;

@@ -40,6 +40,7 @@ from fedecg.federated.checkpoint import (
 from fedecg.federated.flower_log import keep_flower_log_short
 from fedecg.federated.params import plain_state, to_arrays, to_state
 from fedecg.federated.strategies import DROPOUT, REJECTED, Roster, StageRounds, make_strategy
+from fedecg.federated.waiting import wait_for_sites
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
@@ -189,11 +190,7 @@ def await_sites(grid: Grid, plan: RunPlan) -> int:
     """
     federation = plan.config.federation
     expected, needed = plan.config.num_sites, federation.min_sites
-    deadline = time.monotonic() + federation.connect_timeout_s
-    while (online := len(list(grid.get_node_ids()))) < expected:
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(1.0)
+    online = wait_for_sites(grid, expected, federation.connect_timeout_s)
     if online < needed:
         raise FederationError(
             f"{online} of {expected} site(s) connected within federation.connect_timeout_s="
