@@ -34,15 +34,15 @@ from pathlib import Path
 import yaml
 from benchmark_json import emit
 
-from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
+from fedecg.app import simulated as simulated_sites
+from fedecg.config.federated import DataSourceConfig, StudyConfig, SynthesizeConfig
 from fedecg.deploy.node_keys import create_node_keys
 from fedecg.deploy.submit import submit_study
 from fedecg.deploy.superlink import init_server, register_node, start_superlink, stop_superlink
 from fedecg.deploy.supernode import NodeKit, launch, stop_supernode
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
-from fedecg.federated.final_report import N_TRAIN, NAIVE_PREFIX, encode_entry
-from fedecg.federated.simulate import run_federated
+from fedecg.federated.site_test_metrics import N_TRAIN, NAIVE_PREFIX, encode_entry
 
 TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32,
          "encoder": {"stem_width": 16, "widths": [16, 32, 64], "blocks": [1, 1, 1]},
@@ -90,11 +90,12 @@ def timed(run, metrics: Path, rounds: int) -> list[float]:
     return result["stamps"]
 
 
-def simulated(config: SimulationConfig, store: Path, folder: Path, rounds: int) -> dict:
+def simulated(config: StudyConfig, store: Path, folder: Path, rounds: int) -> dict:
     """The study in Flower's simulation engine."""
     partition = ensure_partition(store, config.partition, folder)
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)
-    stamps = timed(lambda: run_federated(plan), folder / "federated" / "metrics.jsonl", rounds)
+    stamps = timed(lambda: simulated_sites().run(plan, None),
+                   folder / "federated" / "metrics.jsonl", rounds)
     return {"seconds_per_round": per_round(stamps), "lines": _lines(folder / "federated")}
 
 
@@ -160,7 +161,7 @@ def main() -> None:
     store = ensure_store(DataSourceConfig(synthesize=SynthesizeConfig(patients=args.patients,
                                                                       sites=args.sites)))
     data = study(store, args.sites, args.rounds)
-    config = SimulationConfig.model_validate(data)
+    config = StudyConfig.model_validate(data)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "study.yaml").write_text(yaml.safe_dump(data))

@@ -38,13 +38,13 @@ from pathlib import Path
 import torch
 from benchmark_json import emit
 
-from fedecg.config.federated import DataSourceConfig, SimulationConfig, SynthesizeConfig
+from fedecg.app import client_app, simulated
+from fedecg.config.federated import DataSourceConfig, StudyConfig, SynthesizeConfig
 from fedecg.federated import keys
-from fedecg.federated.client_app import app as client_app
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import run_server
-from fedecg.federated.simulate import baseline_config, run_federated, sites_of
+from fedecg.federated.simulate import baseline_config, sites_of
 from fedecg.training.runner import MetricsLog, fit_model
 
 TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32, "threads": 1,
@@ -52,15 +52,15 @@ TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32, "thre
          "eval": {"crops": 1, "bootstrap": 0}}
 
 
-def study_config(store: Path, sites: int, rounds: int) -> SimulationConfig:
+def study_config(store: Path, sites: int, rounds: int) -> StudyConfig:
     """Diagnosis stage only, ``rounds`` rounds of one local epoch, FedAvg over ``sites``."""
-    return SimulationConfig.model_validate({
+    return StudyConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": sites},
         "federation": {"rounds": {"pretrain": 0, "lab": 0, "diagnosis": rounds}},
         "train": {**TRAIN, "lab": {"epochs": 0}}})
 
 
-def time_pooled(config: SimulationConfig, pooled, folder: Path) -> dict[str, float]:
+def time_pooled(config: StudyConfig, pooled, folder: Path) -> dict[str, float]:
     """Seconds per epoch of centralized training on the pooled rows: training only, and
     wall time with the per-epoch validation and checkpoint (what a federated round also does)."""
     train = baseline_config(config)
@@ -75,7 +75,7 @@ def time_pooled(config: SimulationConfig, pooled, folder: Path) -> dict[str, flo
             "examples_per_epoch": epochs[-1]["train_examples"]}
 
 
-def cpu_in_process(config: SimulationConfig, store: Path, partition: Path,
+def cpu_in_process(config: StudyConfig, store: Path, partition: Path,
                    folder: Path) -> float:
     """CPU seconds per round (after the first) of the federated run in this process, no Ray."""
     plan = make_plan(config, "signal-only", folder / "in-process", store, partition)
@@ -86,12 +86,12 @@ def cpu_in_process(config: SimulationConfig, store: Path, partition: Path,
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
-def time_federated(config: SimulationConfig, store: Path, partition: Path,
+def time_federated(config: StudyConfig, store: Path, partition: Path,
                    folder: Path) -> dict[str, float]:
     """Seconds per round (after the first) of the Flower simulation, and per-site figures."""
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)
     stamps: list[float] = []
-    run_federated(plan, progress=lambda event: stamps.append(time.perf_counter()))
+    simulated().run(plan, lambda event: stamps.append(time.perf_counter()))
     lines = [json.loads(x) for x in (folder / "federated" / "metrics.jsonl").read_text()
              .splitlines()]
     train = [x for x in lines if x["kind"] == "train"]

@@ -30,10 +30,10 @@ from fedecg.config.train import TrainConfig
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
 from fedecg.data.labs import DEFAULT_LAB_PANEL, panel_label_names
 from fedecg.data.store import StoreManifest, StoreWriter
+from fedecg.models.build import build_model
 from fedecg.training.data import epoch_loader
 from fedecg.training.evaluate import predict
 from fedecg.training.pipeline import open_stores
-from fedecg.training.runner import build_model
 from fedecg.training.stages import build_stages
 from fedecg.training.trainer import activate, make_optimizer, train_epoch
 
@@ -95,7 +95,7 @@ def main() -> None:
         store = args.store or random_store(Path(tmp) / "store")
         data = open_stores([store])
         config = TrainConfig()
-        model = build_model("transfer", config, data)
+        model = build_model("transfer", config, data.manifest, data.train_clinical())
         result: dict = {"store": str(store), "threads": args.threads,
                         "encoder": config.encoder.model_dump(), "crop_samples": config.crop_samples,
                         "parameters": sum(p.numel() for p in model.classifier.parameters()),

@@ -6,7 +6,7 @@ Usage::
         [--seeds 0] [--tables-only]
 
 Every study is ``simulation/base.yaml`` plus the overrides below, run with
-``fedecg.federated.simulate.run_study`` into ``RUNS/<study>`` (a finished study is read back, an
+``fedecg.app.run_study`` into ``RUNS/<study>`` (a finished study is read back, an
 unfinished one resumed). Then ``RUNS/results.md`` gets the tables and ``RUNS/*.png`` the figures
 that ``simulation/README.md`` quotes. The pooled baseline trains on the union of all sites'
 rows, which is the same store whatever the partition, so it is trained once (in ``iid-4``) and
@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from fedecg.app import run_study
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
-from fedecg.config.federated import SimulationConfig
-from fedecg.federated.simulate import SUMMARY_FILE, run_study
+from fedecg.config.federated import StudyConfig
+from fedecg.federated.simulate import SUMMARY_FILE
 
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "base.yaml"
@@ -50,10 +51,10 @@ STUDIES: dict[str, list[str]] = {
 }
 
 
-def study_config(name: str, seeds: list[int]) -> SimulationConfig:
+def study_config(name: str, seeds: list[int]) -> StudyConfig:
     """The base config with a study's overrides and the chosen seeds."""
     data = apply_overrides(read_yaml(BASE), [*STUDIES[name], f"seeds={seeds}"])
-    return validate_config(SimulationConfig, data, f"{BASE} + study {name}")
+    return validate_config(StudyConfig, data, f"{BASE} + study {name}")
 
 
 def run(name: str, runs: Path, seeds: list[int]) -> dict[str, Any]:

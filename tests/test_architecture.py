@@ -1,14 +1,16 @@
-"""The package's layers import downward only (DESIGN.md §2)."""
+"""The package's layers import downward only (DESIGN.md §2); one module builds the Flower apps."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "fedecg"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fedecg"
 # Lower index = lower layer. A module may import its own layer or any lower one.
 LAYERS = ["errors", "io", "config", "data", "models", "training", "federated", "privacy",
-          "explain", "report", "deploy", "cli"]
+          "explain", "report", "study", "app", "deploy", "cli"]
 SAME_RANK = {"explain": "report"}  # explain and report sit side by side
 
 
@@ -49,3 +51,29 @@ def test_every_module_imports_only_its_own_or_lower_layers():
             if target in LAYERS and _rank(target) > _rank(own):
                 violations.append(f"{relative}: {own} imports {imported}")
     assert violations == []
+
+
+def test_scripts_outside_the_package_do_not_import_the_cli():
+    """``simulation/`` and ``benchmarks/`` use fedecg's modules, never its command line."""
+    violations = [f"{path.relative_to(ROOT)}: imports {name}"
+                  for folder in ("simulation", "benchmarks")
+                  for path in (ROOT / folder).rglob("*.py")
+                  for name in _imports(path) if _layer_of(name) == "cli"]
+    assert violations == []
+
+
+def _builds(path: Path, name: str) -> bool:
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+               and node.func.id == name for node in ast.walk(ast.parse(path.read_text())))
+
+
+def test_exactly_one_module_builds_the_flower_apps():
+    """``fedecg/app.py`` builds every ClientApp and ServerApp, and pyproject names it."""
+    for app in ("ClientApp", "ServerApp"):
+        builders = [path.relative_to(ROOT).as_posix() for path in PACKAGE.rglob("*.py")
+                    if _builds(path, app)]
+        assert builders == ["fedecg/app.py"], app
+    components = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "components"]
+    assert components == {"serverapp": "fedecg.app:server_app",
+                          "clientapp": "fedecg.app:client_app"}

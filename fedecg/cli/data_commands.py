@@ -9,7 +9,7 @@ import typer
 from fedecg.cli.common import console, friendly_errors
 from fedecg.config.base import apply_overrides, load_config, validate_config
 from fedecg.config.data import PrepareConfig
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.data.prepare import MimicInput, PrepareInput, SiteInput, prepare_store
 from fedecg.data.validate import detect_input, render_report, report_input, report_store
 from fedecg.errors import ConfigError
@@ -26,7 +26,7 @@ def _config(config: Path | None, overrides: list[str] | None, study: Path | None
         return load_config(PrepareConfig, config, extra)
     if config is not None:
         raise ConfigError("give --config or --study, not both")
-    deployed = load_config(SimulationConfig, study, []).data.deployed
+    deployed = load_config(StudyConfig, study, []).data.deployed
     if deployed is None:
         raise ConfigError(f"{study}: no data.deployed section, so it names no prepare settings "
                           "for the hospitals; pass --config instead")

@@ -13,7 +13,7 @@ from rich.table import Table
 from fedecg.cli.common import console, friendly_errors
 from fedecg.cli.progress import LOG_JSON_HELP, QUIET_HELP, RunProgress, output_mode
 from fedecg.config.base import load_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 
 server = typer.Typer(help="The coordinating center: CA, SuperLink, node registry, studies.",
                      no_args_is_help=True)
@@ -92,7 +92,7 @@ def server_nodes(kit: Path = KIT) -> None:
     console.print(table)
 
 
-def submit_reporter(config: SimulationConfig, out: Path, progress: RunProgress,
+def submit_reporter(config: StudyConfig, out: Path, progress: RunProgress,
                     ) -> Callable[[int, int], None]:
     """``submit_study``'s progress hook: when the rounds done go up, a line for the newest
     round, from the metrics the ServerApp writes into ``out``."""
@@ -145,7 +145,7 @@ def server_submit(
     from fedecg.deploy.submit import submit_study
     from fedecg.deploy.superlink import ServerKit
 
-    settings = load_config(SimulationConfig, study, list(overrides or []))
+    settings = load_config(StudyConfig, study, list(overrides or []))
     progress = RunProgress(0, "round", output_mode(quiet, log_json), console)
     summary = submit_study(ServerKit(kit), study, out, app=app, model=model,
                            overrides=list(overrides or []),
@@ -193,8 +193,8 @@ def node_keygen(kit: Path = KIT,
                   "center; node.key stays here")
 
 
-def _study(path: Path | None) -> SimulationConfig | None:
-    return None if path is None else load_config(SimulationConfig, path, [])
+def _study(path: Path | None) -> StudyConfig | None:
+    return None if path is None else load_config(StudyConfig, path, [])
 
 
 SUPERLINK = typer.Option(..., "--superlink", help="The SuperLink's HOST:PORT.")

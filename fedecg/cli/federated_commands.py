@@ -19,7 +19,7 @@ from fedecg.cli.progress import (
     output_mode,
 )
 from fedecg.config.base import load_config, validate_config
-from fedecg.config.federated import PartitionConfig, SimulationConfig
+from fedecg.config.federated import PartitionConfig, StudyConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import ConfigError, FedecgError
 from fedecg.federated import keys
@@ -98,9 +98,8 @@ def simulate(
     Prints one line per round with the sites' validation loss and AUROC and an ETA of the
     federated rounds (the pooled and local-only baselines come on top).
     """
-    from fedecg.federated.simulate import CONFIG_FILE, run_study
-    from fedecg.privacy.apps import client_app, client_level
-    from fedecg.privacy.sweep import card_entry, site_budgets
+    from fedecg.app import run_study
+    from fedecg.federated.simulate import CONFIG_FILE
 
     started = time.time()
     if (resume is None) == (out is None):
@@ -112,7 +111,7 @@ def simulate(
     if seeds is not None:
         extra.append(f"seeds=[{seeds}]")
     source = config if resume is None else (config or Path(run_dir) / CONFIG_FILE)
-    settings = load_config(SimulationConfig, source, extra)
+    settings = load_config(StudyConfig, source, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)
     progress = RunProgress(round_plan(settings)[1], "round", output_mode(quiet, log_json),
@@ -123,9 +122,7 @@ def simulate(
         progress.restart_clock()
 
     summary = run_study(settings, Path(run_dir), resume=resume is not None, say=say,
-                        progress=round_reporter(settings, progress), client_app=client_app,
-                        wrap_for=client_level, console=console)
-    card_entry(Path(run_dir), site_budgets(Path(run_dir)))  # privacy section of the model card
+                        progress=round_reporter(settings, progress), console=console)
     console.print(results_table(summary))
     record_command(Path(run_dir), started)
     report = _report(Path(run_dir))
@@ -134,7 +131,7 @@ def simulate(
                                    for model, entry in summary["federated"].items()}})
 
 
-def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], int]:
+def round_plan(config: StudyConfig) -> tuple[dict[tuple[int, str], int], int]:
     """Rounds done before each ``(seed, model)`` starts, and the study's federated rounds."""
     offsets: dict[tuple[int, str], int] = {}
     total = 0
@@ -146,7 +143,7 @@ def round_plan(config: SimulationConfig) -> tuple[dict[tuple[int, str], int], in
     return offsets, total
 
 
-def round_reporter(config: SimulationConfig, progress: RunProgress) -> Callable[[dict], None]:
+def round_reporter(config: StudyConfig, progress: RunProgress) -> Callable[[dict], None]:
     """The ``progress`` hook of ``run_study``: one line per round (see ``RunProgress``).
 
     Several studies may report through it one after the other (``fedecg sweep``): a round

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import typer
@@ -14,11 +13,8 @@ from rich.table import Table
 from fedecg.cli.common import console, friendly_errors
 from fedecg.cli.progress import LOG_JSON_HELP, QUIET_HELP, RunProgress, output_mode
 from fedecg.config.base import load_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.io import SHARED, atomic_write_bytes
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 PLOT_FILE = "privacy_utility.png"
 sweep_app = typer.Typer(help="Repeat a federated study over a range of settings.",
@@ -41,14 +37,16 @@ def privacy(
 
     Prints one line per round (validation loss and AUROC, ETA of the sweep's rounds).
     """
+    from fedecg.app import run_sweep
     from fedecg.cli.federated_commands import round_plan, round_reporter
-    from fedecg.privacy.sweep import parse_epsilons, run_sweep
+    from fedecg.privacy.sweep import parse_epsilons
+    from fedecg.report.privacy_plot import utility_figure
 
     budgets = parse_epsilons(epsilons)
     extra = list(overrides or [])
     if seeds is not None:
         extra.append(f"seeds=[{seeds}]")
-    settings = load_config(SimulationConfig, config, extra)
+    settings = load_config(StudyConfig, config, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)
     progress = RunProgress(round_plan(settings)[1] * len(budgets), "round",
@@ -66,37 +64,6 @@ def privacy(
     utility_figure(rows).savefig(png, format="png", dpi=120)
     atomic_write_bytes(plot_path, png.getvalue(), SHARED)
     console.print(f"wrote {Path(out) / 'privacy_utility.csv'} and {plot_path}")
-
-
-def plot_records(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
-    """One record per model, task and ε for the plot; ε = ∞ drawn at 2 × the largest finite ε
-    (returned, or None when there is none)."""
-    finite = [r["target_epsilon"] for r in rows if math.isfinite(r["target_epsilon"])]
-    at_inf = 2 * max(finite) if finite else 1.0
-    records = []
-    for row in rows:
-        x = row["target_epsilon"] if math.isfinite(row["target_epsilon"]) else at_inf
-        for task in ("diagnosis", "lab"):
-            key = f"{task}_macro_auroc"
-            records.append({"epsilon": x, "model": row["model"], "task": task,
-                            "auroc": row[key], "low": row[f"{key}_low"],
-                            "high": row[f"{key}_high"]})
-    return records, (at_inf if any(math.isinf(r["target_epsilon"]) for r in rows) else None)
-
-
-def utility_figure(rows: list[dict[str, Any]]) -> Figure:
-    """Diagnosis and lab macro AUROC against ε, one line per model and task, CI bands."""
-    from fedecg.report.plots import plot_curves
-
-    records, at_inf = plot_records(rows)
-    figure = plot_curves(records, "epsilon", "auroc", group=("model", "task"),
-                         band=("low", "high"), title="macro AUROC against ε (bootstrap CI)",
-                         xlabel="ε (log scale; ∞ = no DP)", ylabel="macro AUROC", log_x=True)
-    ticks = sorted({r["epsilon"] for r in records})
-    axes = figure.axes[0]
-    axes.set_xticks(ticks, ["∞" if t == at_inf else f"{t:g}" for t in ticks])
-    axes.minorticks_off()
-    return figure
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> Table:

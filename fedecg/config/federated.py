@@ -136,7 +136,7 @@ class DataSourceConfig(StrictModel):
         return self
 
 
-class SimulationConfig(StrictModel):
+class StudyConfig(StrictModel):
     """A federated study: on virtual sites (``fedecg simulate --config``), or on real hospitals
     (``data.deployed``, ``fedecg server submit``).
 
@@ -161,7 +161,7 @@ class SimulationConfig(StrictModel):
         return self.partition.num_sites
 
     @model_validator(mode="after")
-    def _enough_sites(self) -> SimulationConfig:
+    def _enough_sites(self) -> StudyConfig:
         if self.federation.min_sites > self.num_sites:
             where = "data.deployed.sites" if self.data.deployed else "partition.num_sites"
             raise ValueError(f"federation.min_sites {self.federation.min_sites} exceeds "

@@ -1,9 +1,10 @@
 """Flower's processes and CLI, run with fedecg's environment hygiene.
 
 Every process fedecg starts gets telemetry off, no update check, no runtime dependency
-installation and a private ``FLWR_HOME`` (``flower_env``); its output goes to a log file in
-a known place, and its identity (PID, start time, command line) to a file beside it, so that
-``stop`` ends exactly that process and never one that later got the same PID (``Service``).
+installation and a private ``FLWR_HOME`` (``fedecg.federated.flower_env``); its output goes to
+a log file in a known place, and its identity (PID, start time, command line) to a file beside
+it, so that ``stop`` ends exactly that process and never one that later got the same PID
+(``Service``).
 Flower's programs are taken from this Python's environment first (``flower_executable``).
 ``flwr_json`` runs a ``flwr`` CLI command and returns its JSON answer.
 """
@@ -25,18 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.errors import DeploymentError
-from fedecg.federated.simulate import FLOWER_ENV
+from fedecg.federated.flower_env import flower_env
 from fedecg.io import atomic_write_json, atomic_write_text, pid_alive
 
 log = logging.getLogger(__name__)
 
 CONFIG_TOML = "config.toml"
-
-
-def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with fedecg's Flower settings and ``FLWR_HOME``."""
-    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(Path(flwr_home).resolve()),
-            **(extra or {})}
 
 
 def write_connection(flwr_home: Path, name: str, address: str, ca: Path | None) -> Path:

@@ -18,11 +18,12 @@ from typing import Any
 
 import fedecg
 from fedecg.config.base import load_config
-from fedecg.config.federated import SimulationConfig
-from fedecg.deploy.flower import flower_env, flwr_json
+from fedecg.config.federated import StudyConfig
+from fedecg.deploy.flower import flwr_json
 from fedecg.deploy.superlink import CONNECTION, ServerKit
 from fedecg.errors import DeploymentError
 from fedecg.federated.datasource import run_models
+from fedecg.federated.flower_env import flower_env
 from fedecg.federated.orchestration import read_result
 from fedecg.federated.simulate import SUMMARY_FILE
 from fedecg.io import atomic_write_text
@@ -41,7 +42,7 @@ def default_app() -> Path:
     return root
 
 
-def total_rounds(config: SimulationConfig, models: list[str]) -> int:
+def total_rounds(config: StudyConfig, models: list[str]) -> int:
     """Rounds a study runs: every stage of every model, for every seed."""
     per_model = {name: sum(config.federation.rounds.of(stage.name)
                            for stage in build_stages(config.train, pretrained=name == "transfer"))
@@ -66,7 +67,7 @@ def submit_study(kit: ServerKit, study: Path, out: Path, *, app: Path | None = N
                  timeout_s: float | None = None) -> dict[str, Any]:
     """Run ``study`` on the federation into ``out``; return its summary."""
     study, out = Path(study).resolve(), Path(out).resolve()
-    config = load_config(SimulationConfig, study, overrides or [])
+    config = load_config(StudyConfig, study, overrides or [])
     models = run_models({"model": model}, config)
     kit.address()  # a SuperLink was started from this kit
     run_config = Path(kit.folder) / "runs" / f"{out.name}.toml"

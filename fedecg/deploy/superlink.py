@@ -35,9 +35,10 @@ from fedecg.deploy.certs import (
     create_ca,
     issue_server_cert,
 )
-from fedecg.deploy.flower import Service, flower_env, flwr_json, write_connection
+from fedecg.deploy.flower import Service, flwr_json, write_connection
 from fedecg.deploy.node_keys import check_public_key
 from fedecg.errors import DeploymentError
+from fedecg.federated.flower_env import flower_env
 from fedecg.io import PRIVATE, OutputKind, atomic_write_json, claim_output, mark_output, private_dir
 
 CONNECTION = "fedecg"

@@ -16,15 +16,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.data.prepare import schema_manifest
 from fedecg.data.store import MANIFEST_FILE, SiteStore
 from fedecg.deploy.certs import check_ca
-from fedecg.deploy.flower import Service, flower_env
+from fedecg.deploy.flower import Service
 from fedecg.deploy.node_keys import NODE_KEY, NODE_PUBLIC_KEY, check_node_key
 from fedecg.deploy.superlink import last_error, split_address
 from fedecg.errors import DeploymentError, FedecgError
 from fedecg.federated import keys
+from fedecg.federated.flower_env import flower_env
 
 DEFAULT_PORT = 9094  # the SuperNode's local ClientApp API; one per node on a machine
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
@@ -52,7 +53,7 @@ class NodeKit:
         return Service(Path(self.folder), "supernode")
 
 
-def check_store(data_dir: Path, study: SimulationConfig | None = None) -> SiteStore:
+def check_store(data_dir: Path, study: StudyConfig | None = None) -> SiteStore:
     """The site store at ``data_dir``, matching ``study``'s prepare settings when given."""
     data_dir = Path(data_dir)
     if not (data_dir / MANIFEST_FILE).is_file():
@@ -104,7 +105,7 @@ def _verify_problem(exc: ssl.SSLCertVerificationError, ca: Path | None) -> str:
 
 
 def check_node(kit: NodeKit, superlink: str, ca: Path | None, data_dir: Path,
-               study: SimulationConfig | None = None) -> SiteStore:
+               study: StudyConfig | None = None) -> SiteStore:
     """Everything ``start_supernode`` checks before it starts a process."""
     check_node_key(kit.key)
     if ca is not None:
@@ -116,7 +117,7 @@ def check_node(kit: NodeKit, superlink: str, ca: Path | None, data_dir: Path,
 
 def start_supernode(kit: NodeKit, superlink: str, ca: Path | None, data_dir: Path, *,
                     site_name: str | None = None, port: int = DEFAULT_PORT,
-                    study: SimulationConfig | None = None, preflight: bool = True,
+                    study: StudyConfig | None = None, preflight: bool = True,
                     wait_s: float = 60.0) -> int:
     """Start ``flower-supernode`` for the store at ``data_dir``; return its node id.
 

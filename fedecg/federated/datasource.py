@@ -20,7 +20,7 @@ from rich.console import Console
 import fedecg
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
 from fedecg.config.data import PrepareConfig, WaveformConfig
-from fedecg.config.federated import DataSourceConfig, PartitionConfig, SimulationConfig
+from fedecg.config.federated import DataSourceConfig, PartitionConfig, StudyConfig
 from fedecg.config.train import MODEL_NAMES
 from fedecg.data.prepare import MimicInput, prepare_store, schema_manifest
 from fedecg.data.store import SiteStore
@@ -81,7 +81,7 @@ def ensure_partition(store: Path, config: PartitionConfig, out: Path) -> Path:
     return folder
 
 
-def make_plan(config: SimulationConfig, model: str, out: Path, store: Path | None = None,
+def make_plan(config: StudyConfig, model: str, out: Path, store: Path | None = None,
               partition: Path | None = None) -> RunPlan:
     """The plan of one model's federated run: over a partitioned store (simulation), or over
     the hospitals' own stores (``data.deployed``: the manifest comes from their prepare
@@ -105,24 +105,24 @@ def app_path(path: str) -> Path:
     return Path(fedecg.__file__).resolve().parents[1] / candidate
 
 
-def study_from_run_config(run_config: dict[str, Any]) -> SimulationConfig:
+def study_from_run_config(run_config: dict[str, Any]) -> StudyConfig:
     """The study of a ``flwr run``: run-config keys ``config`` (YAML, optional) and ``set``
     (``;``-separated overrides)."""
     path = str(run_config.get("config", "") or "")
     data = read_yaml(app_path(path)) if path else {}
     overrides = [part.strip() for part in str(run_config.get("set", "")).split(";")
                  if part.strip()]
-    return validate_config(SimulationConfig, apply_overrides(data, overrides),
+    return validate_config(StudyConfig, apply_overrides(data, overrides),
                            path or "run config")
 
 
-def study_out(run_config: dict[str, Any], config: SimulationConfig, run_id: int = 0) -> Path:
+def study_out(run_config: dict[str, Any], config: StudyConfig, run_id: int = 0) -> Path:
     """The study folder: run-config ``out``, else ``<cache>/flwr-runs/run-<id>``."""
     out = str(run_config.get("out", "") or "")
     return Path(out) if out else cache_dir(config.data) / "flwr-runs" / f"run-{run_id}"
 
 
-def run_models(run_config: dict[str, Any], config: SimulationConfig) -> list[str]:
+def run_models(run_config: dict[str, Any], config: StudyConfig) -> list[str]:
     """Run-config ``model`` (comma-separated names; empty: every model of ``train.models``)."""
     names = [n.strip() for n in str(run_config.get("model", "") or "").split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
@@ -132,7 +132,7 @@ def run_models(run_config: dict[str, Any], config: SimulationConfig) -> list[str
     return names or list(config.train.models)
 
 
-def seed_plans(config: SimulationConfig, out: Path, models: list[str]) -> list[RunPlan]:
+def seed_plans(config: StudyConfig, out: Path, models: list[str]) -> list[RunPlan]:
     """One plan per model for ``config``'s seed (``train.seed``), in ``out/seed-<s>/<model>/
     federated`` as ``fedecg simulate`` lays them out; simulated data is made or found first."""
     store = partition = None

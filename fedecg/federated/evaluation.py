@@ -20,8 +20,8 @@ from fedecg.errors import FederationError
 from fedecg.federated.checkpoint import latest_site_state, load_checkpoint
 from fedecg.federated.orchestration import RunPlan, initial_model, stages_for
 from fedecg.models.joint import JointModel
+from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import flatten, predict, score
-from fedecg.training.runner import TrainingData
 
 TEST_TARGETS = ("dx", "lab")
 

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedecg.config.base import StrictModel
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.train import ModelName
 from fedecg.data.store import StoreManifest
 from fedecg.errors import FederationError
@@ -40,9 +40,10 @@ from fedecg.federated.checkpoint import (
 from fedecg.federated.flower_log import keep_flower_log_short
 from fedecg.federated.params import plain_state, to_arrays, to_state
 from fedecg.federated.strategies import DROPOUT, REJECTED, Roster, StageRounds, make_strategy
+from fedecg.federated.waiting import wait_for_sites
 from fedecg.io import atomic_write_json, atomic_write_text
+from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
-from fedecg.training.runner import build_model
 from fedecg.training.stages import HeadStage, Stage, build_stages
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ SITE_EVENTS = (DROPOUT, REJECTED)
 class RunPlan(StrictModel):
     """One federated training run of one model."""
 
-    config: SimulationConfig
+    config: StudyConfig
     model: ModelName = "transfer"
     manifest: StoreManifest
     out: str
@@ -73,19 +74,9 @@ class RunPlan(StrictModel):
         return cls.model_validate_json(text)
 
 
-class _ManifestOnly:
-    """What ``build_model`` reads from training data, for a server that holds no data."""
-
-    def __init__(self, manifest: StoreManifest) -> None:
-        self.manifest = manifest
-
-    def train_clinical(self) -> np.ndarray:
-        return np.zeros((0, len(self.manifest.clinical_features)), dtype=np.float32)
-
-
 def initial_model(plan: RunPlan) -> JointModel:
     """The seeded, untrained model every site starts from (same init as centralized)."""
-    return build_model(plan.model, plan.config.train, _ManifestOnly(plan.manifest))  # type: ignore[arg-type]
+    return build_model(plan.model, plan.config.train, plan.manifest)
 
 
 def stages_for(plan: RunPlan) -> list[Stage]:
@@ -126,7 +117,16 @@ StrategyWrap = Callable[[Strategy], Strategy]
 
 def run_server(grid: Grid, plan: RunPlan, progress: Progress | None = None,
                wrap: StrategyWrap | None = None) -> None:
-    """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome."""
+    """Run every stage of ``plan`` (resuming from a checkpoint); record the outcome.
+
+    ``wrap`` wraps each stage's strategy (``fedecg.app.client_level``: client-level DP); a
+    plan asking for client-level DP is refused without it.
+    """
+    privacy = plan.config.privacy
+    if privacy.enabled and privacy.mode == "client" and wrap is None:
+        raise FederationError(f"privacy.mode=client with target_epsilon="
+                              f"{privacy.target_epsilon:g}: this server would aggregate without "
+                              "differential privacy; run it through fedecg.app")
     keep_flower_log_short()
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,11 +190,7 @@ def await_sites(grid: Grid, plan: RunPlan) -> int:
     """
     federation = plan.config.federation
     expected, needed = plan.config.num_sites, federation.min_sites
-    deadline = time.monotonic() + federation.connect_timeout_s
-    while (online := len(list(grid.get_node_ids()))) < expected:
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(1.0)
+    online = wait_for_sites(grid, expected, federation.connect_timeout_s)
     if online < needed:
         raise FederationError(
             f"{online} of {expected} site(s) connected within federation.connect_timeout_s="

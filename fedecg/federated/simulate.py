@@ -1,11 +1,11 @@
-"""``run_study``: a federated study on virtual sites, with the pooled/local-only protocol.
+"""The parts of a federated study (``fedecg.study`` walks them): its run folder, one model's
+run in Flower's simulation engine, the pooled/local-only baselines, and the summary.
 
-For each seed and each model of ``train.models``: a Flower simulation (Ray, one CPU per
-virtual site) walks the model's stages; its ServerApp writes ``result.json`` and the study fails
-with that reason when the run did not finish (Flower itself returns normally on failure). With
-``baselines`` the same model is also trained centrally on all sites' training rows (``pooled``)
-and on each site alone (``local_only``), for the same epochs per stage as the federated run
-(rounds × local epochs). Every model is tested on each site's test split and on the pooled one.
+``run_in_simulation`` runs a ServerApp and ClientApp (``fedecg.app``) over virtual sites (Ray,
+one CPU per site); the ServerApp writes ``result.json`` and the run fails with that reason when
+it did not finish (Flower itself returns normally on failure). With ``baselines`` the same
+model is also trained centrally on all sites' training rows (``pooled``) and on each site alone
+(``local_only``), for the same epochs per stage as the federated run (rounds × local epochs).
 
 RUN holds ``config.yaml``, ``partition/``, ``metrics.jsonl`` (one line per round, site and
 stage), ``summary.json``, ``model/`` and one folder per seed with each run's checkpoints.
@@ -22,44 +22,32 @@ from typing import Any
 
 import numpy as np
 from flwr.clientapp import ClientApp
-from rich.console import Console
+from flwr.serverapp import ServerApp
 
 from fedecg.config.base import dump_config, read_yaml
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.train import TrainConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import FederationError, OutputExistsError, TrainingError
 from fedecg.federated.checkpoint import load_checkpoint
-from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
-from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
-from fedecg.federated.orchestration import METRICS_FILE, Progress, RunPlan, read_result
+from fedecg.federated.evaluation import score_everywhere
+from fedecg.federated.flower_env import use_flower_env
+from fedecg.federated.orchestration import METRICS_FILE, RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
 from fedecg.federated.ray_session import ray_session
-from fedecg.federated.server_app import WrapFor
-from fedecg.io import (
-    SHARED,
-    OutputKind,
-    atomic_write_json,
-    atomic_write_text,
-    claim_output,
-    mark_output,
-)
-from fedecg.models.joint import JointModel
-from fedecg.training.outputs import budget_warnings, has_known, output_quality
-from fedecg.training.pipeline import data_summary, export_model, naive_results
-from fedecg.training.runner import MetricsLog, TrainingData, check_crop, fit_model
+from fedecg.io import OutputKind, atomic_write_text, claim_output, mark_output
+from fedecg.training.data import TrainingData
+from fedecg.training.outputs import budget_warnings, has_known
+from fedecg.training.runner import MetricsLog, fit_model
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 Say = Callable[[str], None]
 
 
-def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> None:
+def prepare_run_dir(out: Path, config: StudyConfig, resume: bool) -> None:
     """Create RUN for a new study, or check that RUN holds this study when resuming."""
     out = Path(out)
     inputs = [config.data.store] if config.data.store is not None else []
@@ -80,26 +68,16 @@ def prepare_run_dir(out: Path, config: SimulationConfig, resume: bool) -> None:
     dump_config(config, out / CONFIG_FILE)
 
 
-def run_federated(plan: RunPlan, progress: Progress | None = None,
-                  client_app: ClientApp | None = None, wrap_for: WrapFor | None = None) -> None:
-    """Run one model's federated training in Flower's simulation engine (skip if finished).
-
-    ``client_app`` (default: fedecg's plain ClientApp) and ``wrap_for`` (the server's strategy
-    wrapper) are what the privacy layer passes (``fedecg.privacy.apps``).
-    """
-    require_privacy_apps(plan.config, client_app, wrap_for)
+def run_in_simulation(plan: RunPlan, server_app: ServerApp, client_app: ClientApp) -> None:
+    """Run one model's federated training (``server_app`` and ``client_app``, from
+    ``fedecg.app``) in Flower's simulation engine; skip it if its checkpoint says finished."""
     saved = load_checkpoint(Path(plan.out))
     if saved is not None and saved.position.done:
         return
     from flwr.simulation import run_simulation
 
-    from fedecg.federated.client_app import app as plain_client_app
-    from fedecg.federated.server_app import build_server_app
-
-    for key, value in {**FLOWER_ENV, "FLWR_HOME": str(Path(plan.out) / ".flwr")}.items():
-        os.environ.setdefault(key, value)
+    use_flower_env(Path(plan.out) / ".flwr")
     federation = plan.config.federation
-    sites = plan.config.num_sites
     flower_log = logging.getLogger("flwr")
     level = flower_log.level
     # fedecg reports progress itself, and site failures from their replies (strategies.py)
@@ -112,9 +90,8 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                run_simulation(build_server_app(plan, progress, wrap_for),
-                               client_app or plain_client_app,
-                               num_supernodes=sites, backend_config=backend)
+                run_simulation(server_app, client_app, num_supernodes=plan.config.num_sites,
+                               backend_config=backend)
         except Exception as exc:  # Flower re-raises ServerApp errors; result.json has the reason
             log.debug("simulation raised %s", exc)
         finally:
@@ -125,20 +102,7 @@ def run_federated(plan: RunPlan, progress: Progress | None = None,
                               f"{result.get('reason', result['status'])}")
 
 
-def require_privacy_apps(config: SimulationConfig, client_app: ClientApp | None,
-                         wrap_for: WrapFor | None) -> None:
-    """Refuse to run a private config without the apps that apply its privacy: this layer's
-    defaults are fedecg's plain ClientApp and strategies, which would train without DP."""
-    privacy = config.privacy
-    if privacy.enabled and (client_app is None or wrap_for is None):
-        raise FederationError(
-            f"privacy.mode={privacy.mode} with target_epsilon={privacy.target_epsilon:g}: "
-            "this call would train without differential privacy; pass the privacy layer's "
-            "apps (client_app=fedecg.privacy.apps.client_app, "
-            "wrap_for=fedecg.privacy.apps.client_level), as `fedecg simulate` does")
-
-
-def baseline_config(config: SimulationConfig) -> TrainConfig:
+def baseline_config(config: StudyConfig) -> TrainConfig:
     """The centralized config with the federated run's epochs per stage (and one pass per
     epoch: ``min_steps`` does not apply to federated rounds, so it does not to baselines)."""
     federation = config.federation
@@ -149,7 +113,7 @@ def baseline_config(config: SimulationConfig) -> TrainConfig:
         for stage in ("pretrain", "lab", "diagnosis")})
 
 
-def run_baselines(name: str, config: SimulationConfig, sites: TrainingData,
+def run_baselines(name: str, config: StudyConfig, sites: TrainingData,
                   pooled_data: TrainingData, folder: Path,
                   say: Say) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pooled and local-only training of ``name``, each tested everywhere."""
@@ -197,74 +161,8 @@ def sites_of(store: Path, partition_dir: Path) -> tuple[TrainingData, TrainingDa
     return sites, TrainingData([site_view(opened, np.concatenate(rows), name="pooled")])
 
 
-def run_seed(config: SimulationConfig, folder: Path, store: Path, partition_dir: Path,
-             say: Say, progress: Progress | None, client_app: ClientApp | None = None,
-             wrap_for: WrapFor | None = None
-             ) -> tuple[dict[str, Any], dict[str, JointModel], TrainingData]:
-    """Every model of one seed: federated, then (with ``baselines``) pooled and local-only."""
-    sites, pooled_data = sites_of(store, partition_dir)
-    check_crop(sites, config.train)  # the partition warned of small splits per site
-    result: dict[str, Any] = {"federated": {}, "sites": {}, "pooled": {}, "local_only": {}}
-    exports: dict[str, Any] = {}
-    for name in config.train.models:
-        plan = make_plan(config, name, folder / name / "federated", store, partition_dir)
-        say(f"seed {config.train.seed} · {name}: federated on {len(sites.stores)} sites")
-        run_federated(plan, progress, client_app, wrap_for)
-        models = site_models(plan, len(sites.stores))
-        entry = score_everywhere(models, sites, config.train, config.train.seed)
-        result["sites"][name] = entry.pop("per_store")
-        result["federated"][name] = entry
-        weights = [len(s.indices("train")) for s in sites.stores]
-        exports[name] = consensus_model(plan, models, weights)
-        if config.baselines:
-            pooled, local = run_baselines(name, config, sites, pooled_data, folder / name, say)
-            result["pooled"][name], result["local_only"][name] = pooled, local
-    result["naive"] = naive_results(sites, config.train)
-    return result, exports, sites
-
-
-def run_study(config: SimulationConfig, out: Path, *, resume: bool = False,
-              say: Say | None = None, progress: Progress | None = None,
-              client_app: ClientApp | None = None, wrap_for: WrapFor | None = None,
-              console: Console | None = None) -> dict[str, Any]:
-    """Run the whole study into ``out`` (see the module docstring); return the summary.
-
-    ``client_app`` and ``wrap_for``: the ClientApp the sites run and the server's strategy
-    wrapper (``fedecg.privacy.apps`` applies the config's ``privacy`` section; default:
-    fedecg's plain apps). ``console`` shows the progress of preparing a synthesized twin.
-    """
-    require_privacy_apps(config, client_app, wrap_for)
-    say = say or log.info
-    out = Path(out)
-    store = ensure_store(config.data, say, console)
-    config = without_unlabelled_rounds(config, store, say)
-    prepare_run_dir(out, config, resume)
-    partition_dir = ensure_partition(store, config.partition, out)
-    warn_small_sites(config, store, partition_dir, say)
-    per_seed: dict[int, dict[str, Any]] = {}
-    for seed in config.seeds:
-        seeded = config.model_copy(update={"train": config.train.model_copy(
-            update={"seed": seed})})
-        result, exports, sites = run_seed(seeded, out / f"seed-{seed}", store, partition_dir,
-                                          say, progress, client_app, wrap_for)
-        per_seed[seed] = result
-        if seed == config.seeds[0]:
-            name = "transfer" if "transfer" in exports else next(iter(exports))
-            export_model(out, name, exports[name], sites.manifest, data_summary(sites),
-                         seeded.train, result["federated"][name],
-                         output_quality(exports[name], sites, seeded.train))
-    summary = combine_seeds(per_seed)
-    summary.update(seeds=config.seeds, model_names=list(config.train.models),
-                   partition=_partition_summary(partition_dir, store),
-                   by_seed={str(k): v for k, v in per_seed.items()} if len(per_seed) > 1 else {},
-                   models=report_models(summary))
-    collect_metrics(out, config)
-    atomic_write_json(out / SUMMARY_FILE, summary, SHARED)
-    return summary
-
-
-def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
-                              ) -> SimulationConfig:
+def without_unlabelled_rounds(config: StudyConfig, store: Path, say: Say
+                              ) -> StudyConfig:
     """``config`` with no lab rounds when no site holds a known lab label (said once)."""
     if config.federation.rounds.lab == 0 or has_known(TrainingData([SiteStore.open(store)]),
                                                       "lab"):
@@ -276,7 +174,7 @@ def without_unlabelled_rounds(config: SimulationConfig, store: Path, say: Say
     return config.model_copy(update={"federation": federation})
 
 
-def warn_small_sites(config: SimulationConfig, store: Path, partition_dir: Path,
+def warn_small_sites(config: StudyConfig, store: Path, partition_dir: Path,
                      say: Say) -> None:
     """Say, per site, which stages take few steps (few positives per split are said by the
     partition, ``split_problems``)."""
@@ -323,7 +221,7 @@ def report_models(summary: dict[str, Any]) -> dict[str, Any]:
     return entries
 
 
-def _partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
+def partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
     partition = load_partition(partition_dir, SiteStore.open(store))
     return {"store": partition.store, "label_skew": partition.label_skew,
             **partition.config.model_dump(mode="json"),
@@ -331,7 +229,7 @@ def _partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
                                **s.split_counts} for s in partition.sites}}
 
 
-def collect_metrics(out: Path, config: SimulationConfig) -> None:
+def collect_metrics(out: Path, config: StudyConfig) -> None:
     """RUN/metrics.jsonl: every federated run's lines, with its seed."""
     lines = []
     for seed in config.seeds:

@@ -1,9 +1,10 @@
 """What one site does in a round, with the centralized training code (no Flower here).
 
-``local_train`` mirrors one stage of ``fedecg.training.runner`` for the epochs of one round:
-the same seeded datasets, loaders, optimizer and warm-up/cosine schedule (spread over all
-rounds of the stage), so one site with one round of E local epochs trains exactly what
-centralized training does in E epochs. The server's copy of the shared parameters anchors the
+``local_train`` runs one round's window of a stage's epochs through the stage loop that
+centralized training runs (``fedecg.training.trainer.train_window``): the same seeded
+datasets, loaders, optimizer and warm-up/cosine schedule (spread over all rounds of the stage),
+so one site with one round of E local epochs trains exactly what centralized training does in
+E epochs. The server's copy of the shared parameters anchors the
 FedProx proximal term. ``local_evaluate`` scores the current model on the site's test split.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -24,12 +24,19 @@ from torch import nn
 from fedecg.config.federated import FederationConfig
 from fedecg.config.train import MODEL_NAMES, TrainConfig
 from fedecg.federated import keys
+from fedecg.models.build import derive_seed
 from fedecg.models.joint import JointModel
-from fedecg.training.data import epoch_loader
+from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
-from fedecg.training.runner import TrainingData, derive_seed, stage_config
+from fedecg.training.runner import stage_config
 from fedecg.training.stages import Stage
-from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+from fedecg.training.trainer import (
+    activate,
+    advance_schedule,
+    make_optimizer,
+    train_window,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +113,7 @@ def local_train(model: JointModel, stage: Stage, data: TrainingData, config: Tra
     if federation.local_steps is not None:
         per_round = min(per_round, federation.local_steps)
     scheduler = warmup_cosine(optimizer, per_round * plan.stage_rounds, settings.warmup_fraction)
-    _advance(scheduler, per_round * (plan.stage_round - 1))
+    advance_schedule(scheduler, per_round * (plan.stage_round - 1))
     extra = None
     if plan.proximal_mu > 0:
         trainable = {id(p) for p in params}
@@ -125,34 +132,26 @@ def local_train(model: JointModel, stage: Stage, data: TrainingData, config: Tra
 def _epochs(model: JointModel, stage: Stage, train: Any, optimizer: torch.optim.Optimizer,
             scheduler: Any, extra: Any, config: TrainConfig, federation: FederationConfig,
             plan: RoundPlan, seed: int, budget: int, dp_loader: Any = None) -> dict[str, float]:
-    start, steps, examples, loss = time.perf_counter(), 0, 0, 0.0
+    """This round's epochs of the stage (``train_window``), at most ``budget`` steps."""
+    start = time.perf_counter()
     first = (plan.stage_round - 1) * federation.local_epochs
-    for epoch in range(first, first + federation.local_epochs):
-        if steps >= budget:
-            break
-        torch.manual_seed(derive_seed(seed, epoch))
+
+    def loader_for(epoch: int) -> Any:
         if dp_loader is None:
-            loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
-        else:
-            train.set_epoch(epoch)
-            loader = dp_loader
-        logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
-                           extra_loss=extra, max_steps=budget - steps,
+            return epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers)
+        train.set_epoch(epoch)
+        return dp_loader
+
+    history = train_window(model, stage, loader_for, optimizer,
+                           range(first, first + federation.local_epochs), scheduler=scheduler,
+                           extra_loss=extra, max_steps=budget, seed=seed,
                            max_grad_norm=config.max_grad_norm if dp_loader is None else None)
-        steps += int(logs["steps"])
-        examples += int(logs["examples"])
-        loss += float(logs.get("loss", 0.0)) * logs["steps"]
+    steps = sum(int(logs["steps"]) for logs in history)
+    examples = sum(int(logs["examples"]) for logs in history)
+    loss = sum(float(logs.get("loss", 0.0)) * logs["steps"] for logs in history)
     return {keys.NUM_EXAMPLES: float(len(train)), keys.TRAIN_LOSS: loss / max(steps, 1),
             keys.TRAIN_STEPS: float(steps), keys.TRAIN_EXAMPLES_SEEN: float(examples),
             keys.TRAIN_SECONDS: time.perf_counter() - start}
-
-
-def _advance(scheduler: Any, steps: int) -> None:
-    """Move a fresh LR schedule to where the stage's earlier rounds left it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
-        for _ in range(steps):
-            scheduler.step()
 
 
 def local_evaluate(model: JointModel, stage: Stage, data: TrainingData, config: TrainConfig,

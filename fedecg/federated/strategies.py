@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,7 @@ from fedecg.federated.screening import (
     screen_update,
     update_distance,
 )
+from fedecg.federated.waiting import wait_for_sites
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,38 @@ class Roster:
         return new
 
 
-class StageRounds(Strategy):
+class Delegate(Strategy):
+    """A strategy that forwards everything to ``inner`` (the base of fedecg's wrappers)."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary."""
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Forward to ``inner``."""
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Forward to ``inner``."""
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Forward to ``inner``."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Forward to ``inner``."""
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+class StageRounds(Delegate):
     """Wrap ``inner`` for one stage: round offset, screened replies, per-site metrics.
 
     ``min_sites`` usable updates make a round; ``timeout`` (the round's reply timeout) also
@@ -136,7 +167,7 @@ class StageRounds(Strategy):
                  min_sites: int = 1, timeout: float = 3600.0,
                  roster: Roster | None = None, max_norm_ratio: float | None = None,
                  stage: str = "this") -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.stage = stage
         self.offset = offset
         self.on_site_metrics = on_site_metrics
@@ -147,10 +178,6 @@ class StageRounds(Strategy):
         self.sent = ArrayRecord()
         self.asked: list[Message] = []
         self.roster = Roster() if roster is None else roster
-
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.inner.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -189,16 +216,14 @@ class StageRounds(Strategy):
         return self.asked
 
     def _await_sites(self, grid: Grid, kind: str, server_round: int) -> None:
-        """Wait up to ``timeout`` for ``min_sites`` connected sites (Flower waits forever)."""
-        deadline = time.monotonic() + self.timeout
-        while (online := len(list(grid.get_node_ids()))) < self.min_sites:
-            if time.monotonic() >= deadline:
-                raise FederationError(
-                    f"{kind} round {self.offset + server_round}: {online} site(s) connected "
-                    f"after {self.timeout:g} s, fewer than federation.min_sites="
-                    f"{self.min_sites}; the run stops here and resumes from its last "
-                    "finished round once enough sites are back")
-            time.sleep(1.0)
+        """Wait up to ``timeout`` for ``min_sites`` connected sites; log who left."""
+        online = wait_for_sites(grid, self.min_sites, self.timeout)
+        if online < self.min_sites:
+            raise FederationError(
+                f"{kind} round {self.offset + server_round}: {online} site(s) connected "
+                f"after {self.timeout:g} s, fewer than federation.min_sites="
+                f"{self.min_sites}; the run stops here and resumes from its last "
+                "finished round once enough sites are back")
         for node in self.roster.newly_gone(grid.get_node_ids()):
             self._event(DROPOUT, kind, self.offset + server_round, node,
                         "no longer connected to the SuperLink (left the federation)")

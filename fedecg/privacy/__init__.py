@@ -6,9 +6,10 @@
 * ``normalization``: public (data-independent) clinical standardization;
 * ``validation``: ``validate_model`` (one ``PrivacyError`` naming every unsupported layer);
 * ``sample_dp``: ``SitePrivacy``, DP-SGD around one round of the training loop (Opacus);
-* ``site_hook``: ``PrivateSite``, what a federated site calls each round;
+* ``site_hook``: ``PrivateSite``, what a federated site calls each round (``fedecg.app``);
 * ``client_dp``: ``ClientLevelDP``, Flower's fixed-clipping wrappers with fedecg's accounting;
-* ``card``: the privacy section of a model card; ``sweep``: the privacy-utility study.
+* ``card``: the privacy section of a model card; ``sweep``: the privacy-utility study's
+  budgets, table and card entries (``fedecg.app.run_sweep`` runs it).
 """
 
 import logging

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -35,6 +34,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import PrivacyError
+from fedecg.federated.strategies import Delegate
 from fedecg.io import atomic_write_json
 from fedecg.privacy.accounting import (
     Ledger,
@@ -61,37 +61,6 @@ def client_plan(rounds: Mapping[str, int], num_sites: int) -> PrivacyPlan:
 def sampled_sites(strategy: FedAvg, num_sites: int) -> int:
     """Sites Flower's FedAvg samples per round: ``max(int(N·fraction), min_train_nodes)``."""
     return max(int(num_sites * strategy.fraction_train), strategy.min_train_nodes)
-
-
-class Delegate(Strategy):
-    """A strategy that forwards everything to ``inner`` (the base of fedecg's wrappers)."""
-
-    def __init__(self, inner: Strategy) -> None:
-        self.inner = inner
-
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.inner.summary()
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Forward to ``inner``."""
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Forward to ``inner``."""
-        return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Forward to ``inner``."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int,
-                           replies: Iterable[Message]) -> MetricRecord | None:
-        """Forward to ``inner``."""
-        return self.inner.aggregate_evaluate(server_round, replies)
 
 
 class UniformWeights(Delegate):

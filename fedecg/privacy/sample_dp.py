@@ -7,8 +7,8 @@ cumulative ``Ledger``. ``SitePrivacy.private_round`` plugs into the training loo
 hook (``fedecg.training.trainer``)::
 
     with site.private_round(model, stage, loader, optimizer, seed=...) as dp:
-        logs = train_epochs(dp.model, dp.stage, dp.loader, dp.optimizer, epochs,
-                            extra_loss=None, max_steps=site.steps_allowed(stage, planned))
+        history = train_window(dp.model, dp.stage, lambda epoch: dp.loader, dp.optimizer,
+                               range(epochs), max_steps=site.steps_allowed(stage, planned))
     # metrics |= site.metrics(); state[STATE_PRIVACY] = ConfigRecord(site.to_record())
 
 Inside, the stage becomes its per-example version (``fedecg.privacy.objectives``) and is
@@ -16,7 +16,7 @@ re-activated, Opacus's per-example gradient hooks are attached to the model in p
 ``_module.`` wrapper), the loader draws Poisson batches at rate ``batch_size / n`` and the
 optimizer clips each example's gradient to ``max_grad_norm`` and adds Gaussian noise. Every
 noised step is recorded in the ledger. A data-independent ``extra_loss`` (FedProx's proximal
-term) is added to the gradient after noising, as post-processing: passed to ``train_epochs``
+term) is added to the gradient after noising, as post-processing: passed to ``train_window``
 it would be dropped silently, since Opacus replaces the gradient by the noised per-example sum.
 """
 

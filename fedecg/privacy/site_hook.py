@@ -13,8 +13,8 @@ train message the ClientApp then calls::
     site_dp.prepare_model(model)               # public clinical standardization, layer check
     with site_dp.round(model, stage, train, optimizer, planned_steps=per_round,
                        seed=seed, extra_loss=extra) as (dp, allowed):
-        ...train_epoch(dp.model, dp.stage, dp.loader, dp.optimizer, scheduler=scheduler,
-                       max_grad_norm=None, extra_loss=None, max_steps=allowed - done)...
+        ...train_window(dp.model, dp.stage, lambda epoch: dp.loader, dp.optimizer, epochs,
+                        scheduler=scheduler, max_steps=allowed)...
     metrics.update(site_dp.metrics())
     site_dp.save(context.state, saved=(site.state_dir, site.index, global_round))
 
@@ -49,8 +49,7 @@ from fedecg.privacy.accounting import PrivacyPlan, plan_stage
 from fedecg.privacy.normalization import apply_public_normalization
 from fedecg.privacy.sample_dp import STATE_PRIVACY, PrivateTraining, SitePrivacy
 from fedecg.privacy.validation import validate_model
-from fedecg.training.data import rows_with_targets
-from fedecg.training.runner import TrainingData
+from fedecg.training.data import TrainingData, rows_with_targets
 from fedecg.training.stages import Stage
 from fedecg.training.trainer import ExtraLoss
 

@@ -1,6 +1,6 @@
 """The privacy-utility study: the federated study of ``fedecg simulate`` at several budgets.
 
-``run_sweep(config, epsilons, out)`` runs ``fedecg.federated.simulate.run_study`` once per ε
+``fedecg.app.run_sweep(config, epsilons, out)`` runs the study once per ε
 (signal-only, transfer and multimodal side by side, as in every results table; ``inf`` means
 no DP) into ``out/epsilon-<ε>/``, each with its own ``summary.json`` (the same keys as
 ``fedecg simulate``), and writes into ``out``:
@@ -22,26 +22,16 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedecg.config.base import read_yaml, validate_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import ConfigError, PrivacyError
-from fedecg.federated.orchestration import METRICS_FILE, Progress
-from fedecg.federated.simulate import CONFIG_FILE, SUMMARY_FILE, run_study
-from fedecg.io import (
-    SHARED,
-    OutputKind,
-    atomic_write_json,
-    atomic_write_text,
-    claim_output,
-    mark_output,
-)
+from fedecg.federated.orchestration import METRICS_FILE
+from fedecg.federated.simulate import CONFIG_FILE
 from fedecg.privacy.accounting import Ledger
-from fedecg.privacy.apps import client_app, client_level
 from fedecg.privacy.card import annotate_model, privacy_card
 from fedecg.privacy.client_dp import LEDGER_FILE
 from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
@@ -49,7 +39,6 @@ from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
 SWEEP_MODELS = ["signal-only", "transfer", "multimodal"]
 TABLE_FILE = "privacy_utility.csv"
 TASKS = ("diagnosis", "lab")
-Say = Callable[[str], None]
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -72,13 +61,13 @@ def epsilon_label(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
-def budget_config(config: SimulationConfig, epsilon: float) -> SimulationConfig:
+def budget_config(config: StudyConfig, epsilon: float) -> StudyConfig:
     """``config`` for one budget: the three models; DP off at ``inf``, else the configured mode
     (``sample`` when the config says ``none``) at target ``epsilon``."""
     base: DPConfig | None = getattr(config, "privacy", None)
     if base is None:
         raise PrivacyError("the study config has no 'privacy' section, so its federated runs "
-                           "cannot apply DP; fedecg.config.federated.SimulationConfig needs a "
+                           "cannot apply DP; fedecg.config.federated.StudyConfig needs a "
                            "privacy: DPConfig field")
     mode = "none" if math.isinf(epsilon) else ("sample" if base.mode == "none" else base.mode)
     privacy = base.model_copy(update={"mode": mode, "target_epsilon": epsilon})
@@ -178,38 +167,6 @@ def check_private(epsilon: float, budgets: dict[str, Any], run_dir: Path) -> Non
             f"{run_dir}: the study at epsilon {epsilon:g} finished but no site reported "
             f"'{EPSILON}' in {METRICS_FILE}, so its training was not differentially private; "
             "the federated ClientApp must run the privacy hook (fedecg.privacy.site_hook)")
-
-
-def run_sweep(config: SimulationConfig, epsilons: Sequence[float], out: Path, *,
-              say: Say | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Run (or continue) the study at each ε into ``out``; write the table; return its rows."""
-    out = Path(out)
-    claim_output(out, OutputKind.SWEEP, existing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    mark_output(out, OutputKind.SWEEP)
-    rows: list[dict[str, Any]] = []
-    runs: dict[str, Any] = {}
-    for epsilon in epsilons:
-        label = epsilon_label(epsilon)
-        run_dir = out / f"epsilon-{label}"
-        if not (run_dir / SUMMARY_FILE).is_file():
-            if say is not None:
-                say(f"epsilon {label}: federated study into {run_dir}")
-            run_study(budget_config(config, epsilon), run_dir, resume=run_dir.is_dir(),
-                      say=say, progress=progress, client_app=client_app,
-                      wrap_for=client_level)
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        budgets = site_budgets(run_dir)
-        check_private(epsilon, budgets, run_dir)
-        rows += utility_rows(epsilon, summary, budgets)
-        runs[label] = {"study": str(run_dir), "sites": budgets,
-                       "model_card_privacy": card_entry(run_dir, budgets)}
-    add_retention(rows)
-    atomic_write_text(out / TABLE_FILE, table_csv(rows), SHARED)
-    written = [{k: v for k, v in row.items() if k != "target_epsilon"} for row in rows]
-    atomic_write_json(out / SUMMARY_FILE, {"epsilons": [epsilon_label(e) for e in epsilons],
-                                           "rows": written, "runs": runs}, SHARED)
-    return rows
 
 
 def table_csv(rows: list[dict[str, Any]]) -> str:

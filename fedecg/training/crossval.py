@@ -26,11 +26,12 @@ from fedecg.data.cohort import patient_folds
 from fedecg.data.store import SiteStore
 from fedecg.errors import OutputExistsError
 from fedecg.io import SHARED, atomic_write_bytes, atomic_write_json
+from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import TASKS, label_auroc_cis, predict
 from fedecg.training.metrics import bootstrap_macro, label_metrics, naive_scores
 from fedecg.training.outputs import budget_warnings, without_unlabelled_stages
 from fedecg.training.pipeline import open_stores, prepare_run_dir
-from fedecg.training.runner import MetricsLog, OnStep, TrainingData, fit_model
+from fedecg.training.runner import MetricsLog, OnStep, fit_model
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "cv_summary.json"

@@ -1,5 +1,6 @@
 """Training and evaluation data: crops of store records, seeded so that runs are reproducible.
 
+``TrainingData`` is the stores a model trains on (one site's, or several pooled).
 ``CropDataset`` pools rows of one or more ``SiteStore``s. Item ``i`` of epoch ``e`` draws its crop
 start and augmentation from ``numpy.random.default_rng((seed, e, i))`` (an epoch of several
 passes numbers the items of pass ``p`` from ``p × len``, so each pass draws fresh crops), so the
@@ -13,13 +14,14 @@ Items are per-sample dicts (``ecg``, ``clinical``, ``lab``, ``dx``), so Opacus's
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from fedecg.config.train import AugmentConfig
-from fedecg.data.store import SiteStore, Split
+from fedecg.config.train import AugmentConfig, TrainConfig
+from fedecg.data.store import SiteStore, Split, StoreManifest
 
 Source = tuple[SiteStore, np.ndarray]
 
@@ -120,3 +122,33 @@ def epoch_loader(dataset: CropDataset, batch_size: int, epoch: int, shuffle: boo
         sampler = SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=shuffle and len(dataset) > batch_size)
+
+
+@dataclass
+class TrainingData:
+    """Compatible stores trained as one pool."""
+
+    stores: list[SiteStore]
+
+    @property
+    def manifest(self) -> StoreManifest:
+        """The first store's manifest (all pooled stores agree on labels and features)."""
+        return self.stores[0].manifest
+
+    @property
+    def names(self) -> dict[str, list[str]]:
+        """Label names per task: ``{"diagnosis": [...], "lab": [...]}``."""
+        return {"diagnosis": list(self.manifest.diagnosis_labels),
+                "lab": list(self.manifest.lab_labels)}
+
+    def dataset(self, split: Split, targets: tuple[str, ...], crop: int | None, train: bool,
+                config: TrainConfig, seed: int = 0, stores: list[int] | None = None
+                ) -> CropDataset:
+        """Rows of ``split`` with a known value of any ``targets``, pooled over stores."""
+        chosen = [self.stores[k] for k in (stores or range(len(self.stores)))]
+        sources = [(store, rows_with_targets(store, split, targets)) for store in chosen]
+        return CropDataset(sources, crop, train, config.augment, seed)
+
+    def train_clinical(self) -> np.ndarray:
+        """Clinical features of all training rows (what the standardization is fit on)."""
+        return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])

@@ -21,10 +21,10 @@ from fedecg.config.train import TrainConfig
 from fedecg.data.store import MIN_POSITIVES
 from fedecg.models.io import LEARNED, OutputStatus
 from fedecg.models.joint import JointModel
-from fedecg.training.data import rows_with_targets
+from fedecg.training.data import TrainingData, rows_with_targets
 from fedecg.training.evaluate import TASKS, predict
 from fedecg.training.metrics import label_metrics
-from fedecg.training.runner import TrainingData, planned_passes
+from fedecg.training.runner import planned_passes
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from fedecg.errors import OutputExistsError, StoreError
 from fedecg.io import SHARED, OutputKind, atomic_write_json, claim_output, mark_output
 from fedecg.models.io import ModelCard, save_inference_model
 from fedecg.models.joint import JointModel
+from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
 from fedecg.training.outputs import budget_warnings, output_quality, without_unlabelled_stages
 from fedecg.training.runner import (
     MetricsLog,
     OnStep,
-    TrainingData,
     check_crop,
     fit_model,
     warn_of_small_splits,

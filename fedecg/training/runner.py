@@ -1,8 +1,9 @@
 """Training one model through its stages, with per-epoch metrics and resumable checkpoints.
 
-``TrainingData`` pools the splits of one or more compatible stores. ``fit_model`` builds the
-``JointModel`` of a model name (``signal-only``, ``transfer``, ``multimodal``), fits the clinical
-standardization on training rows, runs its stages (``build_stages``), appends one
+``fit_model`` trains one model on ``TrainingData`` (``fedecg.training.data``): it builds the
+``JointModel`` of a model name (``signal-only``, ``transfer``, ``multimodal``;
+``fedecg.models.build``) with the clinical standardization fit on training rows, runs its
+stages (``build_stages``) through the stage loop (``train_window``), appends one
 ``metrics.jsonl`` record per epoch and writes a checkpoint after each, resuming from the last.
 """
 
@@ -11,65 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from torch.utils.data import DataLoader
 
 from fedecg.config.train import MODEL_NAMES, StageConfig, TrainConfig
-from fedecg.data.store import SiteStore, Split, StoreManifest, split_problems
+from fedecg.data.store import split_problems
 from fedecg.errors import TrainingError
 from fedecg.io import atomic_write_text
+from fedecg.models.build import build_model, derive_seed
 from fedecg.models.joint import JointModel
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
-from fedecg.training.data import CropDataset, epoch_loader, rows_with_targets
+from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
 from fedecg.training.stages import Stage, build_stages
-from fedecg.training.trainer import activate, make_optimizer, train_epoch, warmup_cosine
+from fedecg.training.trainer import (
+    activate,
+    make_optimizer,
+    train_window,
+    warmup_cosine,
+)
 
 logger = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int], None]
 """Progress callback ``(description, steps done, steps total)``."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed derived from integers (different parts give independent streams)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
-
-
-@dataclass
-class TrainingData:
-    """Compatible stores trained as one pool."""
-
-    stores: list[SiteStore]
-
-    @property
-    def manifest(self) -> StoreManifest:
-        """The first store's manifest (all pooled stores agree on labels and features)."""
-        return self.stores[0].manifest
-
-    @property
-    def names(self) -> dict[str, list[str]]:
-        """Label names per task: ``{"diagnosis": [...], "lab": [...]}``."""
-        return {"diagnosis": list(self.manifest.diagnosis_labels),
-                "lab": list(self.manifest.lab_labels)}
-
-    def dataset(self, split: Split, targets: tuple[str, ...], crop: int | None, train: bool,
-                config: TrainConfig, seed: int = 0, stores: list[int] | None = None
-                ) -> CropDataset:
-        """Rows of ``split`` with a known value of any ``targets``, pooled over stores."""
-        chosen = [self.stores[k] for k in (stores or range(len(self.stores)))]
-        sources = [(store, rows_with_targets(store, split, targets)) for store in chosen]
-        return CropDataset(sources, crop, train, config.augment, seed)
-
-    def train_clinical(self) -> np.ndarray:
-        """Clinical features of all training rows (what the standardization is fit on)."""
-        return np.concatenate([s.clinical(s.indices("train")) for s in self.stores])
 
 
 def check_crop(data: TrainingData, config: TrainConfig) -> None:
@@ -120,28 +89,6 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))
 
 
-def build_model(name: str, config: TrainConfig, data: TrainingData) -> JointModel:
-    """The untrained ``JointModel`` of model ``name``, seeded by ``config.seed`` and the name."""
-    torch.manual_seed(derive_seed(config.seed, MODEL_NAMES.index(name)))
-    manifest = data.manifest
-    model = JointModel(
-        n_lab=len(manifest.lab_labels), n_dx=len(manifest.diagnosis_labels),
-        n_clinical=len(manifest.clinical_features), encoder=config.encoder.model_dump(),
-        clinical=config.clinical.model_dump(), projection_dim=config.pretrain.projection_dim,
-        temperature=config.pretrain.temperature,
-        learnable_temperature=config.pretrain.learnable_temperature,
-        fuse_clinical=name == "multimodal")
-    model.clinical.fit_normalization(data.train_clinical())
-    return model.to(resolve_device(config.device))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; other names as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def stage_config(config: TrainConfig, stage: Stage) -> StageConfig:
     """The config section of ``stage`` (``pretrain``, ``lab`` or ``diagnosis``)."""
     return getattr(config, stage.name)
@@ -150,7 +97,7 @@ def stage_config(config: TrainConfig, stage: Stage) -> StageConfig:
 def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Path,
               log: MetricsLog, on_step: OnStep | None = None) -> JointModel:
     """Train model ``name`` through its stages, resuming from ``checkpoint`` if it exists."""
-    model = build_model(name, config, data)
+    model = build_model(name, config, data.manifest, data.train_clinical())
     stages = build_stages(config, pretrained=name == "transfer")
     saved = load_checkpoint(checkpoint)
     if saved is None:
@@ -200,16 +147,14 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         first = resume["position"].epoch
-    for epoch in range(first, epochs):
-        torch.manual_seed(derive_seed(seed, epoch))
-        loader = epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
-                              passes)
-        label = f"{name} · {stage.name} {epoch + 1}/{epochs}"
-        start = time.perf_counter()
-        logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
-                           max_grad_norm=config.max_grad_norm,
-                           on_step=_bind(on_step, label, steps))
-        seconds = time.perf_counter() - start
+    def loader_for(epoch: int) -> DataLoader:
+        return epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
+                            passes)
+
+    def on_step_of(epoch: int) -> Callable[[int], None] | None:
+        return _bind(on_step, f"{name} · {stage.name} {epoch + 1}/{epochs}", steps)
+
+    def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> None:
         record = {"model": name, "stage": stage.name, "epoch": epoch + 1,
                   "epochs": epochs, "lr": scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
@@ -218,6 +163,10 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
         log.append(record)
         save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
                         optimizer, scheduler)
+
+    train_window(model, stage, loader_for, optimizer, range(first, epochs),
+                 scheduler=scheduler, max_grad_norm=config.max_grad_norm, seed=seed,
+                 on_step=on_step_of, on_epoch=on_epoch)
 
 
 def planned_passes(settings: StageConfig, rows: int, batch_size: int) -> int:

@@ -16,7 +16,8 @@ A ``Stage`` says, for a ``fedecg.models.joint.JointModel``:
 A batch is a dict of tensors: ``ecg`` ``[B, 12, T]``, ``clinical`` ``[B, F]`` (NaN = missing),
 ``lab`` ``[B, n_lab]`` and ``dx`` ``[B, n_dx]`` (1, 0, NaN = unknown, masked).
 
-Federated clients build the same stages with ``build_stages`` and call ``train_epoch`` on them.
+Federated sites build the same stages with ``build_stages`` and train them through the same
+stage loop (``fedecg.training.trainer.train_window``).
 """
 
 from __future__ import annotations

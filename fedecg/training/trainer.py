@@ -1,13 +1,17 @@
-"""The training loop: one function that runs a stage over a loader, reused by federated clients.
+"""The training loop: ``train_window`` runs a window of a stage's epochs, centralized or at a
+federated site (one round), ``train_epoch`` one pass over a loader.
 
-Typical use (centralized or in a federated client)::
+Typical use (centralized or at a federated site)::
 
     params = activate(model, stage)             # requires_grad follows stage.trainable
     optimizer = make_optimizer(params, lr, weight_decay)
-    # privacy hook: a DP wrapper may replace (model, optimizer, loader) here, e.g. Opacus
-    # ``PrivacyEngine.make_private(module=model, optimizer=optimizer, data_loader=loader, ...)``;
-    # stages reach submodules by attribute, which Opacus's GradSampleModule forwards.
-    logs = train_epoch(model, stage, loader, optimizer, extra_loss=proximal_term)
+    scheduler = warmup_cosine(optimizer, total_steps)
+    # under sample-level DP the privacy hook (fedecg.privacy.sample_dp) replaces model, stage,
+    # optimizer and loader by Opacus's; stages reach submodules by attribute, which Opacus's
+    # GradSampleModule forwards.
+    history = train_window(model, stage, lambda epoch: epoch_loader(train, 32, epoch, True),
+                           optimizer, range(first, last), scheduler=scheduler, seed=seed,
+                           extra_loss=proximal_term, max_steps=budget)
 
 ``extra_loss(model) -> tensor`` is added to every step's loss (a FedProx proximal term).
 A non-finite loss raises ``TrainingError`` before the optimizer steps, so the weights stay the
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -25,9 +30,16 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from fedecg.errors import TrainingError
+from fedecg.models.build import derive_seed
 from fedecg.training.stages import Batch, Stage
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
+LoaderFor = Callable[[int], Iterable[Batch]]
+"""``epoch -> the epoch's batches``."""
+OnStepOf = Callable[[int], Callable[[int], None] | None]
+"""``epoch -> on_step(steps done)`` for ``train_epoch`` (progress), or None."""
+OnEpoch = Callable[[int, dict[str, float], float], None]
+"""``(epoch, its logs, seconds)`` after each epoch (centralized: metrics and checkpoint)."""
 
 
 def activate(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
@@ -126,25 +138,44 @@ def train_epoch(model: nn.Module, stage: Stage, loader: Iterable[Batch],
     return result
 
 
-def train_epochs(model: nn.Module, stage: Stage, loader: Iterable[Batch],
-                 optimizer: torch.optim.Optimizer, epochs: int = 1, *,
-                 extra_loss: ExtraLoss | None = None, max_steps: int | None = None,
-                 **kwargs) -> list[dict[str, float]]:
-    """``epochs`` passes of ``train_epoch`` (``set_epoch`` on the dataset when it has one).
+def train_window(model: nn.Module, stage: Stage, loader_for: LoaderFor,
+                 optimizer: torch.optim.Optimizer, epochs: Iterable[int], *,
+                 scheduler: LambdaLR | None = None, extra_loss: ExtraLoss | None = None,
+                 max_grad_norm: float | None = None, max_steps: int | None = None,
+                 seed: int | None = None, on_step: OnStepOf | None = None,
+                 on_epoch: OnEpoch | None = None) -> list[dict[str, float]]:
+    """Train ``stage`` over a window of its epochs: the one stage loop of fedecg.
 
-    ``max_steps`` caps the total steps over all epochs (a federated round's local budget).
+    Centralized training runs a whole stage (``fedecg.training.runner``), a federated site
+    one round's epochs of it (``fedecg.federated.site``), with ``scheduler`` already at the
+    window's place in the stage's schedule. Per epoch: torch seeded by ``(seed, epoch)`` (when
+    given), ``loader_for(epoch)`` (a privacy engine's Poisson loader under DP), one
+    ``train_epoch`` capped so that the window takes at most ``max_steps`` steps, then
+    ``on_epoch(epoch, logs, seconds)``. Returns each epoch's logs.
     """
-    history = []
+    history: list[dict[str, float]] = []
     done = 0
-    dataset = getattr(loader, "dataset", None)
-    for epoch in range(epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        left = None if max_steps is None else max_steps - done
-        if left is not None and left <= 0:
+    for epoch in epochs:
+        if max_steps is not None and done >= max_steps:
             break
-        logs = train_epoch(model, stage, loader, optimizer, extra_loss=extra_loss,
-                           max_steps=left, **kwargs)
+        if seed is not None:
+            torch.manual_seed(derive_seed(seed, epoch))
+        loader = loader_for(epoch)
+        start = time.perf_counter()
+        logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
+                           extra_loss=extra_loss, max_grad_norm=max_grad_norm,
+                           max_steps=None if max_steps is None else max_steps - done,
+                           on_step=on_step(epoch) if on_step is not None else None)
         done += int(logs["steps"])
         history.append(logs)
+        if on_epoch is not None:
+            on_epoch(epoch, logs, time.perf_counter() - start)
     return history
+
+
+def advance_schedule(scheduler: LambdaLR, steps: int) -> None:
+    """Move a fresh LR schedule ``steps`` steps on (where a stage's earlier rounds left it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            scheduler.step()

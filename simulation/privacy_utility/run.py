@@ -7,7 +7,7 @@ Usage::
 
 ``config.yaml`` (beside this script) is the quickstart simulation at 600 patients with
 DP-SGD at every site (``--set data.synthesize.patients=1000`` for the main job's twin);
-``fedecg.privacy.sweep.run_sweep`` runs it once per ε (signal-only, transfer and multimodal;
+``fedecg.app.run_sweep`` runs it once per ε (signal-only, transfer and multimodal;
 ``inf`` = no DP) into ``RUNS/epsilon-<ε>/`` and writes ``RUNS/privacy_utility.csv``. A finished
 ε is read back and an unfinished one resumed, so rerunning continues the study. Then
 ``RUNS/results.md`` gets the table that ``simulation/README.md`` quotes and ``--figure`` the
@@ -24,17 +24,13 @@ from typing import Any
 
 import torch
 
-from fedecg.cli.privacy_commands import utility_figure
+from fedecg.app import run_sweep
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
-from fedecg.config.federated import SimulationConfig
+from fedecg.config.federated import StudyConfig
+from fedecg.federated.simulate import SUMMARY_FILE
 from fedecg.io import atomic_write_text
-from fedecg.privacy.sweep import (
-    SUMMARY_FILE,
-    epsilon_label,
-    kept_share,
-    parse_epsilons,
-    run_sweep,
-)
+from fedecg.privacy.sweep import epsilon_label, kept_share, parse_epsilons
+from fedecg.report.privacy_plot import utility_figure
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.yaml"
@@ -94,7 +90,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     data = apply_overrides(read_yaml(CONFIG), [*args.overrides, f"seeds=[{args.seeds}]"])
-    config = validate_config(SimulationConfig, data, f"{CONFIG} with --set {args.overrides}")
+    config = validate_config(StudyConfig, data, f"{CONFIG} with --set {args.overrides}")
     rows = run_sweep(config, args.epsilons, args.runs, say=logging.info)
     labels = ", ".join(epsilon_label(e) for e in args.epsilons)
     text = (f"# Privacy-utility study (ε = {labels}; seeds {args.seeds})\n\n"

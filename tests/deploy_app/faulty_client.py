@@ -6,9 +6,8 @@ import numpy as np
 from flwr.app import Array, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedecg.app import build_client_app
 from fedecg.federated import keys
-from fedecg.federated.client_app import build_client_app
-from fedecg.privacy.apps import private_site
 
 POISONED_SITE = "hospital-nan"
 
@@ -23,4 +22,4 @@ def poison(message: Message, context: Context, call_next: ClientAppCallable) -> 
     return reply
 
 
-app = build_client_app(private_site, train_mods=[poison])
+app = build_client_app(extra_train_mods=[poison])

@@ -1,0 +1,54 @@
+"""``simulation/privacy_utility``: its config validates, and its table reads finished studies."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fedecg.config.base import load_config
+from fedecg.config.federated import StudyConfig
+from fedecg.privacy.sweep import budget_config, kept_share
+
+STUDY = Path(__file__).resolve().parents[2] / "simulation" / "privacy_utility"
+DX = {"inf": [0.60, 0.58], "8": [0.55, 0.52]}  # transfer's dx AUROC, seeds 0 and 1
+
+
+def study_module():
+    spec = importlib.util.spec_from_file_location("privacy_utility_run", STUDY / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kept_share_is_the_share_of_auroc_above_chance():
+    assert kept_share(0.6, 0.7) == pytest.approx(0.5)
+    assert kept_share(0.45, 0.7) == pytest.approx(-0.25)  # below chance: a negative share
+    assert kept_share(0.6, 0.5) is None and kept_share(None, 0.7) is None
+
+
+def test_study_config_is_the_quickstart_with_dp_at_every_budget():
+    config = load_config(StudyConfig, STUDY / "config.yaml", [])
+    assert config.privacy.mode == "sample" and len(config.seeds) >= 2
+    private = budget_config(config, 8.0)
+    assert private.train.models == ["signal-only", "transfer", "multimodal"]
+    assert private.privacy.target_epsilon == 8.0 and private.privacy.enabled
+    assert not budget_config(config, float("inf")).privacy.enabled
+
+
+def test_results_table_gives_each_seed_and_its_share_kept(tmp_path):
+    for label, values in DX.items():
+        by_seed = {str(seed): {"federated": {"transfer": {"diagnosis_macro_auroc": value}}}
+                   for seed, value in enumerate(values)}
+        folder = tmp_path / f"epsilon-{label}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"seeds": [0, 1], "by_seed": by_seed}))
+    row = {"epsilon": "8", "model": "transfer", "diagnosis_macro_auroc": 0.535,
+           "diagnosis_macro_auroc_low": 0.49, "diagnosis_macro_auroc_high": 0.58,
+           "lab_macro_auroc": 0.51, "dx_auroc_kept": kept_share(0.535, 0.59),
+           "max_site_epsilon": 7.9991, "delta": 1e-4}
+    table = study_module().results_table([row], tmp_path)
+    assert table.splitlines()[-1] == ("| 8 | transfer | 0.535 [0.490, 0.580] | 0.510 | "
+                                      "0.550, 0.520 | 50%, 25% | 39% | 7.999 (0.0001) |")
