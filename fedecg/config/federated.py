@@ -39,7 +39,6 @@ class PartitionConfig(StrictModel):
 
 
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi"]
-StageName = Literal["pretrain", "lab", "diagnosis"]
 
 
 class StrategyConfig(StrictModel):

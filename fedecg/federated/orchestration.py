@@ -215,9 +215,9 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
                                  kind, site_index, site, metrics))
 
     strategy = make_strategy(federation.strategy, plan.config.num_sites, federation.min_sites)
-    wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, done, record,
-                          federation.min_sites, federation.round_timeout_s, roster,
-                          federation.max_update_norm_ratio, stage.name)
+    wrapper = StageRounds(wrap(strategy) if wrap is not None else strategy, stage.name, done,
+                          record, federation.min_sites, federation.round_timeout_s, roster,
+                          federation.max_update_norm_ratio)
     if done > 0:
         wrapper.load_state(run.strategy_state)
 

@@ -17,7 +17,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -169,8 +168,3 @@ def local_evaluate(model: JointModel, stage: Stage, data: TrainingData, config: 
 
 def _num(value: float | None) -> float:
     return NAN if value is None else float(value)
-
-
-def nan_to_none(metrics: dict[str, float]) -> dict[str, float | None]:
-    """JSON-friendly metrics: NaN becomes None."""
-    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}

@@ -163,10 +163,9 @@ class StageRounds(Delegate):
     in errors.
     """
 
-    def __init__(self, inner: Strategy, offset: int, on_site_metrics: SiteMetrics,
-                 min_sites: int = 1, timeout: float = 3600.0,
-                 roster: Roster | None = None, max_norm_ratio: float | None = None,
-                 stage: str = "this") -> None:
+    def __init__(self, inner: Strategy, stage: str, offset: int, on_site_metrics: SiteMetrics,
+                 min_sites: int, timeout: float, roster: Roster,
+                 max_norm_ratio: float | None) -> None:
         super().__init__(inner)
         self.stage = stage
         self.offset = offset
@@ -177,7 +176,7 @@ class StageRounds(Delegate):
         self.bytes_down = 0
         self.sent = ArrayRecord()
         self.asked: list[Message] = []
-        self.roster = Roster() if roster is None else roster
+        self.roster = roster
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
