@@ -23,6 +23,7 @@ from fedecg.config.federated import PartitionConfig, StudyConfig
 from fedecg.data.store import SiteStore
 from fedecg.errors import ConfigError, FedecgError
 from fedecg.federated import keys
+from fedecg.federated.orchestration import SELECTED
 from fedecg.federated.partition import (
     Partition,
     check_partition_out,
@@ -165,21 +166,26 @@ def round_reporter(config: StudyConfig, progress: RunProgress) -> Callable[[dict
 
 
 def report_round(progress: RunProgress, done: int, event: dict, several_seeds: bool) -> None:
-    """One round's line: the sites' example-weighted validation metrics of its stage."""
-    from fedecg.report.study_rounds import validation_all
-
-    train = [line for line in event.get("lines", [])
-             if line.get("kind") == "train" and (line.get("site_index") or 0) >= 0]
-    weighted = (validation_all(train) or [{}])[0]
+    """One round's line: the sites' example-weighted validation metrics of the aggregated model;
+    at a stage's end, the round it keeps (model selection) and whether it stopped early."""
+    lines = event.get("lines", [])
+    weighted = next((line for line in lines if line.get("kind") == "evaluate"
+                     and line.get("site") == "all"), {})
+    sites = [line for line in lines if line.get("kind") == "train"]
+    selected = next((line for line in lines if line.get("kind") == SELECTED), None)
     shown = ROUND_METRICS.get(event["stage"], ())
     model, seed, stage = event["model"], event["seed"], event["stage"]
     prefix = f"seed {seed} · " if several_seeds else ""
-    progress.unit_done(
-        done, f"{prefix}{model} · {stage} round {event['round']}/{event['rounds']}",
-        {name: weighted.get(key) for name, key in shown},
-        {"seed": seed, "model": model, "stage": stage, "round": event["round"],
-         "rounds": event["rounds"], "sites": len(train),
-         **{key.replace("-", "_"): weighted.get(key) for _, key in shown}})
+    label = f"{prefix}{model} · {stage} round {event['round']}/{event['rounds']}"
+    details = {"seed": seed, "model": model, "stage": stage, "round": event["round"],
+               "rounds": event["rounds"], "sites": len(sites),
+               **{key.replace("-", "_"): weighted.get(key) for _, key in shown}}
+    if selected is not None:
+        kept = selected["selected-stage-round"]
+        stopped = selected["rounds-trained"] < selected["rounds-planned"]
+        label += f" · {'stopped, ' if stopped else ''}keeps round {kept}"
+        details.update(kept_round=kept, stopped_early=stopped)
+    progress.unit_done(done, label, {name: weighted.get(key) for name, key in shown}, details)
 
 
 def _report(run_dir: Path) -> Path | None:

@@ -38,19 +38,23 @@ class PartitionConfig(StrictModel):
         return self
 
 
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi"]
+StrategyName = Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"]
 
 
 class StrategyConfig(StrictModel):
     """The server strategy (Flower's own), example-weighted by each site's training examples.
 
-    ``proximal_mu`` is FedProx's μ (the sites add μ/2·‖w − w_global‖²); ``server_lr``,
-    ``beta_1``, ``beta_2`` and ``tau`` are FedAdam/FedYogi's η, β₁, β₂ and τ.
+    ``proximal_mu`` is FedProx's μ (the sites add μ/2·‖w − w_global‖²); ``server_lr`` is the
+    server's step on the averaged update (FedAvgM: default 1.0; FedAdam/FedYogi's η: default
+    0.01); ``server_momentum`` is FedAvgM's momentum; ``beta_1``, ``beta_2`` and ``tau`` are
+    FedAdam/FedYogi's β₁, β₂ and τ.
     """
 
     name: StrategyName = "fedavg"
     proximal_mu: float = Field(default=0.01, ge=0)
-    server_lr: float = Field(default=0.01, gt=0)
+    server_lr: float | None = Field(default=None, gt=0, description="null: the strategy's "
+                                    "default (fedavgm 1.0, fedadam/fedyogi 0.01)")
+    server_momentum: float = Field(default=0.0, ge=0, lt=1, description="fedavgm")
     beta_1: float = Field(default=0.9, ge=0, lt=1)
     beta_2: float = Field(default=0.99, ge=0, lt=1)
     tau: float = Field(default=1e-3, gt=0)
@@ -85,6 +89,9 @@ class FederationConfig(StrictModel):
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     local_epochs: int = Field(default=1, ge=1)
     local_steps: int | None = Field(default=None, ge=1, description="cap on steps per round")
+    batch_size: int | None = Field(default=None, ge=2, description="a site's training batch "
+                                   "(null: train.batch_size); smaller batches give a site "
+                                   "more optimizer steps per epoch of its data")
     personal_heads: bool = Field(default=False, description="heads stay at each site")
     min_sites: int = Field(default=2, ge=1, description="usable updates a round needs")
     client_cpus: float = Field(default=1.0, gt=0, description="CPUs per virtual client (Ray)")
@@ -158,6 +165,13 @@ class StudyConfig(StrictModel):
         if self.data.deployed is not None:
             return self.data.deployed.sites
         return self.partition.num_sites
+
+    def site_train(self) -> TrainConfig:
+        """The training config a federated site trains with: ``train`` with the site's
+        ``federation.batch_size`` (the pooled and local-only baselines keep ``train``)."""
+        if self.federation.batch_size is None:
+            return self.train
+        return self.train.model_copy(update={"batch_size": self.federation.batch_size})
 
     @model_validator(mode="after")
     def _enough_sites(self) -> StudyConfig:

@@ -101,6 +101,23 @@ class EvalConfig(StrictModel):
                              "AUROC is below this is shown as not learned")
 
 
+class EarlyStoppingConfig(StrictModel):
+    """Model selection by validation loss, the same for centralized and federated training.
+
+    After each epoch (federated: each round, the sites' validation loss of the aggregated model,
+    weighted by their validation rows) the stage's validation loss is compared with its best so
+    far. ``keep_best``: the stage ends with its best epoch's (round's) weights. ``patience``: the
+    stage stops once its validation loss has not improved for that many epochs (federated:
+    rounds × local epochs); null trains every epoch.
+    """
+
+    keep_best: bool = True
+    patience: int | None = Field(None, ge=1, description="epochs without improvement before "
+                                 "a stage stops (null: never stop early)")
+    min_delta: float = Field(0.0, ge=0.0, description="an improvement smaller than this "
+                             "does not count")
+
+
 class TrainConfig(StrictModel):
     """Everything ``fedecg train`` needs besides the stores."""
 
@@ -124,3 +141,4 @@ class TrainConfig(StrictModel):
     lab: LabStageConfig = Field(default_factory=LabStageConfig)
     diagnosis: DiagnosisStageConfig = Field(default_factory=DiagnosisStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)

@@ -1,7 +1,8 @@
 """Per-round checkpoints of a federated run, written atomically, and the sites' saved states.
 
 The server writes ``checkpoint.pt`` after every round: the global model (every key), where the
-run stands, the server optimizer's state and the metric history. It holds tensors and one JSON
+run stands, the stage's best round so far (and its weights), the server optimizer's state and
+the metric history. It holds tensors and one JSON
 string (position, fingerprint, history) and is read with ``weights_only=True``, so a crafted
 file cannot run code on ``--resume`` or in the deployed ServerApp. In simulation each site also
 saves its whole model (personal layers included) after each of its training rounds as
@@ -23,6 +24,7 @@ import torch
 
 from fedecg.errors import FederationError
 from fedecg.io import load_weights, save_weights
+from fedecg.training.selection import BestSoFar
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SITES_DIR = "sites"
@@ -48,6 +50,7 @@ class Checkpoint:
     fingerprint: str
     strategy_state: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    best: BestSoFar = field(default_factory=BestSoFar)  # the current stage's best round
 
 
 def fingerprint(plan_json: str) -> str:
@@ -59,9 +62,9 @@ def fingerprint(plan_json: str) -> str:
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
     """Write ``out/checkpoint.pt`` atomically: tensors, and the rest as one JSON string."""
     meta = {"position": asdict(checkpoint.position), "fingerprint": checkpoint.fingerprint,
-            "history": checkpoint.history}
+            "history": checkpoint.history, "best": checkpoint.best.meta()}
     save_weights(Path(out) / CHECKPOINT_FILE, {
-        "global_state": checkpoint.global_state,
+        "global_state": checkpoint.global_state, "best_state": checkpoint.best.state,
         "strategy_state": {name: _tensors(value)
                            for name, value in checkpoint.strategy_state.items()},
         "meta": json.dumps(meta)})
@@ -92,6 +95,7 @@ def _read(path: Path) -> Checkpoint:
         return Checkpoint(
             position=Position(**meta["position"]), global_state=payload["global_state"],
             fingerprint=meta["fingerprint"], history=meta["history"],
+            best=BestSoFar.restore(meta.get("best"), payload.get("best_state")),
             strategy_state={name: _arrays(value)
                             for name, value in payload["strategy_state"].items()})
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

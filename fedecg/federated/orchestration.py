@@ -44,6 +44,7 @@ from fedecg.federated.waiting import wait_for_sites
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
+from fedecg.training.selection import BestSoFar, patience_in_rounds
 from fedecg.training.stages import HeadStage, Stage, build_stages
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 Progress = Callable[[dict[str, Any]], None]
 SITE_EVENTS = (DROPOUT, REJECTED)
+SELECTED = "selected"  # a metrics line: the round a stage ended with (model selection)
 
 
 class RunPlan(StrictModel):
@@ -220,39 +222,82 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
                           federation.max_update_norm_ratio)
     if done > 0:
         wrapper.load_state(run.strategy_state)
+    else:
+        run.best = BestSoFar()
+    shared = stage.shared_keys(model)
+    selection = plan.config.train.early_stopping
+    patience = patience_in_rounds(selection, federation.local_epochs)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
         stage_round = done + server_round
+        global_round = offset + stage_round
         run.global_state.update(to_state(arrays))
-        run.position = Position(index, stage_round, offset + stage_round)
-        run.history.extend(_weighted(run.history, offset + stage_round))
+        run.history.extend(round_summary(run.history, global_round))
+        run.best.observe(stage_round, _validation_loss(run.history, global_round),
+                         lambda: {key: run.global_state[key] for key in shared}, selection)
+        stalled = run.best.stalled(stage_round, patience)
+        if stalled or stage_round == rounds:
+            _keep_best(run, plan.model, stage.name, offset, stage_round, rounds)
+        run.position = Position(index, rounds if stalled else stage_round, global_round)
         run.strategy_state = wrapper.state()
         save_checkpoint(out, run)
         write_metrics(out, run.history)
         if progress is not None:
             progress({"model": plan.model, "stage": stage.name, "round": stage_round,
-                      "rounds": rounds, "global_round": offset + stage_round,
+                      "rounds": rounds, "global_round": global_round,
                       "seed": plan.config.train.seed,
-                      "lines": [h for h in run.history if h["round"] == offset + stage_round]})
+                      "lines": [h for h in run.history if h["round"] == global_round]})
+        if stalled:
+            raise _StageStopped
         return None
 
     def message_config() -> ConfigRecord:
         return ConfigRecord({keys.RUN_PLAN: plan_json, keys.STAGE_INDEX: index})
 
-    shared = stage.shared_keys(model)
     log.info("stage %s: rounds %d..%d, sharing %d keys", stage.name, done + 1, rounds,
              len(shared))
     try:
         wrapper.start(grid, to_arrays(run.global_state, shared), num_rounds=rounds - done,
                       timeout=federation.round_timeout_s, train_config=message_config(),
                       evaluate_config=message_config(), evaluate_fn=after_round)
+    except _StageStopped:
+        pass
     except FederationError:
         if not (stage.name == "lab" and done == 0 and _nobody_trained(run.history, offset + 1)):
             raise
         log.warning("stage lab: no site holds a known lab label (sites without labs); the lab "
                     "stage is skipped, the lab outputs stay untrained")
+
+
+class _StageStopped(Exception):
+    """Raised from the round callback to end a stage whose validation loss stalled."""
+
+
+def _validation_loss(history: list[dict[str, Any]], global_round: int) -> float | None:
+    """The sites' validation loss of the aggregated model after ``global_round`` (the
+    example-weighted ``all`` line), or None when no site had validation rows."""
+    for line in history:
+        if line["round"] == global_round and line["kind"] == "evaluate" and line["site"] == "all":
+            return line.get(keys.VAL_PREFIX + keys.LOSS)
+    return None
+
+
+def _keep_best(run: Checkpoint, model: str, stage: str, offset: int, stage_round: int,
+               rounds: int) -> None:
+    """End the stage with its best round's shared weights (``keep_best``), on record as a
+    ``selected`` line: the round kept, its validation loss, and the rounds trained."""
+    best = run.best.best_weights(stage_round)
+    if best is not None:
+        run.global_state.update(best)
+    if run.best.step == 0:
+        return
+    run.history.append(_line(model, stage, offset + stage_round, stage_round, SELECTED, -1,
+                             "all", {"selected-round": offset + run.best.step,
+                                     "selected-stage-round": run.best.step,
+                                     keys.VAL_PREFIX + keys.LOSS: run.best.loss,
+                                     "rounds-trained": stage_round, "rounds-planned": rounds}))
 
 
 def _nobody_trained(history: list[dict[str, Any]], global_round: int) -> bool:
@@ -269,18 +314,22 @@ def _line(model: str, stage: str, global_round: int, stage_round: int, kind: str
             "kind": kind, "site_index": site_index, "site": site, **clean}
 
 
-def _weighted(history: list[dict[str, Any]], global_round: int) -> list[dict[str, Any]]:
-    """Example-weighted means over the sites of one round's evaluation (site ``all``)."""
+def round_summary(history: list[dict[str, Any]], global_round: int) -> list[dict[str, Any]]:
+    """Example-weighted means over the sites of one round's evaluation (site ``all``): test
+    scores by test rows, validation scores by validation rows."""
     lines = [h for h in history if h["round"] == global_round and h["kind"] == "evaluate"
              and h["site"] != "all"]
     if not lines:
         return []
-    merged: dict[str, Any] = {keys.NUM_EXAMPLES: sum(h[keys.NUM_EXAMPLES] for h in lines)}
-    for key in keys.EVALUATION_KEYS:
-        pairs = [(h[key], h[keys.NUM_EXAMPLES]) for h in lines
-                 if h.get(key) is not None and h[keys.NUM_EXAMPLES] > 0]
-        weight = sum(w for _, w in pairs)
-        merged[key] = sum(v * w for v, w in pairs) / weight if weight else None
+    merged: dict[str, Any] = {}
+    for prefix in ("", keys.VAL_PREFIX):
+        count = prefix + keys.NUM_EXAMPLES
+        merged[count] = sum(h.get(count) or 0 for h in lines)
+        for key in (prefix + k for k in keys.EVALUATION_KEYS):
+            pairs = [(h[key], h[count]) for h in lines
+                     if h.get(key) is not None and (h.get(count) or 0) > 0]
+            weight = sum(w for _, w in pairs)
+            merged[key] = sum(v * w for v, w in pairs) / weight if weight else None
     first = lines[0]
     return [_line(first["model"], first["stage"], global_round, first["stage_round"],
                   "evaluate", -1, "all", merged)]

@@ -5,10 +5,11 @@ with the node id and the reason, and the round goes on with the others (``StageR
 
 * ``screen_update``: a train reply carries the site record and exactly the keys, shapes and
   finite values of the global arrays it was sent.
-* ``screen_examples``: ``num-examples`` is a whole, finite count between 0 and the number of
-  ECGs the site declared the first time the server heard from it (so a site cannot inflate its
-  weight in the average after it joined). A site with no labelled rows for a stage sends 0 and
-  carries no weight.
+* ``screen_examples``: ``num-examples`` (and ``val-num-examples``, which weights the sites'
+  validation loss when the server selects a round) is a whole, finite count between 0 and the
+  number of ECGs the site declared the first time the server heard from it (so a site cannot
+  inflate its weight in the average after it joined). A site with no labelled rows for a stage
+  sends 0 and carries no weight.
 * ``screen_scores``: an evaluate reply's metrics are numbers, AUROCs within [0, 1], losses
   non-negative (NaN is allowed: a label without both classes has no AUROC).
 * ``screen_final``: a site's final test report has counts within what it declared and every
@@ -32,8 +33,9 @@ from flwr.app import ArrayRecord, Message
 from fedecg.federated import keys
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"():,;]+)+[\\/]?")
-_SCORE_BOUNDS = {keys.DIAGNOSIS_AUROC: (0.0, 1.0), keys.LAB_AUROC: (0.0, 1.0),
-                 keys.LOSS: (0.0, math.inf)}
+_BOUNDS = {keys.DIAGNOSIS_AUROC: (0.0, 1.0), keys.LAB_AUROC: (0.0, 1.0),
+           keys.LOSS: (0.0, math.inf)}
+_SCORE_BOUNDS = {**_BOUNDS, **{keys.VAL_PREFIX + key: bounds for key, bounds in _BOUNDS.items()}}
 
 
 def redact_paths(text: str) -> str:
@@ -53,16 +55,21 @@ def declared_ecgs(reply: Message) -> int | None:
 
 
 def screen_examples(reply: Message, declared: int | None) -> str | None:
-    """Why a reply's ``num-examples`` cannot be trusted (None when it can)."""
-    examples = reply.content.metric_records.get(keys.METRICS, {}).get(keys.NUM_EXAMPLES)
-    if (not isinstance(examples, int | float) or not np.isfinite(examples) or examples < 0
-            or float(examples) != int(examples)):
-        return f"{keys.NUM_EXAMPLES} is {examples!r}, expected a whole count >= 0"
-    if declared is None:
-        return f"the reply declares no number of ECGs ({keys.SITE}.{keys.SITE_ECGS})"
-    if examples > declared:
-        return (f"{keys.NUM_EXAMPLES} is {examples:g}, more than the {declared} ECGs the "
-                "site declared when it joined")
+    """Why a reply's ``num-examples`` (and an evaluate reply's ``val-num-examples``) cannot be
+    trusted (None when they can)."""
+    metrics = reply.content.metric_records.get(keys.METRICS, {})
+    for key in (keys.NUM_EXAMPLES, keys.VAL_PREFIX + keys.NUM_EXAMPLES):
+        if key not in metrics and key != keys.NUM_EXAMPLES:
+            continue
+        examples = metrics.get(key)
+        if (not isinstance(examples, int | float) or not np.isfinite(examples) or examples < 0
+                or float(examples) != int(examples)):
+            return f"{key} is {examples!r}, expected a whole count >= 0"
+        if declared is None:
+            return f"the reply declares no number of ECGs ({keys.SITE}.{keys.SITE_ECGS})"
+        if examples > declared:
+            return (f"{key} is {examples:g}, more than the {declared} ECGs the site declared "
+                    "when it joined")
     return None
 
 

@@ -171,14 +171,11 @@ def handle_train(message: Message, context: Context,
         mu = float(message.content[keys.CONFIG].get(keys.PROXIMAL_MU, 0.0))
         round_plan = RoundPlan(plan.model, index, stage_round, federation.rounds.of(stage.name),
                                mu)
-        metrics = local_train(model, stage, site.data, plan.config.train, federation,
+        metrics = local_train(model, stage, site.data, plan.config.site_train(), federation,
                               round_plan, site.name, privacy=hook)
         if hook is not None:
             metrics.update(hook.metrics())
             hook.save(context.state, (site.state_dir, site.index, global_round))
-        validation = local_evaluate(model, stage, site.data, plan.config.train, split="val")
-        metrics.update({keys.VAL_PREFIX + k: v for k, v in validation.items()
-                        if k in keys.EVALUATION_KEYS})
         metrics[keys.PEAK_RSS_MB] = _peak_rss_mb()
         _keep(model, plan, site, context, global_round)
         return _reply(message, site, metrics, to_arrays(model, shared))
@@ -188,7 +185,8 @@ def handle_train(message: Message, context: Context,
 
 def handle_evaluate(message: Message, context: Context,
                     privacy_for: PrivacyFor | None = None) -> Message:
-    """Score the global model (with this site's personal layers) on the site's test split.
+    """Score the global model (with this site's personal layers) on the site's validation
+    split (the server selects rounds by it) and test split.
 
     After the last round (``final`` in the config) the site sends its full test metrics with
     CIs and the naive baseline's (``site_final_metrics``), for a server that holds no data.
@@ -213,6 +211,9 @@ def handle_evaluate(message: Message, context: Context,
             return _reply(message, site, site_final_metrics(model, site.data, plan.config.train))
         metrics = local_evaluate(model, stages[index], site.data, plan.config.train,
                                  split="test")
+        validation = local_evaluate(model, stages[index], site.data, plan.config.train,
+                                    split="val")
+        metrics.update({keys.VAL_PREFIX + k: v for k, v in validation.items()})
         return _reply(message, site, metrics)
     except FedecgError as exc:
         raise FederationError(f"site {site.name}: {exc}") from exc

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedecg.config.federated import StrategyConfig
@@ -70,9 +70,12 @@ def make_strategy(config: StrategyConfig, num_sites: int, min_sites: int) -> Str
         arrayrecord_key=keys.ARRAYS, configrecord_key=keys.CONFIG)
     if config.name == "fedprox":
         return FedProx(**common, proximal_mu=config.proximal_mu)
+    if config.name == "fedavgm":
+        return FedAvgM(**common, server_learning_rate=config.server_lr or 1.0,
+                       server_momentum=config.server_momentum)
     if config.name in ("fedadam", "fedyogi"):
         kind = FedAdam if config.name == "fedadam" else FedYogi
-        return kind(**common, eta=config.server_lr, beta_1=config.beta_1,
+        return kind(**common, eta=config.server_lr or 0.01, beta_1=config.beta_1,
                     beta_2=config.beta_2, tau=config.tau)
     return FedAvg(**common)
 
@@ -302,16 +305,30 @@ class StageRounds(Delegate):
                              {NODE_ID: node, "phase": kind, "reason": reason})
 
     def state(self) -> dict[str, Any]:
-        """The server optimizer's state (FedAdam/FedYogi moments), for a checkpoint."""
-        if not isinstance(self.inner, FedOpt):
-            return {}
-        return {name: getattr(self.inner, name) for name in OPT_STATE}
+        """The server optimizer's state (FedAdam/FedYogi moments, FedAvgM momentum), for a
+        checkpoint: each entry a dict of arrays (or None)."""
+        inner = self.inner
+        if isinstance(inner, FedOpt):
+            return {name: getattr(inner, name) for name in OPT_STATE}
+        if isinstance(inner, FedAvgM):
+            current, momentum = inner.current_arrays, inner.momentum_vector
+            return {"current_arrays": None if current is None else
+                    {key: array.numpy() for key, array in current.items()},
+                    "momentum_vector": None if momentum is None else
+                    {str(index): value for index, value in enumerate(momentum)}}
+        return {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what ``state`` returned."""
+        known = self.state()
         for name, value in state.items():
-            if name not in OPT_STATE:
+            if name not in known:
                 raise FederationError(f"checkpoint strategy state {name!r}: expected one of "
-                                      f"{list(OPT_STATE)}")
-            setattr(self.inner, name, None if value is None else
-                    {k: np.asarray(v) for k, v in value.items()})
+                                      f"{sorted(known) or 'none (this strategy keeps none)'}")
+            arrays = None if value is None else {k: np.asarray(v) for k, v in value.items()}
+            if isinstance(self.inner, FedAvgM) and arrays is not None:
+                if name == "current_arrays":
+                    arrays = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+                else:
+                    arrays = [arrays[str(index)] for index in range(len(arrays))]
+            setattr(self.inner, name, arrays)

@@ -74,7 +74,7 @@ def latest_saved(saved: SavedAt) -> dict[str, Any] | None:
 
 def site_plan(plan: RunPlan, data: TrainingData, site: str) -> PrivacyPlan:
     """The site's whole planned DP training under ``plan`` (stages a site sits out: 0 steps)."""
-    train, federation = plan.config.train, plan.config.federation
+    train, federation = plan.config.site_train(), plan.config.federation
     stages = []
     for stage in stages_for(plan):
         n = sum(len(rows_with_targets(store, "train", stage.targets)) for store in data.stores)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.federated import keys
+from fedecg.federated.orchestration import SELECTED
 from fedecg.federated.strategies import DROPOUT, REJECTED
 from fedecg.privacy.card import privacy_card
 from fedecg.privacy.sample_dp import DP_STEPS, EPSILON, STOPPED
@@ -54,25 +55,6 @@ def stage_boundaries(lines: list[dict[str, Any]]) -> list[tuple[float, str]]:
     return sorted((start - 0.5, stage) for stage, start in first.items())
 
 
-def validation_all(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per round, the mean of the sites' validation metrics weighted by their examples."""
-    by_round: dict[int, list[dict[str, Any]]] = {}
-    for line in train:
-        by_round.setdefault(line["round"], []).append(line)
-    merged = []
-    for number, lines in sorted(by_round.items()):
-        entry: dict[str, Any] = {"round": number, "site": ALL_SITES,
-                                 "stage": lines[0].get("stage")}
-        for key in (keys.VAL_PREFIX + k for k in keys.EVALUATION_KEYS):
-            pairs = [(line[key], line.get(keys.NUM_EXAMPLES) or 0) for line in lines
-                     if _finite(line.get(key))]
-            weight = sum(w for _, w in pairs)
-            if weight > 0:
-                entry[key] = sum(v * w for v, w in pairs) / weight
-        merged.append(entry)
-    return merged
-
-
 def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequence[str],
                    seed: int) -> None:
     """Per model: validation and test loss/AUROC per round, per site and ``all``."""
@@ -81,9 +63,7 @@ def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequen
     shown = False
     for model in models:
         mine = [r for r in lines if r.get("model") == model]
-        train = [r for r in mine if r.get("kind") == "train" and r.get("site_index", 0) >= 0]
-        curves = [trained_heads_only(r) for r in
-                  train + validation_all(train) + [r for r in mine if r.get("kind") == "evaluate"]]
+        curves = [trained_heads_only(r) for r in mine if r.get("kind") == "evaluate"]
         if not curves:
             continue
         marks = sorted({float(r["round"]) for r in mine if r.get("kind") in SITE_EVENTS})
@@ -91,12 +71,15 @@ def curves_section(page: HtmlPage, records: list[dict[str, Any]], models: Sequen
         figure = plot_round_panels(curves, CURVE_PANELS, boundaries=stage_boundaries(mine),
                                    marks=marks, emphasis=ALL_SITES,
                                    log_metrics={keys.LOSS, keys.VAL_PREFIX + keys.LOSS})
-        page.figure(figure, caption=f"{model}, seed {seed}: after each round, the validation "
-                    "split of each site (its own model, after local training) and the test "
-                    "split of each site (the aggregated model); black: all sites, weighted by "
-                    "their examples for the stage; dashed lines: stage starts; red dotted: a "
-                    "site dropped out or was rejected. Loss axes are logarithmic. A head's "
-                    "AUROC is drawn from the stage that trains it on.")
+        kept = ", ".join(f"{r['stage']} keeps round {r['selected-round']}"
+                         + (" (stopped early)" if r["rounds-trained"] < r["rounds-planned"]
+                            else "") for r in mine if r.get("kind") == SELECTED)
+        page.figure(figure, caption=f"{model}, seed {seed}: after each round, the aggregated "
+                    "model on the validation and test split of each site; black: all sites, "
+                    "weighted by their examples; dashed lines: stage starts; red dotted: a "
+                    "site dropped out or was rejected. Each stage ends with its round of "
+                    f"lowest validation loss{': ' + kept if kept else ''}. Loss axes are "
+                    "logarithmic. A head's AUROC is drawn from the stage that trains it on.")
         shown = True
     if not shown:
         page.paragraph("metrics.jsonl holds no federated round of this study.", note=True)

@@ -5,6 +5,8 @@
 ``fedecg.models.build``) with the clinical standardization fit on training rows, runs its
 stages (``build_stages``) through the stage loop (``train_window``), appends one
 ``metrics.jsonl`` record per epoch and writes a checkpoint after each, resuming from the last.
+Each stage ends with its best epoch by validation loss and may stop early
+(``train.early_stopping``, ``fedecg.training.selection``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fedecg.models.joint import JointModel
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
 from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
+from fedecg.training.selection import BestSoFar
 from fedecg.training.stages import Stage, build_stages
 from fedecg.training.trainer import (
     activate,
@@ -142,11 +145,14 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
     passes = planned_passes(settings, len(train), config.batch_size)
     steps = len(epoch_loader(train, config.batch_size, 0, True, seed, passes=passes))
     scheduler = warmup_cosine(optimizer, epochs * steps, settings.warmup_fraction)
-    first = 0
+    first, best = 0, BestSoFar()
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        first = resume["position"].epoch
+        first, best = resume["position"].epoch, resume["best"]
+    last = first
+    selection = config.early_stopping
+
     def loader_for(epoch: int) -> DataLoader:
         return epoch_loader(train, config.batch_size, epoch, True, seed, config.num_workers,
                             passes)
@@ -154,19 +160,38 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
     def on_step_of(epoch: int) -> Callable[[int], None] | None:
         return _bind(on_step, f"{name} · {stage.name} {epoch + 1}/{epochs}", steps)
 
-    def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> None:
+    def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> bool:
+        nonlocal last
+        last = epoch + 1
         record = {"model": name, "stage": stage.name, "epoch": epoch + 1,
                   "epochs": epochs, "lr": scheduler.get_last_lr()[0],
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
                   "examples_per_second": logs["examples"] / max(seconds, 1e-9)}
         record.update(validate(model, stage, val, data.names, config.eval.batch_size))
+        best.observe(epoch + 1, record.get("val_loss"), model.state_dict, selection)
+        record["best_epoch"] = best.step or None
         log.append(record)
         save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
-                        optimizer, scheduler)
+                        optimizer, scheduler, best)
+        return best.stalled(epoch + 1, selection.patience)
 
     train_window(model, stage, loader_for, optimizer, range(first, epochs),
                  scheduler=scheduler, max_grad_norm=config.max_grad_norm, seed=seed,
                  on_step=on_step_of, on_epoch=on_epoch)
+    _end_stage(name, index, stage, model, best, last, epochs, checkpoint, log)
+
+
+def _end_stage(name: str, index: int, stage: Stage, model: JointModel, best: BestSoFar,
+               last: int, epochs: int, checkpoint: Path, log: MetricsLog) -> None:
+    """Keep the stage's best epoch (``keep_best``) and checkpoint the stage as finished."""
+    weights = best.best_weights(last)
+    if weights is not None:
+        model.load_state_dict(weights)
+    if weights is not None or last < epochs:
+        logger.info("model %s, stage %s: %s after epoch %d of %d; keeping epoch %d (val loss "
+                    "%.4f)", name, stage.name, "stopped" if last < epochs else "finished", last,
+                    epochs, best.step or last, best.loss)
+    save_checkpoint(checkpoint, Position(index + 1, 0, len(log.lines)), model)
 
 
 def planned_passes(settings: StageConfig, rows: int, batch_size: int) -> int:

@@ -38,8 +38,9 @@ LoaderFor = Callable[[int], Iterable[Batch]]
 """``epoch -> the epoch's batches``."""
 OnStepOf = Callable[[int], Callable[[int], None] | None]
 """``epoch -> on_step(steps done)`` for ``train_epoch`` (progress), or None."""
-OnEpoch = Callable[[int, dict[str, float], float], None]
-"""``(epoch, its logs, seconds)`` after each epoch (centralized: metrics and checkpoint)."""
+OnEpoch = Callable[[int, dict[str, float], float], bool]
+"""``(epoch, its logs, seconds) -> stop`` after each epoch (centralized: metrics, checkpoint
+and early stopping); True ends the window there."""
 
 
 def activate(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
@@ -151,7 +152,8 @@ def train_window(model: nn.Module, stage: Stage, loader_for: LoaderFor,
     window's place in the stage's schedule. Per epoch: torch seeded by ``(seed, epoch)`` (when
     given), ``loader_for(epoch)`` (a privacy engine's Poisson loader under DP), one
     ``train_epoch`` capped so that the window takes at most ``max_steps`` steps, then
-    ``on_epoch(epoch, logs, seconds)``. Returns each epoch's logs.
+    ``on_epoch(epoch, logs, seconds)``, which ends the window by returning True (early
+    stopping). Returns each epoch's logs.
     """
     history: list[dict[str, float]] = []
     done = 0
@@ -168,8 +170,8 @@ def train_window(model: nn.Module, stage: Stage, loader_for: LoaderFor,
                            on_step=on_step(epoch) if on_step is not None else None)
         done += int(logs["steps"])
         history.append(logs)
-        if on_epoch is not None:
-            on_epoch(epoch, logs, time.perf_counter() - start)
+        if on_epoch is not None and on_epoch(epoch, logs, time.perf_counter() - start):
+            break
     return history
 
 

@@ -59,10 +59,17 @@ def test_round_lines_count_on_across_the_studies_of_a_sweep(capsys) -> None:
             report({"model": "transfer", "stage": stage, "round": 1, "rounds": 1,
                     "global_round": global_round, "seed": 0, "lines": [
                         {"kind": "train", "site_index": 0, "round": global_round,
-                         "num-examples": 10, "val-loss": 0.5, "val-lab-auroc": 0.6}]})
+                         "num-examples": 10},
+                        {"kind": "evaluate", "site_index": -1, "site": "all",
+                         "round": global_round, "val-loss": 0.5, "val-lab-auroc": 0.6},
+                        {"kind": "selected", "round": global_round,
+                         "selected-stage-round": 1, "rounds-trained": 1,
+                         "rounds-planned": 1}]})
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["done"] for x in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[1]["val_lab_auroc"] == 0.6 and lines[0]["val_loss"] == 0.5
+    assert lines[0]["sites"] == 1 and lines[0]["kept_round"] == 1
+    assert lines[0]["stopped_early"] is False
     assert lines[-1]["eta_seconds"] == 0.0 and lines[0]["eta_seconds"] >= 0.0
 
 

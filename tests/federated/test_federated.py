@@ -62,10 +62,12 @@ def _run(config: StudyConfig, out: Path, model: str = "transfer", grid=None,
 
 
 def test_one_site_federated_equals_centralized(store, tmp_path):
-    """1 site, 1 round per stage of E local epochs == centralized training with E epochs."""
+    """1 site, 1 round per stage of E local epochs == centralized training with E epochs
+    (each keeping its last epoch: a round has no epochs to select among)."""
     config = _config(store, partition={"num_sites": 1},
                      federation={"min_sites": 1, "rounds": {"pretrain": 1, "lab": 1,
-                                                            "diagnosis": 1}})
+                                                            "diagnosis": 1}},
+                     train={"early_stopping": {"keep_best": False}})
     epochs = {"pretrain": 2, "lab": 2, "diagnosis": 2}
     train = config.train.model_copy(update={
         name: getattr(config.train, name).model_copy(update={"epochs": e})
@@ -112,10 +114,13 @@ class KilledGrid(InProcessGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-@pytest.mark.parametrize("strategy,personal", [("fedadam", True), ("fedprox", False)])
+@pytest.mark.parametrize("strategy,personal", [("fedadam", True), ("fedprox", False),
+                                               ("fedavgm", False)])
 def test_resume_equals_uninterrupted(store, tmp_path, strategy, personal):
+    """Also with server momentum (FedAvgM's state travels in the checkpoint)."""
     config = _config(store, federation={"personal_heads": personal,
-                                        "strategy": {"name": strategy, "proximal_mu": 0.1}})
+                                        "strategy": {"name": strategy, "proximal_mu": 0.1,
+                                                     "server_momentum": 0.5}})
     whole = _run(config, tmp_path / "whole")
     nodes = [{keys.NODE_PARTITION_ID: i} for i in range(2)]
     with pytest.raises(KeyboardInterrupt):  # killed in round 4's training (diagnosis, 1 of 2)
@@ -238,3 +243,39 @@ def test_sites_without_labs_skip_the_lab_stage(tmp_path, caplog):
     lab = [x for x in lines if x["stage"] == "lab" and x["kind"] == "train"]
     assert lab and all(x["num-examples"] == 0 for x in lab)
     assert {x["stage"] for x in lines if x["kind"] == "evaluate"} == {"diagnosis"}
+
+
+def test_a_stalled_stage_stops_and_keeps_its_best_round(store, tmp_path, monkeypatch):
+    """The sites' validation loss of the aggregated model per round is scripted 1.0, 0.8, 0.9,
+    0.95 (then 0.1, never reached): with patience 2 the lab stage stops after round 4 and the
+    run goes on with round 2's weights, on record as a ``selected`` line."""
+    script = {1: 1.0, 2: 0.8, 3: 0.9, 4: 0.95, 5: 0.1}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    real = client_module.local_evaluate
+
+    def scripted(model, stage, data, config, split="test"):
+        metrics = real(model, stage, data, config, split)
+        if split == "val" and stage.name == "lab":
+            stage_round = len(seen) + 1  # one site: one validation per round
+            seen[stage_round] = {k: v.clone() for k, v in model.state_dict().items()}
+            metrics[keys.LOSS] = script[stage_round]
+        return metrics
+
+    monkeypatch.setattr(client_module, "local_evaluate", scripted)
+    config = _config(store, partition={"num_sites": 1},
+                     federation={"min_sites": 1, "rounds": {"pretrain": 0, "lab": 5,
+                                                            "diagnosis": 0}},
+                     train={"early_stopping": {"patience": 2}})
+    plan = _run(config, tmp_path, model="signal-only")
+    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    assert sorted({x["round"] for x in lines if x["kind"] == "train"}) == [1, 2, 3, 4]
+    (selected,) = [x for x in lines if x["kind"] == "selected"]
+    assert (selected["selected-stage-round"], selected["rounds-trained"],
+            selected["rounds-planned"], selected["val-loss"]) == (2, 4, 5, 0.8)
+    saved = load_checkpoint(Path(plan.out))
+    assert saved.position.done and sorted(seen) == [1, 2, 3, 4]
+    lab_keys = [k for k in saved.global_state if k.startswith("classifier.lab_head.")]
+    assert lab_keys
+    for key in lab_keys:
+        assert torch.equal(saved.global_state[key], seen[2][key]), key
+        assert not torch.equal(saved.global_state[key], seen[4][key]), key

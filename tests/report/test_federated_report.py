@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
+from fedecg.federated.orchestration import round_summary
 from fedecg.federated.simulate import combine_seeds, mean_local, report_models
 from fedecg.report import write_run_report
 from fedecg.report.federated_report import SETTING_COLORS, bar_data, seed_results, settings
 from fedecg.report.plots import plot_round_panels
 from fedecg.report.provenance import read_provenance, record_run
 from fedecg.report.run_report import trained_heads_only
-from fedecg.report.study_rounds import stage_boundaries, validation_all
+from fedecg.report.study_rounds import stage_boundaries
 
 MODELS = {"signal-only": 0.55, "transfer": 0.56, "multimodal": 0.65}
 SITES = ("site0", "site1")
@@ -176,17 +177,26 @@ def test_a_study_without_events_says_so(tmp_path: Path):
     assert "No site dropped out or was rejected." in write_run_report(run).read_text()
 
 
-def test_validation_all_is_the_example_weighted_mean_of_the_sites():
-    lines = [x for x in _lines(False) if x["kind"] == "train"]
-    merged = {m["round"]: m for m in validation_all(lines)}
-    assert merged[1]["val-loss"] == pytest.approx((100 * 1.0 + 300 * 2.0) / 400)
-    assert merged[2]["val-loss"] == pytest.approx(1.75 / 2)
-    assert merged[1]["site"] == "all" and "val-diagnosis-auroc" not in merged[1]
+def _evaluate(line: dict[str, Any]) -> dict[str, Any]:
+    """A site's train line as the evaluate line of the aggregated model (val = 1/5 of test)."""
+    return {**line, "kind": "evaluate", "val-num-examples": line["num-examples"] / 5}
+
+
+def test_round_summary_weights_test_by_test_rows_and_validation_by_validation_rows():
+    lines = [_evaluate(x) for x in _lines(False) if x["kind"] == "train" and x["round"] == 1]
+    lines[0].update({"loss": 0.2, "val-num-examples": 60.0})  # site0: 100 test, 60 val rows
+    lines[1].update({"loss": 0.6, "val-num-examples": 20.0})  # site1: 300 test, 20 val rows
+    (merged,) = round_summary(lines, 1)
+    assert merged["site"] == "all" and merged["num-examples"] == 400
+    assert merged["val-num-examples"] == 80
+    assert merged["loss"] == pytest.approx((100 * 0.2 + 300 * 0.6) / 400)
+    assert merged["val-loss"] == pytest.approx((60 * 1.0 + 20 * 2.0) / 80)
+    assert merged["val-diagnosis-auroc"] is None
 
 
 def test_round_panels_draw_sites_all_stage_starts_and_events():
-    lines = [x for x in _lines(False) if x["kind"] == "train"]
-    curves = lines + validation_all(lines)
+    lines = [_evaluate(x) for x in _lines(False) if x["kind"] == "train"]
+    curves = lines + [merged for n in range(1, 6) for merged in round_summary(lines, n)]
     boundaries = stage_boundaries(_lines(False))
     assert boundaries == [(0.5, "pretrain"), (2.5, "lab"), (3.5, "diagnosis")]
     figure = plot_round_panels(curves, [("validation loss", "val-loss")],

@@ -185,12 +185,14 @@ def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, 
     calls = {"n": 0}
     module = trainer if where == "train_epoch" else runner  # the stage loop calls train_epoch
     real = getattr(module, where)
-    # 8th call: train_epoch of transfer's lab epoch 2 (signal-only 4 + pretrain 2 + lab 1
-    # before it); save_checkpoint of its lab epoch 1 (signal-only adds its final checkpoint)
+    # train_epoch's 8th call: transfer's lab epoch 2 (signal-only 4 + pretrain 2 + lab 1
+    # before it); save_checkpoint's 11th: transfer's lab epoch 1 (signal-only saves 4 epochs,
+    # 2 stage ends and its final checkpoint; transfer 2 pretraining epochs and their stage end)
+    crash_at = 8 if where == "train_epoch" else 11
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 8:
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -246,7 +248,8 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(store, tmp_
     with pytest.raises(TrainingError, match=r"'diagnosis'.*diverged"):
         train_models([store], config, tmp_path / "run")
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "signal-only.pt")
-    assert (saved["position"].stage_index, saved["position"].epoch) == (0, 2)
+    # the lab stage (index 0) ended; the diagnosis stage (1) saved no epoch
+    assert (saved["position"].stage_index, saved["position"].epoch) == (1, 0)
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
     assert not (tmp_path / "run" / "summary.json").exists()
 
