@@ -17,6 +17,7 @@ import pandas as pd
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
 from fedecg.data.labs import DEFAULT_LAB_PANEL
 from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
+from fedecg.run_folder import RunFolder
 
 DX = ("atrial_fibrillation", "heart_failure")
 LABS = ("potassium", "hemoglobin")
@@ -76,7 +77,7 @@ def make_store(path: Path, n: int = 120, n_samples: int = 200, fs: float = 100.0
 
 def metrics_history(run: Path) -> list[dict]:
     """RUN/metrics.jsonl without timings and memory (the only values a rerun changes)."""
-    records = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in RunFolder(run).metrics.read_text().splitlines()]
     return [{k: v for k, v in r.items()
              if not k.endswith(("seconds", "per_second")) and k != "peak-rss-mb"}
             for r in records]

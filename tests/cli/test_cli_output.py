@@ -10,6 +10,7 @@ from builders.raw_sites import make_generic_site, make_mimic_site
 from typer.testing import CliRunner
 
 from fedecg.cli import app
+from fedecg.run_folder import RunFolder
 
 runner = CliRunner()
 
@@ -86,7 +87,7 @@ def test_server_submit_prints_a_line_per_round_from_the_study_folder(tmp_path: P
                   "stage_round": stage_round, "kind": kind, "site_index": index, "site": site,
                   "num-examples": 10, "val-loss": 0.4, "val-lab-auroc": auroc}
                  for kind, index, site in (("train", 0, "site0"), ("evaluate", -1, "all"))]
-        with (run / "metrics.jsonl").open("a") as file:
+        with RunFolder(run).metrics.open("a") as file:
             file.write("".join(json.dumps(line) + "\n" for line in lines))
 
     finish(9, 1, 0.61)

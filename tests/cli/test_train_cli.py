@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.models.io import load_inference_model
+from fedecg.run_folder import RunFolder
 
 runner = CliRunner()
 
@@ -32,16 +33,16 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
                                       "--models", "signal-only,transfer", "--seed", "3"))
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(RunFolder(run).summary.read_text())
     assert summary["models"] == ["signal-only", "transfer"] and summary["seed"] == 3
     for name in ("signal-only", "transfer", "naive"):
         assert {"diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
                 "lab_macro_auroc_ci", "diagnosis_auroc", "lab_auroc"} <= set(summary[name])
     assert "multimodal" not in summary
-    assert "seed: 3" in (run / "config.yaml").read_text()
-    stages = [json.loads(x)["stage"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "seed: 3" in RunFolder(run).config.read_text()
+    stages = [json.loads(x)["stage"] for x in RunFolder(run).metrics.read_text().splitlines()]
     assert stages == ["lab", "diagnosis", "pretrain", "lab", "diagnosis"]
-    model, card = load_inference_model(run / "model")
+    model, card = load_inference_model(RunFolder(run).model)
     assert model.dx_head.out_features == 2
     assert card.model_name == "transfer" and card.seed == 3
     assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure"]
@@ -49,10 +50,10 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
     assert ("warning: site-a: 3 label(s) have fewer than 5 positive ECGs in the test split (16 "
             "ECGs), so their test metrics (AUROC, CI) are noise" in result.output)
     if importlib.util.find_spec("fedecg.report.run_report") is not None:
-        assert (run / "report.html").is_file()
-        assert (run / "report.html").stat().st_mode & 0o777 == 0o640
-    assert (run / "summary.json").stat().st_mode & 0o777 == 0o640  # no patient data: group
-    assert (run / "model" / "model.pt").stat().st_mode & 0o777 == 0o600
+        assert RunFolder(run).report.is_file()
+        assert RunFolder(run).report.stat().st_mode & 0o777 == 0o640
+    assert RunFolder(run).summary.stat().st_mode & 0o777 == 0o640  # no patient data: group
+    assert (RunFolder(run).model / "model.pt").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_finished_run_is_not_overwritten_without_the_flag(store, tmp_path):
@@ -91,11 +92,11 @@ def test_an_unfinished_run_resumes_only_with_the_same_settings(store, tmp_path):
     run = tmp_path / "run"
     args = _args(store, run, "--models", "signal-only")
     assert runner.invoke(app, args).exit_code == 0
-    (run / "summary.json").unlink()  # as if killed before the end
+    RunFolder(run).summary.unlink()  # as if killed before the end
     result = runner.invoke(app, [*args, "--seed", "9"])
     assert result.exit_code == 1 and "seed" in result.output and "--overwrite" in result.output
     assert runner.invoke(app, args).exit_code == 0  # same settings: resumes and finishes
-    assert (run / "summary.json").is_file()
+    assert RunFolder(run).summary.is_file()
 
 
 def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):

@@ -26,10 +26,11 @@ from fedecg.federated import site_handlers as client_module
 from fedecg.federated.checkpoint import latest_site_state, load_checkpoint
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
-from fedecg.federated.orchestration import METRICS_FILE, initial_model, read_result, run_server
+from fedecg.federated.orchestration import initial_model, read_result, run_server
 from fedecg.federated.partition import site_view
 from fedecg.federated.site import RoundPlan, local_train
 from fedecg.models.build import build_model
+from fedecg.run_folder import RunFolder
 from fedecg.training.data import TrainingData
 from fedecg.training.runner import MetricsLog, fit_model
 from fedecg.training.stages import build_stages
@@ -86,7 +87,7 @@ def test_one_site_federated_equals_centralized(store, tmp_path):
 def test_run_writes_metrics_per_round_site_and_stage(store, tmp_path):
     plan = _run(_config(store), tmp_path)
     assert read_result(Path(plan.out))["status"] == "ok"
-    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
     train = [(x["stage"], x["round"], x["site"]) for x in lines if x["kind"] == "train"]
     assert train == [(stage, r, s) for stage, r in [("pretrain", 1), ("pretrain", 2), ("lab", 3),
                                                     ("diagnosis", 4), ("diagnosis", 5)]
@@ -234,7 +235,7 @@ def test_sites_without_labs_skip_the_lab_stage(tmp_path, caplog):
         plan = _run(_config(store), tmp_path, model="signal-only")
     assert read_result(Path(plan.out))["status"] == "ok"
     assert caplog.text.count("the lab stage is skipped") == 1
-    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
     lab = [x for x in lines if x["stage"] == "lab" and x["kind"] == "train"]
     assert lab and all(x["num-examples"] == 0 for x in lab)
     assert {x["stage"] for x in lines if x["kind"] == "evaluate"} == {"diagnosis"}

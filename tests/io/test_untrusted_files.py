@@ -23,8 +23,8 @@ from fedecg.config.base import load_config
 from fedecg.config.federated import StudyConfig
 from fedecg.errors import FedecgError
 from fedecg.federated import checkpoint as federated
-from fedecg.federated.simulate import prepare_run_dir
 from fedecg.models.io import MODEL_FILE, load_inference_model
+from fedecg.run_folder import RunFolder, prepare_study
 from fedecg.training import checkpoint as training
 
 PTBXL = "wfdb-samples/ptb-xl/records100/00000/00001_lr"
@@ -77,7 +77,7 @@ def test_simulate_resume_refuses_a_crafted_checkpoint_and_nothing_runs(tmp_path)
         "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}},
         "train": {**TINY_TRAIN, "models": ["transfer"]}}))
     run = tmp_path / "run"
-    prepare_run_dir(run, load_config(StudyConfig, study, []), resume=False)
+    prepare_study(RunFolder(run), load_config(StudyConfig, study, []), resume=False)
     crafted = run / "seed-0" / "transfer" / "federated" / federated.CHECKPOINT_FILE
     crafted.parent.mkdir(parents=True)
     marker = tmp_path / "payload-ran"

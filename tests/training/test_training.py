@@ -13,6 +13,7 @@ from fedecg.config.base import load_config
 from fedecg.config.train import TrainConfig
 from fedecg.errors import StoreError, TrainingError
 from fedecg.models.joint import JointModel
+from fedecg.run_folder import RunFolder
 from fedecg.training import runner, trainer
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
 from fedecg.training.data import CropDataset, epoch_loader
@@ -168,10 +169,10 @@ def test_training_on_a_separable_store_learns(store, tmp_path):
         low, high = entry[f"{key}_ci"]
         assert low <= entry[key] <= high
     assert set(entry["per_store"]) == {"site-a"}
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = RunFolder(tmp_path / "run").metrics.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 * (15 + 8)
-    assert (tmp_path / "run" / "model" / "model.pt").is_file()
+    assert (RunFolder(tmp_path / "run").model / "model.pt").is_file()
 
 
 @pytest.mark.parametrize("where", ["train_epoch", "save_checkpoint"])
@@ -197,7 +198,7 @@ def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, 
     monkeypatch.setattr(module, where, crashing)
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
-    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")
+    saved = load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")
     assert len(metrics_history(tmp_path / "resumed")) == 7  # signal-only 4, transfer 3
     assert saved["position"].metric_lines == (7 if where == "train_epoch" else 6)
     monkeypatch.setattr(module, where, real)
@@ -223,15 +224,15 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monke
     monkeypatch.setattr(trainer, "train_epoch", crashing)
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")[
+    assert load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")[
         "position"].epoch == 1
     monkeypatch.setattr(trainer, "train_epoch", real)
     resumed = train_models([store], config, tmp_path / "resumed")
-    a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "transfer.pt")["model"]
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")["model"]
+    a = load_checkpoint(RunFolder(tmp_path / "whole").checkpoints / "transfer.pt")["model"]
+    b = load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["transfer"]["diagnosis_auroc"] == whole["transfer"]["diagnosis_auroc"]
-    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    lines = RunFolder(tmp_path / "resumed").metrics.read_text().splitlines()
     assert [json.loads(x)["stage"] for x in lines] == ["pretrain"] * 2 + ["lab"] * 2 + [
         "diagnosis"] * 2
 
@@ -245,10 +246,10 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(store, tmp_
     config = _config("models=[signal-only]", "lab.epochs=2")
     with pytest.raises(TrainingError, match=r"'diagnosis'.*diverged"):
         train_models([store], config, tmp_path / "run")
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "signal-only.pt")
+    saved = load_checkpoint(RunFolder(tmp_path / "run").checkpoints / "signal-only.pt")
     assert (saved["position"].stage_index, saved["position"].epoch) == (0, 2)
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
-    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not RunFolder(tmp_path / "run").summary.exists()
 
 
 def test_stores_with_different_labels_fail_naming_both(store, tmp_path):
@@ -271,9 +272,10 @@ def test_two_compatible_stores_train_pooled_with_per_store_results(store, tmp_pa
 def test_a_checkpoint_that_does_not_fit_the_store_fails_clearly(store, tmp_path):
     run = tmp_path / "run"
     train_models([store], _config(), run, models=["signal-only"])
-    for name in ("summary.json", "checkpoints/signal-only.test.json"):
-        (run / name).unlink()
+    folder = RunFolder(run)
+    for path in (folder.summary, folder.checkpoints / "signal-only.test.json"):
+        path.unlink()
     other = JointModel(1, 2, 3, encoder=SMALL)
-    save_checkpoint(run / "checkpoints" / "signal-only.pt", Position(0, 1), other)
+    save_checkpoint(RunFolder(run).checkpoints / "signal-only.pt", Position(0, 1), other)
     with pytest.raises(TrainingError, match=r"signal-only\.pt: does not fit.*--overwrite"):
         train_models([store], _config(), run, models=["signal-only"])
