@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from builders.site_store import SCHEMA, TINY_TRAIN, make_store
+from builders.site_store import SCHEMA, make_store
+from builders.tiny import TINY_TRAIN
 from flwr.app import Array, ArrayRecord, Error, Message
 
 from fedecg.app import client_app

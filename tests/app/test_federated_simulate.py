@@ -15,8 +15,9 @@ import flwr.simulation
 import psutil
 import pytest
 import yaml
-from builders.site_store import TINY_TRAIN, make_store
-from builders.training_store import metrics_history
+from builders.run_history import metrics_history
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 

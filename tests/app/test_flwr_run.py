@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from builders.flower_processes import started_by, stop
-from builders.site_store import TINY_TRAIN
+from builders.tiny import TINY_TRAIN
 
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.flower_env import FLOWER_ENV

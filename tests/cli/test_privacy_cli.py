@@ -13,12 +13,12 @@ import math
 from pathlib import Path
 
 import pytest
+from builders.tiny import tiny_classifier
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.errors import ConfigError
 from fedecg.io import OutputKind, mark_output
-from fedecg.models.classifier import EcgClassifier
 from fedecg.models.io import ModelCard, load_inference_model, save_inference_model
 from fedecg.privacy.sweep import TABLE_FILE, parse_epsilons
 from fedecg.report.privacy_plot import plot_records
@@ -57,7 +57,7 @@ def finished_study(run_dir: Path, label: str, site_epsilons: dict[str, list[floa
 
 def exported_model(run_dir: Path) -> None:
     """The study's ``model/`` folder, as ``export_model`` writes it (no privacy entry yet)."""
-    model = EcgClassifier(2, 2, {"stem_width": 4, "widths": [4], "blocks": [1], "groups": 2})
+    model = tiny_classifier(2, 2)
     card = ModelCard(model_name="transfer", diagnosis_labels=["a", "b"], lab_labels=["c", "d"],
                      lead_order=["I"] * 12, fs=100.0, crop_samples=32)
     save_inference_model(RunFolder(run_dir).model, model, card)

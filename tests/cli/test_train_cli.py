@@ -6,7 +6,8 @@ import importlib.util
 import json
 
 import pytest
-from builders.training_store import TINY_CONFIG, make_store
+from builders.site_store import make_store
+from builders.tiny import tiny_overrides
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -18,11 +19,12 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "site-a", n=80)
+    return make_store(tmp_path_factory.mktemp("stores") / "site-a", 80, ecgs_per_patient=1,
+                       separable=True)
 
 
 def _args(store, out, *extra: str) -> list[str]:
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     return ["train", "--store", str(store), "--out", str(out), *sets, *extra]
 
 
@@ -82,7 +84,8 @@ def test_an_ill_typed_value_and_an_unknown_model_are_named(store, tmp_path):
 def test_a_missing_store_and_incompatible_stores_fail_clearly(store, tmp_path):
     result = runner.invoke(app, _args(tmp_path / "nope", tmp_path / "run"))
     assert result.exit_code == 1 and "nope" in result.output
-    other = make_store(tmp_path / "site-b", n=20, site="site-b", lab_names=("potassium",))
+    other = make_store(tmp_path / "site-b", 20, ecgs_per_patient=1,
+                       separable=True, site_name="site-b", labs=("potassium",))
     result = runner.invoke(app, [*_args(store, tmp_path / "run"), "--store", str(other)])
     assert result.exit_code == 1
     assert "site-b" in result.output and "lab_labels" in result.output
@@ -112,7 +115,8 @@ def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):
 
 def test_overwrite_never_deletes_the_input_store(tmp_path):
     """`train --store S --out S --overwrite` is refused in one line, and S stays whole."""
-    store = make_store(tmp_path / "site-a", n=20)
+    store = make_store(tmp_path / "site-a", 20, ecgs_per_patient=1,
+                       separable=True)
     before = sorted(p.name for p in store.iterdir())
     result = runner.invoke(app, _args(store, store, "--overwrite"))
     assert result.exit_code == 1 and result.output.count("error:") == 1

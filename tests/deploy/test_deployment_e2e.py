@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from builders.site_store import SCHEMA, TINY_TRAIN, make_store
+from builders.site_store import SCHEMA, make_store
+from builders.tiny import TINY_TRAIN
 
 from fedecg.deploy.flower import write_connection
 from fedecg.deploy.node_keys import create_node_keys

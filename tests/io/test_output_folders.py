@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from builders.raw_sites import make_mimic_site
-from builders.training_store import make_store
+from builders.site_store import make_store
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -69,7 +69,8 @@ def test_prepare_overwrite_keeps_a_store_that_holds_someone_elses_file(tmp_path)
 
 
 def test_prepare_never_overwrites_a_run_folder(tmp_path):
-    store = make_store(tmp_path / "site-a", n=20)
+    store = make_store(tmp_path / "site-a", 20, ecgs_per_patient=1,
+                       separable=True)
     run = tmp_path / "run"
     prepare_training(RunFolder(run), TrainConfig(), [store], overwrite=False)  # as `fedecg train`
     before = sorted(p.name for p in run.iterdir())

@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 from builders.inference_models import saved_model
-from builders.site_store import TINY_TRAIN, make_store
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 from typer.testing import CliRunner
 
 from fedecg.cli import app

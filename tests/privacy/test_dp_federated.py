@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from builders.site_store import TINY_TRAIN, make_store
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 
 from fedecg.app import client_app
 from fedecg.config.federated import StudyConfig

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders.tiny import tiny_classifier
 from matplotlib.container import BarContainer
 
 from fedecg.errors import InputFileError, TableError
@@ -209,10 +210,9 @@ def test_html_page_escapes_text_from_files(tmp_path: Path):
 
 
 def test_report_shows_the_model_card(run_dir: Path):
-    from fedecg.models import EcgClassifier, ModelCard, save_inference_model
+    from fedecg.models import ModelCard, save_inference_model
 
-    model = EcgClassifier(n_lab=2, n_dx=2, encoder={"stem_width": 8, "widths": [8],
-                                                    "blocks": [1]})
+    model = tiny_classifier(2, 2)
     card = ModelCard(model_name="transfer", diagnosis_labels=["a", "b"],
                      lab_labels=["k_high", "k_low"], lead_order=["I"], fs=100.0,
                      crop_samples=250, data_summary={"train_ecgs": 1234, "sites": {"n": 2}},

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from builders.training_store import TINY_CONFIG, make_store
+from builders.site_store import make_store
+from builders.tiny import tiny_overrides
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -32,12 +33,13 @@ CHAPMAN = "wfdb-samples/chapman-shaoxing/JS00001"
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A trained run on a store whose lab values and labels are all unknown (no labs)."""
     root = tmp_path_factory.mktemp("nolabs")
-    store = make_store(root / "store", n=80)
+    store = make_store(root / "store", 80, ecgs_per_patient=1,
+                       separable=True)
     cohort = pd.read_parquet(store / "cohort.parquet")
     unknown = [c for c in cohort if c.startswith(("abn_", "lab_"))]
     cohort[unknown] = np.nan
     cohort.to_parquet(store / "cohort.parquet", index=False)
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
@@ -123,7 +125,8 @@ def test_min_steps_adds_passes_for_small_sites() -> None:
 
 
 def test_passes_draw_every_row_each_pass_with_fresh_crops(tmp_path: Path) -> None:
-    store = SiteStore.open(make_store(tmp_path / "store", n=20))
+    store = SiteStore.open(make_store(tmp_path / "store", 20, ecgs_per_patient=1,
+                       separable=True))
     data = CropDataset([(store, store.indices("train"))], crop=50, train=True, seed=1)
     loader = epoch_loader(data, batch_size=4, epoch=0, shuffle=True, seed=1, passes=3)
     order = list(loader.sampler)
@@ -134,8 +137,9 @@ def test_passes_draw_every_row_each_pass_with_fresh_crops(tmp_path: Path) -> Non
 
 
 def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> None:
-    store = make_store(tmp_path / "store", n=40)
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    store = make_store(tmp_path / "store", 40, ecgs_per_patient=1,
+                       separable=True)
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     with caplog.at_level(logging.WARNING):
         result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "r"),
                                      "--models", "signal-only", *sets])
@@ -148,8 +152,9 @@ def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> N
 
 
 def test_cv_scores_every_ecg_once_out_of_fold(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "store", n=60)
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    store = make_store(tmp_path / "store", 60, ecgs_per_patient=1,
+                       separable=True)
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "cv"),
                                  "--models", "signal-only", "--cv", "3", *sets])
     assert result.exit_code == 0, result.output
