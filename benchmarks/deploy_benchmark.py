@@ -112,13 +112,13 @@ def deployed(study_file: Path, sites: int, folder: Path, rounds: int) -> dict:
             launch(node, address, kit.ca, {keys.NODE_PARTITION_ID: index}, _free_port())
         out = folder / "study"
         stamps = timed(lambda: submit_study(kit, study_file, out),
-                       RunFolder(out / "seed-0" / "signal-only" / "federated").metrics, rounds)
+                       RunFolder(out).federated_run(0, "signal-only").metrics, rounds)
     finally:
         for node in nodes:
             stop_supernode(node)
         stop_superlink(kit)
     return {"seconds_per_round": per_round(stamps),
-            "lines": _lines(out / "seed-0" / "signal-only" / "federated"),
+            "lines": _lines(RunFolder(out).federated_run(0, "signal-only").path),
             "final_reply": _final_reply(out)}
 
 

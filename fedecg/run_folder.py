@@ -196,9 +196,14 @@ class RunFolder:
         """The folder of one model's federated run in seed ``seed``."""
         return RunFolder(self.seed(seed) / model / "federated")
 
-    def federated_runs(self) -> list[RunFolder]:
-        """Every federated run of the study that has started, by seed and model."""
-        return [RunFolder(p) for p in sorted(self.path.glob("seed-*/*/federated"))]
+    def federated_runs(self) -> dict[tuple[int, str], RunFolder]:
+        """Every federated run of the study that has started: ``(seed, model)`` → its folder."""
+        runs = {}
+        for path in sorted(self.path.glob("seed-*/*/federated")):
+            seed = path.parent.parent.name.removeprefix("seed-")
+            if seed.isdigit():
+                runs[(int(seed), path.parent.name)] = RunFolder(path)
+        return runs
 
     def read_summary(self) -> Summary:
         """``summary.json`` checked: ``InputFileError`` if it is missing, ``TableError`` (one

@@ -53,12 +53,12 @@ def total_rounds(config: StudyConfig, models: list[str]) -> int:
 def rounds_done(out: Path) -> int:
     """Rounds finished so far, counted from the study's per-run ``metrics.jsonl``."""
     done = set()
-    for run in RunFolder(out).federated_runs():
+    for (seed, model), run in RunFolder(out).federated_runs().items():
         path = run.metrics
         for line in (path.read_text().splitlines() if path.is_file() else []):
             record = json.loads(line)
             if record.get("kind") == "evaluate" and record.get("site") == "all":
-                done.add((path.parts[-4], path.parts[-3], record["round"]))
+                done.add((seed, model, record["round"]))
     return len(done)
 
 

@@ -87,11 +87,13 @@ def site_budgets(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
         if line.get("kind") == "train" and line.get(EPSILON) is not None:
             _keep_largest(budgets, line["model"], line["site"], float(line[EPSILON]),
                           float(line[DELTA]), line.get(NOISE_MULTIPLIER))
-    for ledger_path in [run.path / LEDGER_FILE for run in RunFolder(run_dir).federated_runs()
-                        if (run.path / LEDGER_FILE).is_file()]:
+    for (_, model), run in RunFolder(run_dir).federated_runs().items():
+        ledger_path = run.path / LEDGER_FILE
+        if not ledger_path.is_file():
+            continue
         record = json.loads(ledger_path.read_text())
         ledger = Ledger.from_record(record, str(ledger_path))
-        _keep_largest(budgets, ledger_path.parts[-3], "all", ledger.epsilon(), ledger.delta,
+        _keep_largest(budgets, model, "all", ledger.epsilon(), ledger.delta,
                       record.get("noise-multiplier"))
     return budgets
 

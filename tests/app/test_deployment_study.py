@@ -124,7 +124,7 @@ def test_a_deployed_study_survives_a_poisoned_site_and_writes_its_folder(stores,
     assert {e["stage"] for e in rejected} == {"pretrain", "lab", "diagnosis"}
     assert all(e["site"] == "hospital-2" and e["node_id"] == 102 and "NaN" in e["reason"]
                for e in rejected)
-    global_state = load_checkpoint(out / "seed-0" / "transfer" / "federated").global_state
+    global_state = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path).global_state
     assert all(torch.isfinite(v).all() for v in global_state.values()
                if v.is_floating_point())
     # each site scored the final model on its own test split; the server combined them
@@ -189,7 +189,7 @@ def test_too_few_usable_updates_stop_the_run_and_a_resubmission_resumes(stores, 
     reason = read_result(out)["reason"]
     assert "node 101: RuntimeError: disk on fire" in reason  # not yet named in round 1
     assert "node 102: no reply within the round timeout of 5 s" in reason
-    saved = load_checkpoint(out / "seed-0" / "transfer" / "federated")
+    saved = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path)
     assert saved.position.global_round == 0 and len(saved.history) == 2  # the two dropouts
     serve(tmp_path, FaultyGrid(stores))  # the sites are back: the same study continues
     assert read_result(out)["status"] == "ok"

@@ -239,7 +239,7 @@ def test_the_python_study_api_runs_a_private_config_private(store, tmp_path, mon
         f"privacy.mode={mode}", "privacy.target_epsilon=50"])
     run_study(config, tmp_path / "private")
     if mode == "client":
-        ledger = tmp_path / "private" / "seed-0" / "transfer" / "federated" / LEDGER_FILE
+        ledger = RunFolder(tmp_path / "private").federated_run(0, "transfer").path / LEDGER_FILE
         released = Ledger.from_record(json.loads(ledger.read_text()))
         assert sum(steps for _, _, steps in released.history) == 3  # a round of each stage
         assert 0 < released.epsilon() <= 50

@@ -80,7 +80,7 @@ def test_flwr_run_trains_the_app_and_writes_its_checkpoint(tmp_path: Path):
         run_id = json.loads(started.stdout)["run-id"]
         result = _wait_for_result(out, home)
         assert result["status"] == "ok", result
-        checkpoint = load_checkpoint(out / "seed-0" / "transfer" / "federated")
+        checkpoint = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path)
         assert checkpoint is not None and checkpoint.position.done
         lines = [json.loads(x) for x in RunFolder(out).metrics.read_text().splitlines()]
         assert {(x["stage"], x["site"]) for x in lines if x["kind"] == "train"} == {

@@ -76,7 +76,7 @@ def test_server_submit_prints_a_line_per_round_from_the_study_folder(tmp_path: P
     from fedecg.config.federated import StudyConfig
 
     config = StudyConfig.model_validate({"federation": {"rounds": {"lab": 2}}})
-    run = tmp_path / "out" / "seed-0" / "transfer" / "federated"
+    run = RunFolder(tmp_path / "out").federated_run(0, "transfer").path
     run.mkdir(parents=True)
     on_poll = submit_reporter(config, tmp_path / "out",
                               RunProgress(0, "round", Output.JSON, Console(stderr=True)))

@@ -138,7 +138,7 @@ def test_client_level_budgets_come_from_the_server_ledger(tmp_path):
     RunFolder(run_dir).config.write_text("privacy: {mode: client, target_epsilon: 8}\n")
     ledger = Ledger(delta=0.01, history=[(1.5, 1.0, 10)])
     for model in ("signal-only", "transfer"):
-        folder = run_dir / "seed-0" / model / "federated"
+        folder = RunFolder(run_dir).federated_run(0, model).path
         folder.mkdir(parents=True)
         (folder / "client-dp-ledger.json").write_text(json.dumps(
             {**ledger.to_record(), "noise-multiplier": 1.5}))

@@ -227,7 +227,7 @@ def test_a_study_completes_without_a_killed_node_and_rejects_nan_updates(federat
     assert dropped == {KILLED}
     assert {e["site"] for e in rejected} == {KILLED} and rejected[0]["round"] == 1
     assert all("NaN" in e["reason"] for e in rejected)
-    state = load_checkpoint(out / "seed-0" / "transfer" / "federated").global_state
+    state = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path).global_state
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     lines = [json.loads(x) for x in RunFolder(out).metrics.read_text().splitlines()]
     last = max(x["round"] for x in lines)

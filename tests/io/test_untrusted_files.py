@@ -79,7 +79,7 @@ def test_simulate_resume_refuses_a_crafted_checkpoint_and_nothing_runs(tmp_path)
         "train": {**TINY_TRAIN, "models": ["transfer"]}}))
     run = tmp_path / "run"
     prepare_study(RunFolder(run), load_config(StudyConfig, study, []), resume=False)
-    crafted = run / "seed-0" / "transfer" / "federated" / federated.CHECKPOINT_FILE
+    crafted = RunFolder(run).federated_run(0, "transfer").path / federated.CHECKPOINT_FILE
     crafted.parent.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     torch.save({"evil": Payload(marker)}, crafted)
