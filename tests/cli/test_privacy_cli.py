@@ -105,6 +105,20 @@ def test_a_finite_budget_study_without_reported_epsilon_is_refused(tmp_path):
     assert not (out / TABLE_FILE).exists()
 
 
+def test_a_study_summary_that_does_not_validate_is_one_line_naming_file_and_field(tmp_path):
+    out = tmp_path / "sweep"
+    finished_study(out / "epsilon-8", "8", {"site0": [7.9]})
+    summary = RunFolder(out / "epsilon-8").summary
+    written = json.loads(summary.read_text())
+    written["federated"]["transfer"]["lab_macro_auroc_ci"] = "wide"
+    summary.write_text(json.dumps(written))
+    result = CliRunner().invoke(app, ["sweep", "privacy", "--epsilons", "8", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{summary}: field federated.transfer.lab_macro_auroc_ci:" in " ".join(
+        result.output.split())
+    assert not (out / TABLE_FILE).exists()
+
+
 def test_bad_epsilons_fail_with_one_line():
     result = CliRunner().invoke(app, ["sweep", "privacy", "--epsilons", "1,x", "--out", "o"])
     assert result.exit_code == 1
