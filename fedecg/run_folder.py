@@ -56,14 +56,20 @@ class LocalOnly(Result):
     sites: dict[str, Result | None] = {}
 
 
-class SeedResult(BaseModel):
-    """One seed of a study: each model federated, per site, and the baselines."""
+class StudyResults(BaseModel):
+    """A study's results: each model federated, on each site, and the baselines."""
 
-    federated: dict[str, Result]
+    federated: dict[str, Result] | None = None
     sites: dict[str, dict[str, Result | None]] = {}
     pooled: dict[str, Result] = {}
     local_only: dict[str, LocalOnly] = {}
     naive: Result | None = None
+
+
+class SeedResult(StudyResults):
+    """One seed of a study (``Summary.by_seed``)."""
+
+    federated: dict[str, Result]
 
 
 class StoreEntry(BaseModel):
@@ -73,23 +79,18 @@ class StoreEntry(BaseModel):
     site: str
 
 
-class Summary(BaseModel):
+class Summary(StudyResults):
     """``summary.json``: of a run (``fedecg train``: one ``Result`` per model name at the top
     level, ``naive``, ``seed``, ``models`` the names, ``stores``) or of a study (the seeds
-    averaged as in ``SeedResult``, ``seeds``, ``model_names``, ``by_seed`` with several seeds,
-    ``models`` the report's entries, and ``partition`` or ``deployment``)."""
+    averaged, ``seeds``, ``model_names``, ``by_seed`` with several seeds, ``models`` the
+    report's entries, and ``partition`` or ``deployment``)."""
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, Result]  # a run's entries, one per model name
 
-    naive: Result | None = None
     models: list[str] | dict[str, Result] = []
     seed: int | None = None
     stores: list[StoreEntry] = []
-    federated: dict[str, Result] | None = None
-    sites: dict[str, dict[str, Result | None]] = {}
-    pooled: dict[str, Result] = {}
-    local_only: dict[str, LocalOnly] = {}
     seeds: list[int] = []
     model_names: list[str] = []
     by_seed: dict[str, SeedResult] = {}
@@ -110,7 +111,7 @@ class Summary(BaseModel):
                 if entry is not None and entry.has_metrics}
 
     def as_dict(self) -> dict[str, Any]:
-        """The summary as its file holds it (keys absent from the file stay absent)."""
+        """The summary's keys and values as its file holds them (absent keys stay absent)."""
         return self.model_dump(exclude_unset=True)
 
 
