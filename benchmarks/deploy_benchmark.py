@@ -43,6 +43,7 @@ from fedecg.deploy.supernode import NodeKit, launch, stop_supernode
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
 from fedecg.federated.site_test_metrics import N_TRAIN, NAIVE_PREFIX, encode_entry
+from fedecg.run_folder import RunFolder
 
 TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32,
          "encoder": {"stem_width": 16, "widths": [16, 32, 64], "blocks": [1, 1, 1]},
@@ -95,7 +96,7 @@ def simulated(config: StudyConfig, store: Path, folder: Path, rounds: int) -> di
     partition = ensure_partition(store, config.partition, folder)
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)
     stamps = timed(lambda: simulated_sites().run(plan, None),
-                   folder / "federated" / "metrics.jsonl", rounds)
+                   RunFolder(folder / "federated").metrics, rounds)
     return {"seconds_per_round": per_round(stamps), "lines": _lines(folder / "federated")}
 
 
@@ -111,23 +112,23 @@ def deployed(study_file: Path, sites: int, folder: Path, rounds: int) -> dict:
             launch(node, address, kit.ca, {keys.NODE_PARTITION_ID: index}, _free_port())
         out = folder / "study"
         stamps = timed(lambda: submit_study(kit, study_file, out),
-                       out / "seed-0" / "signal-only" / "federated" / "metrics.jsonl", rounds)
+                       RunFolder(out).federated_run(0, "signal-only").metrics, rounds)
     finally:
         for node in nodes:
             stop_supernode(node)
         stop_superlink(kit)
     return {"seconds_per_round": per_round(stamps),
-            "lines": _lines(out / "seed-0" / "signal-only" / "federated"),
+            "lines": _lines(RunFolder(out).federated_run(0, "signal-only").path),
             "final_reply": _final_reply(out)}
 
 
 def _lines(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in RunFolder(run).metrics.read_text().splitlines()]
 
 
 def _final_reply(out: Path) -> dict[str, int]:
     """Scalars (and their bytes: key plus 8) of a site's final-evaluation reply."""
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(RunFolder(out).summary.read_text())
     site, entry = next(iter(summary["sites"]["signal-only"].items()))
     scalars = [*encode_entry({k: v for k, v in entry.items() if k != N_TRAIN}),
                *encode_entry(summary["naive"]["per_store"][site], NAIVE_PREFIX), N_TRAIN]

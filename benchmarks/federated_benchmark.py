@@ -41,10 +41,12 @@ from benchmark_json import emit
 from fedecg.app import client_app, simulated
 from fedecg.config.federated import DataSourceConfig, StudyConfig, SynthesizeConfig
 from fedecg.federated import keys
+from fedecg.federated.baselines import baseline_config
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import run_server
-from fedecg.federated.simulate import baseline_config, sites_of
+from fedecg.federated.simulation import sites_of
+from fedecg.run_folder import RunFolder
 from fedecg.training.runner import MetricsLog, fit_model
 
 TRAIN = {"models": ["signal-only"], "crop_samples": 250, "batch_size": 32, "threads": 1,
@@ -92,7 +94,7 @@ def time_federated(config: StudyConfig, store: Path, partition: Path,
     plan = make_plan(config, "signal-only", folder / "federated", store, partition)
     stamps: list[float] = []
     simulated().run(plan, lambda event: stamps.append(time.perf_counter()))
-    lines = [json.loads(x) for x in (folder / "federated" / "metrics.jsonl").read_text()
+    lines = [json.loads(x) for x in RunFolder(folder / "federated").metrics.read_text()
              .splitlines()]
     train = [x for x in lines if x["kind"] == "train"]
     return {"seconds_per_round": (stamps[-1] - stamps[0]) / (len(stamps) - 1),

@@ -16,7 +16,6 @@ is built (``pyproject.toml`` ``[tool.flwr.app.components]`` names both here).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from fedecg.federated.orchestration import (
     run_server,
     stages_for,
 )
-from fedecg.federated.simulate import SUMMARY_FILE, Say, run_in_simulation
+from fedecg.federated.simulation import Say, run_in_simulation
 from fedecg.federated.site_handlers import (
     Site,
     errors_without_paths,
@@ -64,6 +63,7 @@ from fedecg.privacy.sweep import (
     table_csv,
     utility_rows,
 )
+from fedecg.run_folder import RunFolder
 from fedecg.study import Deployed, Simulated, Sites, drive_study
 
 if TYPE_CHECKING:  # Opacus loads only when a run asks for DP: every site message starts a
@@ -185,21 +185,21 @@ def run_sweep(config: StudyConfig, epsilons: Sequence[float], out: Path, *,
     runs: dict[str, Any] = {}
     for epsilon in epsilons:
         label = epsilon_label(epsilon)
-        run_dir = out / f"epsilon-{label}"
-        if not (run_dir / SUMMARY_FILE).is_file():
+        run_dir = RunFolder(out / f"epsilon-{label}")
+        if not run_dir.summary.is_file():
             if say is not None:
-                say(f"epsilon {label}: federated study into {run_dir}")
-            run_study(budget_config(config, epsilon), run_dir, resume=run_dir.is_dir(),
-                      say=say, progress=progress)
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        budgets = site_budgets(run_dir)
-        check_private(epsilon, budgets, run_dir)
+                say(f"epsilon {label}: federated study into {run_dir.path}")
+            run_study(budget_config(config, epsilon), run_dir.path,
+                      resume=run_dir.path.is_dir(), say=say, progress=progress)
+        summary = run_dir.read_summary()
+        budgets = site_budgets(run_dir.path)
+        check_private(epsilon, budgets, run_dir.path)
         rows += utility_rows(epsilon, summary, budgets)
-        runs[label] = {"study": str(run_dir), "sites": budgets,
-                       "model_card_privacy": card_entry(run_dir, budgets)}
+        runs[label] = {"study": str(run_dir.path), "sites": budgets,
+                       "model_card_privacy": card_entry(run_dir.path, budgets)}
     add_retention(rows)
     atomic_write_text(out / TABLE_FILE, table_csv(rows), SHARED)
     written = [{k: v for k, v in row.items() if k != "target_epsilon"} for row in rows]
-    atomic_write_json(out / SUMMARY_FILE, {"epsilons": [epsilon_label(e) for e in epsilons],
+    atomic_write_json(RunFolder(out).summary, {"epsilons": [epsilon_label(e) for e in epsilons],
                                            "rows": written, "runs": runs}, SHARED)
     return rows

@@ -31,35 +31,23 @@ from rich.console import Console
 
 from fedecg.config.federated import StudyConfig
 from fedecg.errors import FedecgError
+from fedecg.federated.baselines import run_baselines
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.datasource import ensure_partition, ensure_store, make_plan, seed_plans
 from fedecg.federated.evaluation import consensus_model, score_everywhere, site_models
-from fedecg.federated.orchestration import (
-    METRICS_FILE,
-    Progress,
-    RunPlan,
-    initial_model,
-    write_result,
-)
-from fedecg.federated.simulate import (
-    CONFIG_FILE,
-    SUMMARY_FILE,
-    Say,
+from fedecg.federated.orchestration import Progress, RunPlan, initial_model, write_result
+from fedecg.federated.simulation import Say, sites_of, warn_small_sites, without_unlabelled_rounds
+from fedecg.federated.site_test_metrics import N_TRAIN, deployed_result, final_evaluation
+from fedecg.federated.strategies import DROPOUT, REJECTED
+from fedecg.federated.study_summary import (
     collect_metrics,
     combine_seeds,
     partition_summary,
-    prepare_run_dir,
     report_models,
-    run_baselines,
-    sites_of,
-    warn_small_sites,
-    without_unlabelled_rounds,
 )
-from fedecg.federated.site_test_metrics import N_TRAIN, deployed_result, final_evaluation
-from fedecg.federated.strategies import DROPOUT, REJECTED
-from fedecg.io import SHARED, atomic_write_json
 from fedecg.privacy.sweep import card_entry, site_budgets
 from fedecg.report.run_report import write_run_report
+from fedecg.run_folder import RunFolder, prepare_study
 from fedecg.training.outputs import output_quality
 from fedecg.training.pipeline import data_summary, export_model, naive_results
 from fedecg.training.runner import check_crop
@@ -115,7 +103,7 @@ def drive_study(config: StudyConfig, out: Path, sites: Sites, *, resume: bool = 
         summary["models"] = report_models(summary)
         collect_metrics(out, config)
         sites.finish(out, config, summary, per_seed[config.seeds[0]])
-        atomic_write_json(out / SUMMARY_FILE, summary, SHARED)
+        RunFolder(out).write_summary(summary)
         card_entry(out, site_budgets(out))  # the privacy section of the model card
     return summary
 
@@ -133,7 +121,7 @@ class Simulated:
         """Find or make the store, check or create RUN, partition the store."""
         self.store = ensure_store(config.data, say, console)
         config = without_unlabelled_rounds(config, self.store, say)
-        prepare_run_dir(out, config, resume)
+        prepare_study(RunFolder(out), config, resume)
         self.partition = ensure_partition(self.store, config.partition, out)
         warn_small_sites(config, self.store, self.partition, say)
         return config
@@ -149,25 +137,25 @@ class Simulated:
     def run_seed(self, config: StudyConfig, out: Path, say: Say,
                  progress: Progress | None) -> tuple[dict[str, Any], Export]:
         """Every model federated, scored everywhere; with ``baselines`` pooled and local-only."""
-        folder = out / f"seed-{config.train.seed}"
+        folder, seed = RunFolder(out), config.train.seed
         sites, pooled_data = sites_of(self.store, self.partition)
         check_crop(sites, config.train)  # the partition warned of small splits per site
         result: dict[str, Any] = {"federated": {}, "sites": {}, "pooled": {}, "local_only": {}}
         exports = {}
         for name in config.train.models:
-            plan = make_plan(config, name, folder / name / "federated", self.store,
+            plan = make_plan(config, name, folder.federated_run(seed, name).path, self.store,
                              self.partition)
-            say(f"seed {config.train.seed} · {name}: federated on {len(sites.stores)} sites")
+            say(f"seed {seed} · {name}: federated on {len(sites.stores)} sites")
             self.run(plan, progress)
             models = site_models(plan, len(sites.stores))
-            entry = score_everywhere(models, sites, config.train, config.train.seed)
+            entry = score_everywhere(models, sites, config.train, seed)
             result["sites"][name] = entry.pop("per_store")
             result["federated"][name] = entry
             weights = [len(s.indices("train")) for s in sites.stores]
             exports[name] = consensus_model(plan, models, weights)
             if config.baselines:
                 pooled, local = run_baselines(name, config, sites, pooled_data,
-                                              folder / name, say)
+                                              folder.seed(seed) / name, say)
                 result["pooled"][name], result["local_only"][name] = pooled, local
         result["naive"] = naive_results(sites, config.train)
 
@@ -197,7 +185,8 @@ class Deployed:
                 console: Console | None) -> StudyConfig:
         """Create RUN, or resume the study already in it."""
         out.mkdir(parents=True, exist_ok=True)
-        prepare_run_dir(out, config, resume=resume or (out / CONFIG_FILE).is_file())
+        folder = RunFolder(out)
+        prepare_study(folder, config, resume=resume or folder.config.is_file())
         return config
 
     @contextlib.contextmanager
@@ -237,7 +226,7 @@ class Deployed:
                first: dict[str, Any]) -> None:
         """Which sites took part (training and test rows) and every dropout or rejection."""
         sites = next(iter(first["sites"].values()), {})
-        path = out / METRICS_FILE
+        path = RunFolder(out).metrics
         lines = path.read_text().splitlines() if path.is_file() else []
         events = [line for line in map(json.loads, lines)
                   if line["kind"] in (DROPOUT, REJECTED)]

@@ -16,7 +16,6 @@ every study's gap to pooled is measured against it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from fedecg.app import run_study
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
 from fedecg.config.federated import StudyConfig
-from fedecg.federated.simulate import SUMMARY_FILE
+from fedecg.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "base.yaml"
@@ -59,11 +58,11 @@ def study_config(name: str, seeds: list[int]) -> StudyConfig:
 
 def run(name: str, runs: Path, seeds: list[int]) -> dict[str, Any]:
     """Run (or resume, or read back) one study; return its summary."""
-    out = runs / name
-    if (out / SUMMARY_FILE).is_file():
-        return json.loads((out / SUMMARY_FILE).read_text())
+    out = RunFolder(runs / name)
+    if out.summary.is_file():
+        return out.read_summary().as_dict()
     config = study_config(name, seeds)
-    return run_study(config, out, resume=(out / "config.yaml").is_file(),
+    return run_study(config, out.path, resume=out.config.is_file(),
                      say=lambda text: logging.info("%s: %s", name, text))
 
 
@@ -78,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(1)
     summaries = {}
     for name in args.only:
-        if args.tables_only and not (args.runs / name / SUMMARY_FILE).is_file():
+        if args.tables_only and not RunFolder(args.runs / name).summary.is_file():
             continue
         summaries[name] = run(name, args.runs, args.seeds)
     from tables import write_results  # simulation/tables.py, beside this script

@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fedecg"
 # Lower index = lower layer. A module may import its own layer or any lower one.
-LAYERS = ["errors", "io", "config", "data", "models", "training", "federated", "privacy",
-          "explain", "report", "study", "app", "deploy", "cli"]
+LAYERS = ["errors", "io", "config", "run_folder", "data", "models", "training", "federated",
+          "privacy", "explain", "report", "study", "app", "deploy", "cli"]
 SAME_RANK = {"explain": "report"}  # explain and report sit side by side
 
 

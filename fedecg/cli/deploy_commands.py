@@ -14,6 +14,7 @@ from fedecg.cli.common import console, friendly_errors
 from fedecg.cli.progress import LOG_JSON_HELP, QUIET_HELP, RunProgress, output_mode
 from fedecg.config.base import load_config
 from fedecg.config.federated import StudyConfig
+from fedecg.run_folder import RunFolder
 
 server = typer.Typer(help="The coordinating center: CA, SuperLink, node registry, studies.",
                      no_args_is_help=True)
@@ -114,16 +115,17 @@ def submit_reporter(config: StudyConfig, out: Path, progress: RunProgress,
 
 def newest_round(out: Path) -> dict[str, Any] | None:
     """The lines of the last finished round of the most recently written federated run."""
-    runs = sorted(Path(out).glob("seed-*/*/federated/metrics.jsonl"),
-                  key=lambda path: path.stat().st_mtime)
+    runs = sorted(((key, run.metrics) for key, run in RunFolder(out).federated_runs().items()
+                   if run.metrics.is_file()), key=lambda item: item[1].stat().st_mtime)
     if not runs:
         return None
-    lines = [json.loads(text) for text in runs[-1].read_text().splitlines() if text.strip()]
+    (seed, model), path = runs[-1]
+    lines = [json.loads(text) for text in path.read_text().splitlines() if text.strip()]
     ends = [x for x in lines if x.get("kind") == "evaluate" and x.get("site") == "all"]
     if not ends:
         return None
     last = ends[-1]
-    return {"model": runs[-1].parts[-3], "seed": int(runs[-1].parts[-4].split("-", 1)[1]),
+    return {"model": model, "seed": seed,
             "stage": last["stage"], "round": last["stage_round"],
             "lines": [x for x in lines if x.get("round") == last["round"]]}
 

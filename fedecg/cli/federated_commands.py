@@ -100,7 +100,7 @@ def simulate(
     federated rounds (the pooled and local-only baselines come on top).
     """
     from fedecg.app import run_study
-    from fedecg.federated.simulate import CONFIG_FILE
+    from fedecg.run_folder import RunFolder
 
     started = time.time()
     if (resume is None) == (out is None):
@@ -111,7 +111,7 @@ def simulate(
         extra.append("baselines=true")
     if seeds is not None:
         extra.append(f"seeds=[{seeds}]")
-    source = config if resume is None else (config or Path(run_dir) / CONFIG_FILE)
+    source = config if resume is None else (config or RunFolder(run_dir).config)
     settings = load_config(StudyConfig, source, extra)
     if settings.train.threads is None:
         torch.set_num_threads(1)

@@ -25,8 +25,8 @@ from fedecg.errors import DeploymentError
 from fedecg.federated.datasource import run_models
 from fedecg.federated.flower_env import flower_env
 from fedecg.federated.orchestration import read_result
-from fedecg.federated.simulate import SUMMARY_FILE
 from fedecg.io import atomic_write_text
+from fedecg.run_folder import RunFolder
 from fedecg.training.stages import build_stages
 
 Progress = Callable[[int, int], None]
@@ -53,11 +53,12 @@ def total_rounds(config: StudyConfig, models: list[str]) -> int:
 def rounds_done(out: Path) -> int:
     """Rounds finished so far, counted from the study's per-run ``metrics.jsonl``."""
     done = set()
-    for path in Path(out).glob("seed-*/*/federated/metrics.jsonl"):
-        for line in path.read_text().splitlines():
+    for (seed, model), run in RunFolder(out).federated_runs().items():
+        path = run.metrics
+        for line in (path.read_text().splitlines() if path.is_file() else []):
             record = json.loads(line)
             if record.get("kind") == "evaluate" and record.get("site") == "all":
-                done.add((path.parts[-4], path.parts[-3], record["round"]))
+                done.add((seed, model, record["round"]))
     return len(done)
 
 
@@ -84,7 +85,7 @@ def submit_study(kit: ServerKit, study: Path, out: Path, *, app: Path | None = N
     if result["status"] != "ok":
         reason = result.get("reason") or status.get("status-details") or status["status"]
         raise DeploymentError(f"run {run_id} ({status['status']}): {reason}")
-    return json.loads((out / SUMMARY_FILE).read_text())
+    return RunFolder(out).read_summary().as_dict()
 
 
 def _follow(kit: ServerKit, run_id: int, out: Path, total: int, progress: Progress | None,

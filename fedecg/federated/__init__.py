@@ -24,8 +24,10 @@ Site side:
 Shared: ``keys`` (every message and state key), ``params`` (state dicts ⇄ Flower arrays).
 
 Studies and their data: ``datasource`` (stores, twins, partitions, ``flwr run`` configs),
-``partition`` (patient-disjoint virtual sites), ``simulate`` (the run folder, one run in
-Flower's simulation engine, baselines, the summary), ``ray_session``, ``flower_env`` and
+``partition`` (patient-disjoint virtual sites), ``simulation`` (a partition's virtual sites
+and one run over them in Flower's simulation engine), ``baselines`` (pooled and local-only
+training), ``study_summary`` (a study's seeds averaged into its summary, its
+``metrics.jsonl``), ``ray_session``, ``flower_env`` and
 ``flower_log`` (Flower's environment and logs), ``inprocess`` (a grid in this process, for
 tests and benchmarks).
 """

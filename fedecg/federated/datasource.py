@@ -28,11 +28,11 @@ from fedecg.data.synth import SYNTH_VERSION, generate_twin
 from fedecg.errors import ConfigError
 from fedecg.federated.orchestration import RunPlan
 from fedecg.federated.partition import load_partition, partition_store, write_partition
+from fedecg.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "fedecg"
-PARTITION_DIR = "partition"
 
 
 def cache_dir(data: DataSourceConfig) -> Path:
@@ -71,7 +71,7 @@ def ensure_store(data: DataSourceConfig, say: Callable[[str], None] | None = Non
 
 def ensure_partition(store: Path, config: PartitionConfig, out: Path) -> Path:
     """Partition ``store`` into ``out/partition`` (kept if it already matches ``config``)."""
-    folder = Path(out) / PARTITION_DIR
+    folder = RunFolder(out).partition
     opened = SiteStore.open(store)
     if (folder / "partition.json").is_file():
         existing = load_partition(folder, opened)
@@ -139,6 +139,6 @@ def seed_plans(config: StudyConfig, out: Path, models: list[str]) -> list[RunPla
     if config.data.deployed is None:
         store = ensure_store(config.data)
         partition = ensure_partition(store, config.partition, out)
-    folder = Path(out) / f"seed-{config.train.seed}"
-    return [make_plan(config, name, folder / name / "federated", store, partition)
-            for name in models]
+    folder = RunFolder(out)
+    return [make_plan(config, name, folder.federated_run(config.train.seed, name).path, store,
+                      partition) for name in models]

@@ -44,13 +44,12 @@ from fedecg.federated.waiting import wait_for_sites
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
+from fedecg.run_folder import RunFolder
 from fedecg.training.selection import BestSoFar, patience_in_rounds
 from fedecg.training.stages import HeadStage, Stage, build_stages
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-METRICS_FILE = "metrics.jsonl"
 Progress = Callable[[dict[str, Any]], None]
 SITE_EVENTS = (DROPOUT, REJECTED)
 SELECTED = "selected"  # a metrics line: the round a stage ended with (model selection)
@@ -101,12 +100,12 @@ def round_offsets(plan: RunPlan, stages: list[Stage]) -> list[int]:
 
 def write_result(out: Path, status: str, **details: Any) -> None:
     """``result.json``: ``running``, ``ok`` or ``failed`` (with the reason)."""
-    atomic_write_json(Path(out) / RESULT_FILE, {"status": status, **details})
+    atomic_write_json(RunFolder(out).result, {"status": status, **details})
 
 
 def read_result(out: Path) -> dict[str, Any]:
     """What the ServerApp wrote to ``result.json`` (status ``missing`` if it wrote nothing)."""
-    path = Path(out) / RESULT_FILE
+    path = RunFolder(out).result
     if not path.is_file():
         return {"status": "missing", "reason": f"{path} was never written: the ServerApp did "
                 "not start (see the Flower log above)"}
@@ -337,6 +336,6 @@ def round_summary(history: list[dict[str, Any]], global_round: int) -> list[dict
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` (one line per round per site per stage) atomically."""
-    atomic_write_text(Path(out) / METRICS_FILE,
+    atomic_write_text(RunFolder(out).metrics,
                       "".join(json.dumps(line) + "\n" for line in history))
 

@@ -29,12 +29,11 @@ from fedecg.config.base import read_yaml, validate_config
 from fedecg.config.federated import StudyConfig
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import ConfigError, PrivacyError
-from fedecg.federated.orchestration import METRICS_FILE
-from fedecg.federated.simulate import CONFIG_FILE
 from fedecg.privacy.accounting import Ledger
 from fedecg.privacy.card import annotate_model, privacy_card
 from fedecg.privacy.client_dp import LEDGER_FILE
 from fedecg.privacy.sample_dp import DELTA, EPSILON, NOISE_MULTIPLIER
+from fedecg.run_folder import RunFolder, Summary
 
 SWEEP_MODELS = ["signal-only", "transfer", "multimodal"]
 TABLE_FILE = "privacy_utility.csv"
@@ -82,16 +81,19 @@ def site_budgets(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     server's ledger of each federated run (``seed-*/MODEL/federated/``), as site ``all``.
     """
     budgets: dict[str, dict[str, dict[str, float]]] = {}
-    path = Path(run_dir) / METRICS_FILE
+    path = RunFolder(run_dir).metrics
     lines = path.read_text().splitlines() if path.is_file() else []
     for line in map(json.loads, lines):
         if line.get("kind") == "train" and line.get(EPSILON) is not None:
             _keep_largest(budgets, line["model"], line["site"], float(line[EPSILON]),
                           float(line[DELTA]), line.get(NOISE_MULTIPLIER))
-    for ledger_path in sorted(Path(run_dir).glob(f"seed-*/*/federated/{LEDGER_FILE}")):
+    for (_, model), run in RunFolder(run_dir).federated_runs().items():
+        ledger_path = run.path / LEDGER_FILE
+        if not ledger_path.is_file():
+            continue
         record = json.loads(ledger_path.read_text())
         ledger = Ledger.from_record(record, str(ledger_path))
-        _keep_largest(budgets, ledger_path.parts[-3], "all", ledger.epsilon(), ledger.delta,
+        _keep_largest(budgets, model, "all", ledger.epsilon(), ledger.delta,
                       record.get("noise-multiplier"))
     return budgets
 
@@ -105,17 +107,17 @@ def _keep_largest(budgets: dict[str, dict[str, dict[str, float]]], model: str, s
             entry["noise_multiplier"] = float(noise)
 
 
-def utility_rows(epsilon: float, summary: dict[str, Any],
+def utility_rows(epsilon: float, summary: Summary,
                  budgets: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
     """One table row per model of a study's ``summary.json`` (federated results)."""
     rows = []
-    for model, entry in summary["federated"].items():
+    for model, entry in (summary.federated or {}).items():
         row: dict[str, Any] = {"epsilon": epsilon_label(epsilon), "target_epsilon": epsilon,
                                "model": model}
         for task in TASKS:
             key = f"{task}_macro_auroc"
-            interval = entry.get(f"{key}_ci") or [None, None]
-            row.update({key: entry.get(key), f"{key}_low": interval[0],
+            interval = getattr(entry, f"{key}_ci") or [None, None]
+            row.update({key: getattr(entry, key), f"{key}_low": interval[0],
                         f"{key}_high": interval[1]})
         sites = budgets.get(model, {})
         row["max_site_epsilon"] = max((s["epsilon"] for s in sites.values()), default=None)
@@ -142,7 +144,7 @@ def add_retention(rows: list[dict[str, Any]]) -> None:
 
 def study_privacy(run_dir: Path) -> DPConfig | None:
     """The ``privacy`` section of a study's resolved ``config.yaml`` (None if it has none)."""
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunFolder(run_dir).config
     section = read_yaml(path).get("privacy") if path.is_file() else None
     return None if section is None else validate_config(DPConfig, section, f"{path}: privacy")
 
@@ -155,8 +157,9 @@ def card_entry(run_dir: Path, budgets: dict[str, dict[str, dict[str, float]]]
     if config is None or exported is None:
         return None
     entry = privacy_card(config, budgets[exported])
-    if (Path(run_dir) / "model").is_dir():
-        annotate_model(Path(run_dir) / "model", entry)
+    model = RunFolder(run_dir).model
+    if model.is_dir():
+        annotate_model(model, entry)
     return entry
 
 
@@ -165,7 +168,8 @@ def check_private(epsilon: float, budgets: dict[str, Any], run_dir: Path) -> Non
     if math.isfinite(epsilon) and not any(budgets.get(m) for m in SWEEP_MODELS):
         raise PrivacyError(
             f"{run_dir}: the study at epsilon {epsilon:g} finished but no site reported "
-            f"'{EPSILON}' in {METRICS_FILE}, so its training was not differentially private; "
+            f"'{EPSILON}' in {RunFolder(run_dir).metrics.name}, so its training was not "
+            "differentially private; "
             "the federated ClientApp must run the privacy hook (fedecg.privacy.site_hook)")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.io import SHARED, atomic_write_json
+from fedecg.run_folder import RunFolder
 
-PROVENANCE_FILE = "provenance.json"
 PACKAGES = ("fedecg", "flwr", "torch", "opacus")
 
 
@@ -49,7 +49,7 @@ def _iso(timestamp: float) -> str:
 def record_run(run_dir: Path, argv: list[str], started: float, finished: float) -> Path:
     """Write ``run_dir/provenance.json`` for a command ``argv`` that ran from ``started`` to
     ``finished`` (Unix times) and return its path."""
-    path = Path(run_dir) / PROVENANCE_FILE
+    path = RunFolder(run_dir).provenance
     atomic_write_json(path, {
         "command": shlex.join(["fedecg", *argv]), "started": _iso(started),
         "finished": _iso(finished), "seconds": round(finished - started, 1),
@@ -59,10 +59,11 @@ def record_run(run_dir: Path, argv: list[str], started: float, finished: float) 
 
 def read_provenance(run_dir: Path) -> dict[str, Any]:
     """The recorded provenance, or what can be said without it (``recorded: False``)."""
-    path = Path(run_dir) / PROVENANCE_FILE
+    folder = RunFolder(run_dir)
+    path = folder.provenance
     try:
         return {"recorded": True, **json.loads(path.read_text())}
     except (OSError, ValueError):
-        summary = Path(run_dir) / "summary.json"
+        summary = folder.summary
         written = _iso(summary.stat().st_mtime) if summary.is_file() else None
         return {"recorded": False, "finished": written, "versions": installed_versions()}

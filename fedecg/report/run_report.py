@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedecg.errors import InputFileError, TableError
+from fedecg.errors import TableError
 from fedecg.report.card_section import card_section
 from fedecg.report.html import HtmlPage
 from fedecg.report.plots import (
@@ -24,6 +24,7 @@ from fedecg.report.plots import (
     plot_grouped_bars,
 )
 from fedecg.report.provenance import format_duration, read_provenance
+from fedecg.run_folder import MODEL_KEYS, RunFolder, Summary
 
 logger = logging.getLogger(__name__)
 
@@ -40,45 +41,25 @@ _MACRO_COLUMNS = (
     ("diagnosis_macro_auprc", "diagnosis macro AUPRC [95% CI]"),
     ("lab_macro_auprc", "lab-abnormality macro AUPRC [95% CI]"),
 )
-_MODEL_KEYS = ("diagnosis_macro_auroc", "lab_macro_auroc")
 _X_CANDIDATES = ("epoch", "round", "step")
 _MAX_PER_ROW = 3
 
 
-def load_summary(path: Path) -> dict[str, dict[str, Any]]:
-    """The per-model entries of ``summary.json``: ``{model: {metric: value}}``.
-
-    An entry is any object holding ``diagnosis_macro_auroc`` or ``lab_macro_auroc``, at the top
-    level or under ``"models"``. Raises ``InputFileError`` if the file is missing and
-    ``TableError`` if it is not JSON or holds no model entry.
-    """
-    return model_entries(read_summary(path), path)
+def load_summary(folder: RunFolder) -> dict[str, dict[str, Any]]:
+    """The model entries of a run's ``summary.json`` (``Summary.model_entries``):
+    ``{model: {metric: value}}``. Raises ``InputFileError`` if the file is missing and
+    ``TableError`` if it is not a summary or holds no model entry (``RunFolder.read_summary``)."""
+    return model_entries(folder.read_summary(), folder.summary)
 
 
-def read_summary(path: Path) -> Any:
-    """The parsed ``summary.json``; ``InputFileError`` if missing, ``TableError`` if not JSON."""
-    if not path.is_file():
-        raise InputFileError(f"{path}: summary.json not found; a run report needs the summary "
-                             "that `fedecg train` or `fedecg simulate` writes at the end of a "
-                             "run (was the run interrupted? run again with the same --out, or "
-                             "`fedecg simulate --resume RUN`)")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TableError(f"{path}: not valid JSON ({exc}); expected an object mapping each "
-                         "model name to its metrics") from exc
-
-
-def model_entries(data: Any, path: Path) -> dict[str, dict[str, Any]]:
-    """The model entries of a parsed summary (see ``load_summary``)."""
-    if isinstance(data, dict) and isinstance(data.get("models"), dict):
-        data = data["models"]
-    models = {name: entry for name, entry in (data.items() if isinstance(data, dict) else [])
-              if isinstance(entry, dict) and any(key in entry for key in _MODEL_KEYS)}
+def model_entries(summary: Summary, path: Path) -> dict[str, dict[str, Any]]:
+    """The model entries of a read summary, as the report's tables take them."""
+    models = {name: entry.model_dump(exclude_unset=True)
+              for name, entry in summary.model_entries().items()}
     if not models:
         raise TableError(f"{path}: no model entry found; expected an object like "
                          '{"transfer": {"diagnosis_macro_auroc": 0.8, ...}, ...} with keys '
-                         f"{list(_MODEL_KEYS)}")
+                         f"{list(MODEL_KEYS)}")
     return models
 
 
@@ -120,31 +101,31 @@ def gap_closed(models: Mapping[str, Mapping[str, Any]], key: str = "diagnosis_ma
 
 def write_run_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` and return its path (see the module docstring)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
-    summary = read_summary(path)
-    models = model_entries(summary, path)
-    page = HtmlPage(f"fedecg run report — {run_dir.resolve().name}")
-    records = load_metrics(run_dir / "metrics.jsonl")
-    if is_study(summary):
+    folder = RunFolder(run_dir)
+    summary = folder.read_summary()
+    models = model_entries(summary, folder.summary)
+    page = HtmlPage(f"fedecg run report — {folder.path.resolve().name}")
+    records = load_metrics(folder.metrics)
+    if summary.is_study:
         from fedecg.report import federated_report as study  # loads Flower and Opacus
 
-        run_section(page, run_dir, study.study_facts(summary))
-        study.study_results(page, summary)
-        study.per_label_section(page, summary)
-        study.study_rounds(page, summary, records, run_dir)
+        written = summary.as_dict()
+        run_section(page, folder.path, study.study_facts(written))
+        study.study_results(page, written)
+        study.per_label_section(page, written)
+        study.study_rounds(page, written, records, folder.path)
         exported = study.EXPORTED
     else:
         names = order_models(list(models))
-        run_section(page, run_dir, centralized_facts(summary, names))
+        run_section(page, folder.path, centralized_facts(summary, names))
         _results_section(page, models, names)
         _per_label_section(page, models, names)
         _per_site_section(page, models, names)
         _curves_section(page, records)
         exported = "trained centrally on the pooled stores"
-    card_section(page, run_dir / "model", exported)
-    _config_section(page, run_dir / "config.yaml")
-    return page.write(run_dir / "report.html")
+    card_section(page, folder.model, exported)
+    _config_section(page, folder.config)
+    return page.write(folder.report)
 
 
 def run_section(page: HtmlPage, run_dir: Path, facts: list[tuple[str, object]]) -> None:
@@ -164,16 +145,16 @@ def run_section(page: HtmlPage, run_dir: Path, facts: list[tuple[str, object]]) 
     page.facts([("folder", str(run_dir.resolve())), *timing, *facts])
 
 
-def centralized_facts(summary: Mapping[str, Any], names: list[str]) -> list[tuple[str, object]]:
+def centralized_facts(summary: Summary, names: list[str]) -> list[tuple[str, object]]:
     """The data and models of a ``fedecg train`` run, for the top of its report."""
-    stores = summary.get("stores") or []
-    first = summary.get(names[0], {}) if names else {}
+    first = summary.model_entries().get(names[0]) if names else None
+    n_test = first.n_test if first is not None and first.n_test is not None else "—"
+    listed = summary.models if isinstance(summary.models, list) else []
     return [("kind", "centralized training (fedecg train)"),
-            ("models", ", ".join(summary.get("models") or names)),
-            ("seed", summary.get("seed", "—")),
-            ("stores", "; ".join(f"{s.get('site')} ({s.get('path')})" for s in stores
-                                 if isinstance(s, dict)) or "—"),
-            ("test split", f"{first.get('n_test', '—')} ECGs (pooled over the stores)")]
+            ("models", ", ".join(listed or names)),
+            ("seed", "—" if summary.seed is None else summary.seed),
+            ("stores", "; ".join(f"{s.site} ({s.path})" for s in summary.stores) or "—"),
+            ("test split", f"{n_test} ECGs (pooled over the stores)")]
 
 
 def _results_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str]) -> None:
@@ -198,12 +179,6 @@ def _results_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: l
                                   colors=MODEL_COLORS),
                 caption="Macro AUROC per model; whiskers are the bootstrap 95% CIs; the dashed "
                         "line is chance. One colour per model, the same in every figure.")
-
-
-def is_study(summary: Any) -> bool:
-    """True for the summary of ``fedecg simulate`` (federated, pooled and local-only parts)."""
-    return isinstance(summary, dict) and all(
-        isinstance(summary.get(k), dict) for k in ("federated", "pooled", "local_only"))
 
 
 def _per_label_section(page: HtmlPage, models: dict[str, dict[str, Any]], names: list[str],

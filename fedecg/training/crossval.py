@@ -26,16 +26,15 @@ from fedecg.data.cohort import patient_folds
 from fedecg.data.store import SiteStore
 from fedecg.errors import OutputExistsError
 from fedecg.io import SHARED, atomic_write_bytes, atomic_write_json
+from fedecg.run_folder import RunFolder, prepare_training
 from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import TASKS, label_auroc_cis, predict
 from fedecg.training.metrics import bootstrap_macro, label_metrics, naive_scores
 from fedecg.training.outputs import budget_warnings, without_unlabelled_stages
-from fedecg.training.pipeline import open_stores, prepare_run_dir
+from fedecg.training.pipeline import open_stores
 from fedecg.training.runner import MetricsLog, OnStep, fit_model
 
 log = logging.getLogger(__name__)
-SUMMARY_FILE = "cv_summary.json"
-PREDICTIONS_FILE = "oof_predictions.parquet"
 
 
 def cv_view(store: SiteStore, k: int, fold: int, seed: int) -> SiteStore:
@@ -49,10 +48,10 @@ def cv_view(store: SiteStore, k: int, fold: int, seed: int) -> SiteStore:
 def cross_validate(stores: list[Path], config: TrainConfig, out: Path, k: int,
                    overwrite: bool = False, on_step: OnStep | None = None) -> dict[str, Any]:
     """Cross-validate every model of ``config.models`` on the pooled ``stores`` (K folds)."""
-    out = Path(out)
-    prepare_run_dir(out, config, stores, overwrite)  # a marked run folder; never an input
-    if (out / SUMMARY_FILE).is_file():
-        raise OutputExistsError(f"{out}: holds a finished cross-validation; choose another "
+    out = RunFolder(out)
+    prepare_training(out, config, stores, overwrite)  # a marked run folder; never an input
+    if out.cv_summary.is_file():
+        raise OutputExistsError(f"{out.path}: holds a finished cross-validation; choose another "
                                 "--out or pass --overwrite")
     data = open_stores(stores)
     config = without_unlabelled_stages(config, data)
@@ -66,11 +65,11 @@ def cross_validate(stores: list[Path], config: TrainConfig, out: Path, k: int,
         part = {"fold": np.full(len(test), fold), "store": test.source_of, "row": test.row_of,
                 **{f"true_{key}": getattr(test, key).numpy().astype(np.float64)
                    for key in TASKS.values()}}
-        folder = out / f"fold-{fold}"
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(folder / "metrics.jsonl")
+        folder = out.fold(fold)
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(folder.metrics)
         for name in config.models:
-            model = fit_model(name, views, config, folder / "checkpoints" / f"{name}.pt",
+            model = fit_model(name, views, config, folder.checkpoints / f"{name}.pt",
                               metrics, on_step)
             scores = predict(model, test, config.crop_samples, config.eval.crops,
                              config.eval.batch_size)
@@ -79,8 +78,8 @@ def cross_validate(stores: list[Path], config: TrainConfig, out: Path, k: int,
     summary = {name: _scores(parts, data.names, config) for name, parts in rows.items()}
     summary.update(folds=k, seed=config.seed, models=list(config.models),
                    stores=[str(s.path) for s in data.stores])
-    _write_predictions(out / PREDICTIONS_FILE, rows, data.names)
-    atomic_write_json(out / SUMMARY_FILE, summary, SHARED)
+    _write_predictions(out.oof_predictions, rows, data.names)
+    atomic_write_json(out.cv_summary, summary, SHARED)
     return summary
 
 

@@ -101,8 +101,8 @@ def budget_warnings(config: TrainConfig, data: TrainingData,
         passes = 1 if epochs else planned_passes(settings, rows, config.batch_size)
         steps = count * (rows * passes // config.batch_size if rows * passes > config.batch_size
                          else 1)
-        fix = (f"federation.rounds.{stage} or federation.local_epochs" if epochs
-               else f"{stage}.epochs or set {stage}.min_steps")
+        fix = (f"federation.rounds.{stage} or federation.local_epochs, or lower "
+               "federation.batch_size" if epochs else f"{stage}.epochs or set {stage}.min_steps")
         if count and rows and steps < config.warn_below_steps:
             lines.append(f"stage {stage}: {steps} optimizer steps ({count} epochs x {per_pass} "
                          f"of batch {config.batch_size} on {rows} training ECGs), fewer than "

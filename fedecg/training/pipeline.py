@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedecg.config.base import dump_config, read_yaml, validate_config
+from fedecg.config.base import validate_config
 from fedecg.config.train import TrainConfig
 from fedecg.data.store import SiteStore, StoreManifest
-from fedecg.errors import OutputExistsError, StoreError
-from fedecg.io import SHARED, OutputKind, atomic_write_json, claim_output, mark_output
+from fedecg.errors import StoreError
+from fedecg.io import atomic_write_json
 from fedecg.models.io import ModelCard, save_inference_model
 from fedecg.models.joint import JointModel
+from fedecg.run_folder import RunFolder, prepare_training
 from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import evaluate, flatten, score
 from fedecg.training.metrics import naive_scores
@@ -60,48 +60,8 @@ def open_stores(paths: list[Path]) -> TrainingData:
     return TrainingData(stores)
 
 
-def prepare_run_dir(out: Path, config: TrainConfig, stores: list[Path],
-                    overwrite: bool) -> None:
-    """Create ``out``, or accept it to resume an unfinished run with the same settings.
-
-    ``overwrite`` replaces only a run folder fedecg wrote (``claim_output``), never a store.
-    """
-    out = Path(out)
-    run_info = {"stores": [str(Path(p).resolve()) for p in stores], "models": config.models}
-    existing = claim_output(out, OutputKind.RUN, inputs=stores, overwrite=overwrite,
-                            existing_ok=True)
-    if existing and overwrite:
-        shutil.rmtree(out)
-    elif existing:
-        if (out / "summary.json").is_file():
-            raise OutputExistsError(f"{out}: holds a finished run; choose another --out or "
-                                    "pass --overwrite")
-        _check_resumable(out, config, run_info)
-        logger.info("%s: resuming an unfinished run from its checkpoints", out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    mark_output(out, OutputKind.RUN)
-    dump_config(config, out / "config.yaml")
-    atomic_write_json(out / "run.json", run_info)
-
-
-def _check_resumable(out: Path, config: TrainConfig, run_info: dict[str, Any]) -> None:
-    if not (out / "config.yaml").is_file() or not (out / "run.json").is_file():
-        raise OutputExistsError(f"{out}: an unfinished run without its config.yaml or run.json;"
-                                " pass --overwrite to start it again")
-    previous = read_yaml(out / "config.yaml")
-    current = config.model_dump(mode="json")
-    changed = [key for key in sorted(set(previous) | set(current))
-               if previous.get(key) != current.get(key)]
-    saved = json.loads((out / "run.json").read_text())
-    changed += [key for key in run_info if saved.get(key) != run_info[key]]
-    if changed:
-        raise OutputExistsError(f"{out}: holds an unfinished run whose {', '.join(changed)} "
-                                "differ from this one; rerun with the same settings to resume, "
-                                "or pass --overwrite to start again")
-
-
 def evaluate_on_test(name: str, model: JointModel, data: TrainingData, config: TrainConfig,
-                 cache: Path) -> dict[str, Any]:
+                     cache: Path) -> dict[str, Any]:
     """Pooled and per-store test metrics of a trained model (cached in ``cache``)."""
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -162,7 +122,7 @@ def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifes
         preprocessing={"fs": manifest.fs, **manifest.preprocessing},
         data_summary=summary, seed=config.seed, metrics={k: results.get(k) for k in keys},
         outputs=outputs or {}, min_auroc=config.eval.min_auroc if outputs else None)
-    save_inference_model(out / "model", model.classifier, card)
+    save_inference_model(RunFolder(out).model, model.classifier, card)
 
 
 def train_models(stores: list[Path], config: TrainConfig, out: Path,
@@ -183,25 +143,25 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
     config = without_unlabelled_stages(config, data)
     for line in budget_warnings(config, data, test_split=False):
         logger.warning(line)
-    prepare_run_dir(out, config, stores, overwrite)
+    folder = RunFolder(out)
+    prepare_training(folder, config, stores, overwrite)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    log = MetricsLog(Path(out) / "metrics.jsonl", on_append=on_epoch)
+    log = MetricsLog(folder.metrics, on_append=on_epoch)
     summary: dict[str, Any] = {}
     exported = False
     for name in config.models:
-        model = fit_model(name, data, config, Path(out) / "checkpoints" / f"{name}.pt", log,
-                          on_step)
+        model = fit_model(name, data, config, folder.checkpoints / f"{name}.pt", log, on_step)
         summary[name] = evaluate_on_test(name, model, data, config,
-                                     Path(out) / "checkpoints" / f"{name}.test.json")
+                                         folder.checkpoints / f"{name}.test.json")
         export = next((m for m in EXPORT_ORDER if m in config.models), None)
         if name == export and not exported:
-            export_model(Path(out), name, model, data.manifest, data_summary(data), config,
+            export_model(folder.path, name, model, data.manifest, data_summary(data), config,
                          summary[name], output_quality(model, data, config))
             exported = True
     summary["naive"] = naive_results(data, config)
     summary.update(seed=config.seed, models=list(config.models),
                    stores=[{"path": str(s.path), "site": s.manifest.site_name}
                            for s in data.stores])
-    atomic_write_json(Path(out) / "summary.json", summary, SHARED)
+    folder.write_summary(summary)
     return summary

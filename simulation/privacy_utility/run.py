@@ -17,7 +17,6 @@ plot of AUROC against ε (``fedecg sweep privacy`` draws the same one).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,10 @@ import torch
 from fedecg.app import run_sweep
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
 from fedecg.config.federated import StudyConfig
-from fedecg.federated.simulate import SUMMARY_FILE
 from fedecg.io import atomic_write_text
 from fedecg.privacy.sweep import epsilon_label, kept_share, parse_epsilons
 from fedecg.report.privacy_plot import utility_figure
+from fedecg.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.yaml"
@@ -49,9 +48,9 @@ def _ci(row: dict[str, Any], key: str) -> str:
 
 def seed_values(runs: Path, label: str, model: str) -> list[float | None]:
     """Federated dx macro AUROC of ``model`` at ε ``label``, one per seed (study order)."""
-    summary = json.loads((runs / f"epsilon-{label}" / SUMMARY_FILE).read_text())
-    by_seed = summary.get("by_seed") or {str(summary["seeds"][0]): summary}
-    return [entry["federated"][model].get(DX) for entry in by_seed.values()]
+    summary = RunFolder(runs / f"epsilon-{label}").read_summary()
+    by_seed = summary.by_seed or {str(summary.seeds[0]): summary}
+    return [entry.federated[model].diagnosis_macro_auroc for entry in by_seed.values()]
 
 
 def _share(value: float | None) -> str:
@@ -64,7 +63,7 @@ def results_table(rows: list[dict[str, Any]], runs: Path) -> str:
     lines = ["| ε | model | dx macro AUROC [CI] | lab macro AUROC [CI] | dx per seed | "
              "kept per seed | kept (mean) | largest site ε (δ) |",
              "|---|---|---|---|---|---|---|---|"]
-    has_reference = (runs / "epsilon-inf" / SUMMARY_FILE).is_file()
+    has_reference = RunFolder(runs / "epsilon-inf").summary.is_file()
     for row in rows:
         seeds = seed_values(runs, row["epsilon"], row["model"])
         references = seed_values(runs, "inf", row["model"]) if has_reference else []

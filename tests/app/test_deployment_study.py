@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from builders.site_store import SCHEMA, TINY_TRAIN, make_store
+from builders.site_store import SCHEMA, make_store
+from builders.tiny import TINY_TRAIN
 from flwr.app import Array, ArrayRecord, Error, Message
 
 from fedecg.app import client_app
@@ -25,6 +26,7 @@ from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import read_result
 from fedecg.models.io import load_inference_model
+from fedecg.run_folder import RunFolder
 
 SITES = 3
 
@@ -109,7 +111,7 @@ def amplified(message: Message, reply: Message) -> Message:
 
 
 def events(out: Path) -> list[dict]:
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(out).metrics.read_text().splitlines()]
     return [x for x in lines if x["kind"] in ("dropout", "rejected")]
 
 
@@ -122,7 +124,7 @@ def test_a_deployed_study_survives_a_poisoned_site_and_writes_its_folder(stores,
     assert {e["stage"] for e in rejected} == {"pretrain", "lab", "diagnosis"}
     assert all(e["site"] == "hospital-2" and e["node_id"] == 102 and "NaN" in e["reason"]
                for e in rejected)
-    global_state = load_checkpoint(out / "seed-0" / "transfer" / "federated").global_state
+    global_state = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path).global_state
     assert all(torch.isfinite(v).all() for v in global_state.values()
                if v.is_floating_point())
     # each site scored the final model on its own test split; the server combined them
@@ -137,13 +139,14 @@ def test_a_deployed_study_survives_a_poisoned_site_and_writes_its_folder(stores,
     assert entry["n_test"] == sum(e["n_test"] for e in per_site.values())
     assert summary["deployment"]["events"] == rejected
     assert summary["naive"]["diagnosis_macro_auroc"] == pytest.approx(0.5)
-    for name in ("summary.json", "config.yaml", "report.html", "metrics.jsonl"):
-        assert (out / name).is_file(), name
-    report = (out / "report.html").read_text()
+    folder = RunFolder(out)
+    for path in (folder.summary, folder.config, folder.report, folder.metrics):
+        assert path.is_file(), path
+    report = RunFolder(out).report.read_text()
     assert "Results: federated across hospitals" in report
     assert "on the pooled test split" not in report
     assert report.count("hospital-2") >= 2 and "rejected" in report  # sites table and events
-    _, card = load_inference_model(out / "model")
+    _, card = load_inference_model(RunFolder(out).model)
     assert card.model_name == "transfer" and card.data_summary["stores"] == list(per_site)
 
 
@@ -156,7 +159,7 @@ def test_a_site_cannot_dominate_the_average(stores, tmp_path, fault, reason):
     assert {(e["stage"], e["site"], e["node_id"]) for e in rejected} == {
         (stage, "hospital-2", 102) for stage in ("pretrain", "lab", "diagnosis")}
     assert all(re.search(reason, e["reason"]) for e in rejected)
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+    lines = [json.loads(x) for x in RunFolder(tmp_path / "run").metrics.read_text()
              .splitlines()]
     assert {x["site"] for x in lines if x["kind"] == "train"} == {"hospital-0", "hospital-1"}
 
@@ -186,7 +189,7 @@ def test_too_few_usable_updates_stop_the_run_and_a_resubmission_resumes(stores, 
     reason = read_result(out)["reason"]
     assert "node 101: RuntimeError: disk on fire" in reason  # not yet named in round 1
     assert "node 102: no reply within the round timeout of 5 s" in reason
-    saved = load_checkpoint(out / "seed-0" / "transfer" / "federated")
+    saved = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path)
     assert saved.position.global_round == 0 and len(saved.history) == 2  # the two dropouts
     serve(tmp_path, FaultyGrid(stores))  # the sites are back: the same study continues
     assert read_result(out)["status"] == "ok"
@@ -199,7 +202,7 @@ def test_a_silent_site_is_a_dropout_and_the_round_completes(stores, tmp_path):
     summary = serve(tmp_path, grid)
     dropouts = [e for e in summary["deployment"]["events"] if e["kind"] == "dropout"]
     assert len(dropouts) == 3 and all("no reply within" in e["reason"] for e in dropouts)
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+    lines = [json.loads(x) for x in RunFolder(tmp_path / "run").metrics.read_text()
              .splitlines()]
     trained = {x["site"] for x in lines if x["kind"] == "train"}
     assert trained == {"hospital-1", "hospital-2"}
@@ -210,7 +213,7 @@ def test_only_parameters_and_scalar_metrics_leave_a_site(stores, tmp_path):
     serve(tmp_path, grid)
     from fedecg.federated.orchestration import RunPlan, initial_model
 
-    config = json.loads(json.dumps(yaml.safe_load((tmp_path / "run" / "config.yaml")
+    config = json.loads(json.dumps(yaml.safe_load(RunFolder(tmp_path / "run").config
                                                   .read_text())))
     plan = RunPlan.model_validate({"config": config, "model": "transfer", "out": "x",
                                    "manifest": json.loads((stores[0] / "manifest.json")

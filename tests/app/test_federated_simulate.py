@@ -15,8 +15,9 @@ import flwr.simulation
 import psutil
 import pytest
 import yaml
-from builders.site_store import TINY_TRAIN, make_store
-from builders.training_store import metrics_history
+from builders.run_history import metrics_history
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
@@ -25,6 +26,7 @@ from fedecg.federated import keys
 from fedecg.federated import site as site_module
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.models.io import load_inference_model
+from fedecg.run_folder import RunFolder
 
 runner = CliRunner()
 
@@ -64,19 +66,19 @@ def test_simulate_end_to_end_with_ray(store, tmp_path):
     result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)),
                                  "--out", str(out), "--baselines"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(RunFolder(out).summary.read_text())
     for section in ("federated", "pooled", "local_only", "sites"):
         assert "transfer" in summary[section]
     assert set(summary["sites"]["transfer"]) == {"site0", "site1"}
     assert 0 <= summary["federated"]["transfer"]["diagnosis_macro_auroc"] <= 1
     assert set(summary["local_only"]["transfer"]["sites"]) == {"site0", "site1"}
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(out).metrics.read_text().splitlines()]
     assert {(x["stage"], x["site"]) for x in lines if x["kind"] == "train"} == {
         (s, f"site{i}") for s in ("pretrain", "lab", "diagnosis") for i in (0, 1)}
-    _model, card = load_inference_model(out / "model")
+    _model, card = load_inference_model(RunFolder(out).model)
     assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure", "ckd"]
-    assert (out / "config.yaml").is_file()
-    page = (out / "report.html").read_text()
+    assert RunFolder(out).config.is_file()
+    page = RunFolder(out).report.read_text()
     federated = summary["federated"]["transfer"]["diagnosis_macro_auroc"]
     assert re.search(rf"<tr><td>transfer</td><td[^>]*>{federated:.3f}[^<]*</td>", page)
     for section in ("Per site", "Curves per round and stage", "Site events", "Privacy"):
@@ -113,7 +115,7 @@ def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, mon
 
     monkeypatch.setattr(site_module, "validate", flaky)
     killed = runner.invoke(app, ["simulate", "--config", str(config), "--out", str(out)])
-    assert killed.exit_code != 0 and not (out / "summary.json").exists()
+    assert killed.exit_code != 0 and not RunFolder(out).summary.exists()
     changed = runner.invoke(app, ["simulate", "--resume", str(out), "--set", "seeds=[1]"])
     assert changed.exit_code == 1 and "differs from this config" in changed.output
     resumed = runner.invoke(app, ["simulate", "--resume", str(out)])
@@ -128,7 +130,7 @@ def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, mon
 
 def _summary(run: Path) -> dict:
     """RUN/summary.json without its paths (which name the run folder)."""
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(RunFolder(run).summary.read_text())
     return {k: v for k, v in summary.items() if k != "partition"}
 
 
@@ -237,13 +239,13 @@ def test_the_python_study_api_runs_a_private_config_private(store, tmp_path, mon
         f"privacy.mode={mode}", "privacy.target_epsilon=50"])
     run_study(config, tmp_path / "private")
     if mode == "client":
-        ledger = tmp_path / "private" / "seed-0" / "transfer" / "federated" / LEDGER_FILE
+        ledger = RunFolder(tmp_path / "private").federated_run(0, "transfer").path / LEDGER_FILE
         released = Ledger.from_record(json.loads(ledger.read_text()))
         assert sum(steps for _, _, steps in released.history) == 3  # a round of each stage
         assert 0 < released.epsilon() <= 50
     else:
         lines = [json.loads(x) for x in
-                 (tmp_path / "private" / "metrics.jsonl").read_text().splitlines()]
+                 RunFolder(tmp_path / "private").metrics.read_text().splitlines()]
         train = [x for x in lines if x["kind"] == "train"]
         assert train and all(0 < x[EPSILON] <= 50 for x in train)
 

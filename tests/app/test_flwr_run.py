@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 from builders.flower_processes import started_by, stop
-from builders.site_store import TINY_TRAIN
+from builders.tiny import TINY_TRAIN
 
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.flower_env import FLOWER_ENV
-from fedecg.federated.orchestration import METRICS_FILE, read_result
+from fedecg.federated.orchestration import read_result
+from fedecg.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_WAIT_S = 180  # the run takes about a minute on 2 shared cores; room for a loaded machine
@@ -79,9 +80,9 @@ def test_flwr_run_trains_the_app_and_writes_its_checkpoint(tmp_path: Path):
         run_id = json.loads(started.stdout)["run-id"]
         result = _wait_for_result(out, home)
         assert result["status"] == "ok", result
-        checkpoint = load_checkpoint(out / "seed-0" / "transfer" / "federated")
+        checkpoint = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path)
         assert checkpoint is not None and checkpoint.position.done
-        lines = [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines()]
+        lines = [json.loads(x) for x in RunFolder(out).metrics.read_text().splitlines()]
         assert {(x["stage"], x["site"]) for x in lines if x["kind"] == "train"} == {
             (s, f"site{i}") for s in ("pretrain", "lab", "diagnosis") for i in (0, 1)}
         deadline = time.monotonic() + 30
@@ -97,9 +98,9 @@ def test_flwr_run_trains_the_app_and_writes_its_checkpoint(tmp_path: Path):
         assert len(starts) == 3, shown  # one per stage, each printed once
         configs = [line for line in shown.splitlines() if "ConfigRecord (train)" in line]
         assert configs and all("<run plan," in x and len(x) < 200 for x in configs), configs
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads(RunFolder(out).summary.read_text())
         assert set(summary["sites"]["transfer"]) == {"site0", "site1"}
-        assert (out / "report.html").is_file() and (out / "model").is_dir()
+        assert RunFolder(out).report.is_file() and RunFolder(out).model.is_dir()
     finally:
         pids = started_by(home)
         assert stop(pids) == [], f"processes still running after SIGKILL: {pids}"

@@ -1,15 +1,15 @@
-"""Tiny seeded records and models shared by the DP tests (no store, no Flower)."""
+"""Tiny seeded records shaped for ``builders.tiny.tiny_joint_model``, for the DP tests (no
+store, no Flower)."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fedecg.models.joint import JointModel
+from builders.tiny import N_CLIN, N_DX, N_LAB
 from fedecg.training.stages import DiagnosisStage, LabHeadStage, PretrainStage
 
-N, BATCH, LEADS_T, N_LAB, N_DX, N_CLIN = 24, 6, 48, 3, 2, 5
-ENCODER = {"stem_width": 8, "widths": [8, 16], "blocks": [1, 1], "groups": 4, "kernel_size": 5}
+N, BATCH, LEADS_T = 24, 6, 48
 STAGES = [PretrainStage(), LabHeadStage(), DiagnosisStage(lab_loss_weight=0.5)]
 
 
@@ -31,13 +31,6 @@ class TinyRecords(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"ecg": self.ecg[i], "clinical": self.clinical[i], "lab": self.lab[i],
                 "dx": self.dx[i]}
-
-
-def tiny_model(seed: int = 0, fuse_clinical: bool = False, **encoder) -> JointModel:
-    torch.manual_seed(seed)
-    return JointModel(N_LAB, N_DX, N_CLIN, encoder={**ENCODER, **encoder},
-                      clinical={"hidden": 16, "embedding_dim": 8}, projection_dim=8,
-                      fuse_clinical=fuse_clinical)
 
 
 def fixed_batches() -> DataLoader:

@@ -1,23 +1,20 @@
-"""Tiny seeded inference models and cards for the predict/explain tests."""
+"""Tiny seeded inference models with their cards and labels, for the predict/explain tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from builders.tiny import tiny_classifier
 from fedecg.data.leads import CANONICAL_LEADS
 from fedecg.models import EcgClassifier, ModelCard, save_inference_model
 
 DX = ["atrial_fibrillation", "heart_failure", "hyperkalemia"]
 LABS = ["potassium_high", "potassium_low", "hemoglobin_low", "ntprobnp_high"]
-TINY_ENCODER = {"stem_width": 8, "widths": [8, 16], "blocks": [1, 1], "kernel_size": 5}
 
 
 def tiny_model(seed: int = 0) -> EcgClassifier:
-    """A small randomly initialized classifier (embedding width 32)."""
-    torch.manual_seed(seed)
-    return EcgClassifier(n_lab=len(LABS), n_dx=len(DX), encoder=TINY_ENCODER).eval()
+    """The tiny classifier (``builders.tiny``) with ``tiny_card``'s labels."""
+    return tiny_classifier(len(LABS), len(DX), seed)
 
 
 def tiny_card(fs: float = 100.0, crop_samples: int = 250, clip_mv: float = 3.0,

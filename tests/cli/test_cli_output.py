@@ -10,6 +10,7 @@ from builders.raw_sites import make_generic_site, make_mimic_site
 from typer.testing import CliRunner
 
 from fedecg.cli import app
+from fedecg.run_folder import RunFolder
 
 runner = CliRunner()
 
@@ -82,7 +83,7 @@ def test_server_submit_prints_a_line_per_round_from_the_study_folder(tmp_path: P
     from fedecg.config.federated import StudyConfig
 
     config = StudyConfig.model_validate({"federation": {"rounds": {"lab": 2}}})
-    run = tmp_path / "out" / "seed-0" / "transfer" / "federated"
+    run = RunFolder(tmp_path / "out").federated_run(0, "transfer").path
     run.mkdir(parents=True)
     on_poll = submit_reporter(config, tmp_path / "out",
                               RunProgress(0, "round", Output.JSON, Console(stderr=True)))
@@ -93,7 +94,7 @@ def test_server_submit_prints_a_line_per_round_from_the_study_folder(tmp_path: P
                   "stage_round": stage_round, "kind": kind, "site_index": index, "site": site,
                   "num-examples": 10, "val-loss": 0.4, "val-lab-auroc": auroc}
                  for kind, index, site in (("train", 0, "site0"), ("evaluate", -1, "all"))]
-        with (run / "metrics.jsonl").open("a") as file:
+        with RunFolder(run).metrics.open("a") as file:
             file.write("".join(json.dumps(line) + "\n" for line in lines))
 
     finish(9, 1, 0.61)

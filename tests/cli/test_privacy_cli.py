@@ -13,15 +13,16 @@ import math
 from pathlib import Path
 
 import pytest
+from builders.tiny import tiny_classifier
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.errors import ConfigError
 from fedecg.io import OutputKind, mark_output
-from fedecg.models.classifier import EcgClassifier
 from fedecg.models.io import ModelCard, load_inference_model, save_inference_model
-from fedecg.privacy.sweep import parse_epsilons
+from fedecg.privacy.sweep import TABLE_FILE, parse_epsilons
 from fedecg.report.privacy_plot import plot_records
+from fedecg.run_folder import RunFolder
 
 AUROC = {("inf", "signal-only"): (0.70, 0.62), ("inf", "transfer"): (0.80, 0.71),
          ("8", "signal-only"): (0.64, 0.58), ("8", "transfer"): (0.74, 0.66)}
@@ -37,7 +38,7 @@ def finished_study(run_dir: Path, label: str, site_epsilons: dict[str, list[floa
                                                                                    dx + .05],
                          "lab_macro_auroc": lab, "lab_macro_auroc_ci": [lab - .04, lab + .04]}
                  for (eps, model), (dx, lab) in AUROC.items() if eps == label}
-    (run_dir / "summary.json").write_text(json.dumps(
+    RunFolder(run_dir).summary.write_text(json.dumps(
         {"federated": federated, "pooled": {}, "local_only": {}, "sites": {}, "naive": {}}))
     lines = []
     for model in federated:
@@ -49,17 +50,17 @@ def finished_study(run_dir: Path, label: str, site_epsilons: dict[str, list[floa
                     line.update({"dp-epsilon": epsilon, "dp-delta": 1e-3,
                                  "dp-noise-multiplier": 0.9})
                 lines.append(json.dumps(line))
-    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    RunFolder(run_dir).metrics.write_text("\n".join(lines) + "\n")
     mode = "none" if label == "inf" else "sample"
-    (run_dir / "config.yaml").write_text(f"privacy:\n  mode: {mode}\n  target_epsilon: {label}\n")
+    RunFolder(run_dir).config.write_text(f"privacy:\n  mode: {mode}\n  target_epsilon: {label}\n")
 
 
 def exported_model(run_dir: Path) -> None:
     """The study's ``model/`` folder, as ``export_model`` writes it (no privacy entry yet)."""
-    model = EcgClassifier(2, 2, {"stem_width": 4, "widths": [4], "blocks": [1], "groups": 2})
+    model = tiny_classifier(2, 2)
     card = ModelCard(model_name="transfer", diagnosis_labels=["a", "b"], lab_labels=["c", "d"],
                      lead_order=["I"] * 12, fs=100.0, crop_samples=32)
-    save_inference_model(run_dir / "model", model, card)
+    save_inference_model(RunFolder(run_dir).model, model, card)
 
 
 def test_sweep_assembles_table_plot_and_summary_from_finished_studies(tmp_path):
@@ -70,7 +71,7 @@ def test_sweep_assembles_table_plot_and_summary_from_finished_studies(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "privacy", "--epsilons", "8,inf", "--out",
                                       str(out)])
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader((out / "privacy_utility.csv").open()))
+    rows = list(csv.DictReader((out / TABLE_FILE).open()))
     assert [(r["epsilon"], r["model"]) for r in rows] == [
         ("8", "signal-only"), ("8", "transfer"), ("inf", "signal-only"), ("inf", "transfer")]
     transfer = rows[1]
@@ -79,19 +80,19 @@ def test_sweep_assembles_table_plot_and_summary_from_finished_studies(tmp_path):
     assert float(transfer["max_site_epsilon"]) == pytest.approx(7.9)
     assert float(transfer["dx_auroc_kept"]) == pytest.approx((0.74 - 0.5) / (0.80 - 0.5))
     assert rows[3]["max_site_epsilon"] == ""  # no DP: no ε reported
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(RunFolder(out).summary.read_text())
     assert summary["epsilons"] == ["8", "inf"]
     assert summary["runs"]["8"]["sites"]["transfer"]["site1"] == {
         "epsilon": 6.5, "delta": 1e-3, "noise_multiplier": 0.9}
-    card = load_inference_model(out / "epsilon-8" / "model")[1].privacy
+    card = load_inference_model(RunFolder(out / "epsilon-8").model)[1].privacy
     assert card == summary["runs"]["8"]["model_card_privacy"]
     assert card["unit_protected"].startswith("one ECG record")
     assert card["sites"]["site0"] == {"epsilon": 7.9, "delta": 1e-3, "noise_multiplier": 0.9}
     assert card["target_epsilon"] == 8 and card["clipping_norm"] == 1.0
     assert summary["runs"]["inf"]["model_card_privacy"] is None
     assert (out / "privacy_utility.png").stat().st_size > 0
-    for name in ("privacy_utility.png", "privacy_utility.csv", "summary.json"):
-        assert (out / name).stat().st_mode & 0o777 == 0o640  # results, no patient data
+    for path in (out / "privacy_utility.png", out / TABLE_FILE, RunFolder(out).summary):
+        assert path.stat().st_mode & 0o777 == 0o640  # results, no patient data
     assert "privacy-utility" in result.output
 
 
@@ -101,7 +102,21 @@ def test_a_finite_budget_study_without_reported_epsilon_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "privacy", "--epsilons", "8", "--out", str(out)])
     assert result.exit_code == 1
     assert "was not differentially private" in result.output
-    assert not (out / "privacy_utility.csv").exists()
+    assert not (out / TABLE_FILE).exists()
+
+
+def test_a_study_summary_that_does_not_validate_is_one_line_naming_file_and_field(tmp_path):
+    out = tmp_path / "sweep"
+    finished_study(out / "epsilon-8", "8", {"site0": [7.9]})
+    summary = RunFolder(out / "epsilon-8").summary
+    written = json.loads(summary.read_text())
+    written["federated"]["transfer"]["lab_macro_auroc_ci"] = "wide"
+    summary.write_text(json.dumps(written))
+    result = CliRunner().invoke(app, ["sweep", "privacy", "--epsilons", "8", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{summary}: field federated.transfer.lab_macro_auroc_ci:" in " ".join(
+        result.output.split())
+    assert not (out / TABLE_FILE).exists()
 
 
 def test_bad_epsilons_fail_with_one_line():
@@ -134,17 +149,17 @@ def test_client_level_budgets_come_from_the_server_ledger(tmp_path):
     out = tmp_path / "sweep"
     run_dir = out / "epsilon-8"
     finished_study(run_dir, "8", {"site0": [math.inf]})  # sites report no ε under client DP
-    (run_dir / "config.yaml").write_text("privacy: {mode: client, target_epsilon: 8}\n")
+    RunFolder(run_dir).config.write_text("privacy: {mode: client, target_epsilon: 8}\n")
     ledger = Ledger(delta=0.01, history=[(1.5, 1.0, 10)])
     for model in ("signal-only", "transfer"):
-        folder = run_dir / "seed-0" / model / "federated"
+        folder = RunFolder(run_dir).federated_run(0, model).path
         folder.mkdir(parents=True)
         (folder / "client-dp-ledger.json").write_text(json.dumps(
             {**ledger.to_record(), "noise-multiplier": 1.5}))
     result = CliRunner().invoke(app, ["sweep", "privacy", "--epsilons", "8", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(RunFolder(out).summary.read_text())
     assert summary["runs"]["8"]["sites"]["transfer"] == {
         "all": {"epsilon": ledger.epsilon(), "delta": 0.01, "noise_multiplier": 1.5}}
-    rows = list(csv.DictReader((out / "privacy_utility.csv").open()))
+    rows = list(csv.DictReader((out / TABLE_FILE).open()))
     assert float(rows[1]["max_site_epsilon"]) == pytest.approx(ledger.epsilon())

@@ -6,22 +6,25 @@ import importlib.util
 import json
 
 import pytest
-from builders.training_store import TINY_CONFIG, make_store
+from builders.site_store import make_store
+from builders.tiny import tiny_overrides
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.models.io import load_inference_model
+from fedecg.run_folder import RunFolder
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "site-a", n=80)
+    return make_store(tmp_path_factory.mktemp("stores") / "site-a", 80, ecgs_per_patient=1,
+                       separable=True)
 
 
 def _args(store, out, *extra: str) -> list[str]:
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     return ["train", "--store", str(store), "--out", str(out), *sets, *extra]
 
 
@@ -32,16 +35,16 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
                                       "--models", "signal-only,transfer", "--seed", "3"))
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(RunFolder(run).summary.read_text())
     assert summary["models"] == ["signal-only", "transfer"] and summary["seed"] == 3
     for name in ("signal-only", "transfer", "naive"):
         assert {"diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
                 "lab_macro_auroc_ci", "diagnosis_auroc", "lab_auroc"} <= set(summary[name])
     assert "multimodal" not in summary
-    assert "seed: 3" in (run / "config.yaml").read_text()
-    stages = [json.loads(x)["stage"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "seed: 3" in RunFolder(run).config.read_text()
+    stages = [json.loads(x)["stage"] for x in RunFolder(run).metrics.read_text().splitlines()]
     assert stages == ["lab", "diagnosis", "pretrain", "lab", "diagnosis"]
-    model, card = load_inference_model(run / "model")
+    model, card = load_inference_model(RunFolder(run).model)
     assert model.dx_head.out_features == 2
     assert card.model_name == "transfer" and card.seed == 3
     assert card.diagnosis_labels == ["atrial_fibrillation", "heart_failure"]
@@ -49,10 +52,10 @@ def test_train_writes_the_run_folder_and_a_one_line_summary(store, tmp_path):
     assert ("warning: site-a: 3 label(s) have fewer than 5 positive ECGs in the test split (16 "
             "ECGs), so their test metrics (AUROC, CI) are noise" in result.output)
     if importlib.util.find_spec("fedecg.report.run_report") is not None:
-        assert (run / "report.html").is_file()
-        assert (run / "report.html").stat().st_mode & 0o777 == 0o640
-    assert (run / "summary.json").stat().st_mode & 0o777 == 0o640  # no patient data: group
-    assert (run / "model" / "model.pt").stat().st_mode & 0o777 == 0o600
+        assert RunFolder(run).report.is_file()
+        assert RunFolder(run).report.stat().st_mode & 0o777 == 0o640
+    assert RunFolder(run).summary.stat().st_mode & 0o777 == 0o640  # no patient data: group
+    assert (RunFolder(run).model / "model.pt").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_finished_run_is_not_overwritten_without_the_flag(store, tmp_path):
@@ -81,7 +84,8 @@ def test_an_ill_typed_value_and_an_unknown_model_are_named(store, tmp_path):
 def test_a_missing_store_and_incompatible_stores_fail_clearly(store, tmp_path):
     result = runner.invoke(app, _args(tmp_path / "nope", tmp_path / "run"))
     assert result.exit_code == 1 and "nope" in result.output
-    other = make_store(tmp_path / "site-b", n=20, site="site-b", lab_names=("potassium",))
+    other = make_store(tmp_path / "site-b", 20, ecgs_per_patient=1,
+                       separable=True, site_name="site-b", labs=("potassium",))
     result = runner.invoke(app, [*_args(store, tmp_path / "run"), "--store", str(other)])
     assert result.exit_code == 1
     assert "site-b" in result.output and "lab_labels" in result.output
@@ -91,11 +95,11 @@ def test_an_unfinished_run_resumes_only_with_the_same_settings(store, tmp_path):
     run = tmp_path / "run"
     args = _args(store, run, "--models", "signal-only")
     assert runner.invoke(app, args).exit_code == 0
-    (run / "summary.json").unlink()  # as if killed before the end
+    RunFolder(run).summary.unlink()  # as if killed before the end
     result = runner.invoke(app, [*args, "--seed", "9"])
     assert result.exit_code == 1 and "seed" in result.output and "--overwrite" in result.output
     assert runner.invoke(app, args).exit_code == 0  # same settings: resumes and finishes
-    assert (run / "summary.json").is_file()
+    assert RunFolder(run).summary.is_file()
 
 
 def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):
@@ -111,7 +115,8 @@ def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):
 
 def test_overwrite_never_deletes_the_input_store(tmp_path):
     """`train --store S --out S --overwrite` is refused in one line, and S stays whole."""
-    store = make_store(tmp_path / "site-a", n=20)
+    store = make_store(tmp_path / "site-a", 20, ecgs_per_patient=1,
+                       separable=True)
     before = sorted(p.name for p in store.iterdir())
     result = runner.invoke(app, _args(store, store, "--overwrite"))
     assert result.exit_code == 1 and result.output.count("error:") == 1

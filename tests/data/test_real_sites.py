@@ -24,6 +24,7 @@ from fedecg.data.diagnoses import (
 from fedecg.data.prepare import SiteInput, load_input
 from fedecg.data.tables import Rejects
 from fedecg.errors import ConfigError, TableError
+from fedecg.run_folder import RunFolder
 
 CHALLENGE = "physionet-challenge-2021-sample"
 
@@ -150,11 +151,12 @@ def test_challenge_site_end_to_end(tmp_path: Path, shared_data: Path) -> None:
                                   "--config", str(tmp_path / "train.yaml")])
     assert trained.exit_code == 0, trained.output
     record = str(shared_data / CHALLENGE / "HR06000")
-    predicted = runner.invoke(app, ["predict", "--model", str(run / "model"), "--wfdb", record])
+    model = str(RunFolder(run).model)
+    predicted = runner.invoke(app, ["predict", "--model", model, "--wfdb", record])
     payload = json.loads(predicted.output)
     assert payload["lab_abnormalities"] == {} and len(payload["not_learned"]["lab"]) == 33
     assert "sinus_tachycardia" in payload["diagnoses"]
-    explained = runner.invoke(app, ["explain", "--model", str(run / "model"), "--wfdb", record,
+    explained = runner.invoke(app, ["explain", "--model", model, "--wfdb", record,
                                     "--out", str(tmp_path / "why")])
     assert explained.exit_code == 0, explained.output
     study = {"data": {"store": str(store)}, "train": tiny,
@@ -165,7 +167,7 @@ def test_challenge_site_end_to_end(tmp_path: Path, shared_data: Path) -> None:
                                     "--out", str(tmp_path / "sim")])
     assert simulated.exit_code == 0, simulated.output
     assert "the lab stage is skipped" in " ".join(simulated.output.split())
-    lines = [json.loads(x) for x in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(tmp_path / "sim").metrics.read_text().splitlines()]
     assert {x["site"] for x in lines if x["kind"] == "train"} == {"site0", "site1", "site2"}
     assert "lab" not in {x["stage"] for x in lines}
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from builders.site_store import SCHEMA, TINY_TRAIN, make_store
+from builders.site_store import SCHEMA, make_store
+from builders.tiny import TINY_TRAIN
 
 from fedecg.deploy.flower import write_connection
 from fedecg.deploy.node_keys import create_node_keys
@@ -42,6 +43,7 @@ from fedecg.deploy.supernode import NodeKit, start_supernode, stop_supernode
 from fedecg.errors import DeploymentError
 from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.flower_env import flower_env
+from fedecg.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -225,13 +227,13 @@ def test_a_study_completes_without_a_killed_node_and_rejects_nan_updates(federat
     assert dropped == {KILLED}
     assert {e["site"] for e in rejected} == {KILLED} and rejected[0]["round"] == 1
     assert all("NaN" in e["reason"] for e in rejected)
-    state = load_checkpoint(out / "seed-0" / "transfer" / "federated").global_state
+    state = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path).global_state
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(out).metrics.read_text().splitlines()]
     last = max(x["round"] for x in lines)
     trained_last = {x["site"] for x in lines if x["kind"] == "train" and x["round"] == last}
     assert trained_last == {"hospital-a", "hospital-b"}  # the two healthy sites carried on
     assert set(summary["sites"]["transfer"]) >= {"hospital-a", "hospital-b"}
-    report = (out / "report.html").read_text()
+    report = RunFolder(out).report.read_text()
     assert "dropout" in report
     assert any(p.name.startswith("run-") for p in (kit.folder / "logs").iterdir())

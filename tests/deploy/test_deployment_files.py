@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from builders.training_store import make_store
+from builders.site_store import make_store
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -62,7 +62,8 @@ def test_ca_server_and_node_keys_are_owner_only(tmp_path):
 
 
 def test_keygen_never_writes_into_a_store(tmp_path):
-    store = make_store(tmp_path / "store", n=10)
+    store = make_store(tmp_path / "store", 10, ecgs_per_patient=1,
+                       separable=True)
     before = sorted(p.name for p in store.iterdir())
     with pytest.raises(OutputExistsError, match="holds a fedecg store, not a node kit"):
         create_node_keys(store, overwrite=True)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from builders.site_store import TINY_TRAIN, make_store
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 
 from fedecg.app import client_app
 from fedecg.config.federated import StudyConfig
@@ -26,10 +27,11 @@ from fedecg.federated import site_handlers as client_module
 from fedecg.federated.checkpoint import latest_site_state, load_checkpoint
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
-from fedecg.federated.orchestration import METRICS_FILE, initial_model, read_result, run_server
+from fedecg.federated.orchestration import initial_model, read_result, run_server
 from fedecg.federated.partition import site_view
 from fedecg.federated.site import RoundPlan, local_train
 from fedecg.models.build import build_model
+from fedecg.run_folder import RunFolder
 from fedecg.training.data import TrainingData
 from fedecg.training.runner import MetricsLog, fit_model
 from fedecg.training.stages import build_stages
@@ -88,7 +90,7 @@ def test_one_site_federated_equals_centralized(store, tmp_path):
 def test_run_writes_metrics_per_round_site_and_stage(store, tmp_path):
     plan = _run(_config(store), tmp_path)
     assert read_result(Path(plan.out))["status"] == "ok"
-    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
     train = [(x["stage"], x["round"], x["site"]) for x in lines if x["kind"] == "train"]
     assert train == [(stage, r, s) for stage, r in [("pretrain", 1), ("pretrain", 2), ("lab", 3),
                                                     ("diagnosis", 4), ("diagnosis", 5)]
@@ -239,7 +241,7 @@ def test_sites_without_labs_skip_the_lab_stage(tmp_path, caplog):
         plan = _run(_config(store), tmp_path, model="signal-only")
     assert read_result(Path(plan.out))["status"] == "ok"
     assert caplog.text.count("the lab stage is skipped") == 1
-    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
     lab = [x for x in lines if x["stage"] == "lab" and x["kind"] == "train"]
     assert lab and all(x["num-examples"] == 0 for x in lab)
     assert {x["stage"] for x in lines if x["kind"] == "evaluate"} == {"diagnosis"}
@@ -267,7 +269,7 @@ def test_a_stalled_stage_stops_and_keeps_its_best_round(store, tmp_path, monkeyp
                                                             "diagnosis": 0}},
                      train={"early_stopping": {"patience": 2}})
     plan = _run(config, tmp_path, model="signal-only")
-    lines = [json.loads(x) for x in (Path(plan.out) / METRICS_FILE).read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
     assert sorted({x["round"] for x in lines if x["kind"] == "train"}) == [1, 2, 3, 4]
     (selected,) = [x for x in lines if x["kind"] == "selected"]
     assert (selected["selected-stage-round"], selected["rounds-trained"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from builders.raw_sites import make_mimic_site
-from builders.training_store import make_store
+from builders.site_store import make_store
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -20,7 +20,7 @@ from fedecg.config.train import TrainConfig
 from fedecg.data.store import MANIFEST_FILE
 from fedecg.errors import OutputExistsError
 from fedecg.io import MARKER, OutputKind, atomic_directory, claim_output, mark_output
-from fedecg.training.pipeline import prepare_run_dir
+from fedecg.run_folder import RunFolder, prepare_training
 
 runner = CliRunner()
 
@@ -69,9 +69,10 @@ def test_prepare_overwrite_keeps_a_store_that_holds_someone_elses_file(tmp_path)
 
 
 def test_prepare_never_overwrites_a_run_folder(tmp_path):
-    store = make_store(tmp_path / "site-a", n=20)
+    store = make_store(tmp_path / "site-a", 20, ecgs_per_patient=1,
+                       separable=True)
     run = tmp_path / "run"
-    prepare_run_dir(run, TrainConfig(), [store], overwrite=False)  # as `fedecg train` does
+    prepare_training(RunFolder(run), TrainConfig(), [store], overwrite=False)  # as `fedecg train`
     before = sorted(p.name for p in run.iterdir())
     line = _error_line(_prepare(tmp_path, run, "--overwrite").output)
     assert "holds a fedecg run, not a store" in line and "--overwrite" not in line

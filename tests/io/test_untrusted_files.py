@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 from builders.inference_models import saved_model
-from builders.site_store import TINY_TRAIN, make_store
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 from typer.testing import CliRunner
 
 from fedecg.cli import app
@@ -23,8 +24,8 @@ from fedecg.config.base import load_config
 from fedecg.config.federated import StudyConfig
 from fedecg.errors import FedecgError
 from fedecg.federated import checkpoint as federated
-from fedecg.federated.simulate import prepare_run_dir
 from fedecg.models.io import MODEL_FILE, load_inference_model
+from fedecg.run_folder import RunFolder, prepare_study
 from fedecg.training import checkpoint as training
 
 PTBXL = "wfdb-samples/ptb-xl/records100/00000/00001_lr"
@@ -77,8 +78,8 @@ def test_simulate_resume_refuses_a_crafted_checkpoint_and_nothing_runs(tmp_path)
         "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}},
         "train": {**TINY_TRAIN, "models": ["transfer"]}}))
     run = tmp_path / "run"
-    prepare_run_dir(run, load_config(StudyConfig, study, []), resume=False)
-    crafted = run / "seed-0" / "transfer" / "federated" / federated.CHECKPOINT_FILE
+    prepare_study(RunFolder(run), load_config(StudyConfig, study, []), resume=False)
+    crafted = RunFolder(run).federated_run(0, "transfer").path / federated.CHECKPOINT_FILE
     crafted.parent.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     torch.save({"evil": Payload(marker)}, crafted)

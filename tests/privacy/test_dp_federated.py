@@ -7,16 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from builders.site_store import TINY_TRAIN, make_store
+from builders.site_store import make_store
+from builders.tiny import TINY_TRAIN
 
 from fedecg.app import client_app
 from fedecg.config.federated import StudyConfig
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
-from fedecg.federated.orchestration import METRICS_FILE, run_server
+from fedecg.federated.orchestration import run_server
 from fedecg.privacy import normalization
 from fedecg.privacy.sample_dp import EPSILON, STOPPED
+from fedecg.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, m
                      ensure_partition(store, config.partition, tmp_path))
     grid = InProcessGrid(client_app, [{keys.NODE_PARTITION_ID: i} for i in range(2)])
     run_server(grid, plan)
-    text = (tmp_path / "run" / METRICS_FILE).read_text()
+    text = RunFolder(tmp_path / "run").metrics.read_text()
     train = [line for line in map(json.loads, text.splitlines()) if line["kind"] == "train"]
     for site in (0, 1):
         spent = [line[EPSILON] for line in train if line["site_index"] == site]

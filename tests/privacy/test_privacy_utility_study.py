@@ -11,6 +11,7 @@ import pytest
 from fedecg.config.base import load_config
 from fedecg.config.federated import StudyConfig
 from fedecg.privacy.sweep import budget_config, kept_share
+from fedecg.run_folder import RunFolder
 
 STUDY = Path(__file__).resolve().parents[2] / "simulation" / "privacy_utility"
 DX = {"inf": [0.60, 0.58], "8": [0.55, 0.52]}  # transfer's dx AUROC, seeds 0 and 1
@@ -44,7 +45,7 @@ def test_results_table_gives_each_seed_and_its_share_kept(tmp_path):
                    for seed, value in enumerate(values)}
         folder = tmp_path / f"epsilon-{label}"
         folder.mkdir()
-        (folder / "summary.json").write_text(json.dumps({"seeds": [0, 1], "by_seed": by_seed}))
+        RunFolder(folder).summary.write_text(json.dumps({"seeds": [0, 1], "by_seed": by_seed}))
     row = {"epsilon": "8", "model": "transfer", "diagnosis_macro_auroc": 0.535,
            "diagnosis_macro_auroc_low": 0.49, "diagnosis_macro_auroc_high": 0.58,
            "lab_macro_auroc": 0.51, "dx_auroc_kept": kept_share(0.535, 0.59),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders.dp_records import N_CLIN, STAGES, fixed_batches, tiny_model
+from builders.dp_records import STAGES, fixed_batches
+from builders.tiny import N_CLIN, tiny_joint_model
 from opacus.grad_sample.utils import prepare_module
 from torch import nn
 
@@ -50,7 +51,7 @@ def batch_and_other() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 def test_opacus_per_example_gradients_are_the_examples_own(stage, objective, fused):
     """Opacus's per-example gradient of row 0 is the gradient of row 0's own loss, and it does
     not change when every other row of the batch changes."""
-    model = tiny_model(fuse_clinical=fused)
+    model = tiny_joint_model(fuse_clinical=fused)
     private = private_stage(stage, SampleDPConfig(pretrain_objective=objective))
     params = dict((n, p) for n, p in model.named_parameters() if p in set(activate(model, private)))
     hooks = prepare_module(model, "hooks", wrap_model=False, batch_first=True,
@@ -94,7 +95,7 @@ class FixedProjection(nn.Module):
 
 
 def test_feature_objective_is_the_masked_squared_error_to_the_standardized_values():
-    model = tiny_model()
+    model = tiny_joint_model()
     with torch.no_grad():
         model.clinical.mean.fill_(1.0)
         model.clinical.std.fill_(2.0)
@@ -110,7 +111,7 @@ def test_feature_objective_is_the_masked_squared_error_to_the_standardized_value
 
 
 def test_feature_objective_needs_one_projection_output_per_feature():
-    model = tiny_model()
+    model = tiny_joint_model()
     model.ecg_projection = FixedProjection(torch.zeros(6, N_CLIN - 1))
     with pytest.raises(PrivacyError, match=r"pretrain\.projection_dim 4 with 5 clinical features"):
         PrivateFeatureStage().per_example_loss(model, next(iter(fixed_batches())))
@@ -118,7 +119,7 @@ def test_feature_objective_needs_one_projection_output_per_feature():
 
 @pytest.mark.parametrize("objective", ["features", "align"])
 def test_private_pretraining_trains_only_the_ecg_side_and_shares_the_usual_keys(objective):
-    model = tiny_model()
+    model = tiny_joint_model()
     stage = private_stage(PretrainStage(), SampleDPConfig(pretrain_objective=objective))
     assert isinstance(stage, PrivateFeatureStage if objective == "features"
                       else PrivatePretrainStage)

@@ -8,17 +8,8 @@ import math
 
 import pytest
 import torch
-from builders.dp_records import (
-    BATCH,
-    ENCODER,
-    N_DX,
-    N_LAB,
-    STAGES,
-    N,
-    TinyRecords,
-    fixed_batches,
-    tiny_model,
-)
+from builders.dp_records import BATCH, STAGES, N, TinyRecords, fixed_batches
+from builders.tiny import TINY_TRAIN, tiny_joint_model
 from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader
@@ -63,8 +54,8 @@ def proximal(anchor: JointModel, mu: float = 0.5):
 def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
     """With σ = 0 and C = ∞, DP-SGD on the same batches is plain SGD on the same objective
     (here with a FedProx term, which the DP path adds after noising)."""
-    plain, private = tiny_model(), tiny_model()
-    extra = proximal(tiny_model(seed=1))
+    plain, private = tiny_joint_model(), tiny_joint_model()
+    extra = proximal(tiny_joint_model(seed=1))
     site = site_privacy(noise=0.0, clip=1e9, objective=objective)
     objective = private_stage(stage, site.config.sample)
     optimizer = make_optimizer(activate(plain, objective), lr=1e-2)
@@ -79,13 +70,13 @@ def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
     for (key, a), b in zip(plain.state_dict().items(), private.state_dict().values(),
                            strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
-        changed += int(not torch.equal(a, tiny_model().state_dict()[key]))
+        changed += int(not torch.equal(a, tiny_joint_model().state_dict()[key]))
     assert changed > 0
     assert site.ledger.history == [(0.0, BATCH / N, N // BATCH)]
 
 
 def test_private_rounds_account_every_noised_step_cumulatively():
-    model, site = tiny_model(), site_privacy(rounds=2)
+    model, site = tiny_joint_model(), site_privacy(rounds=2)
     spent, independent = [], RDPAccountant()
     for round_index, stage in enumerate(s for s in STAGES for _ in range(2)):
         optimizer = make_optimizer(activate(model, stage), lr=1e-3)
@@ -100,7 +91,7 @@ def test_private_rounds_account_every_noised_step_cumulatively():
         spent.append(site.metrics()[EPSILON])
     assert all(b > a for a, b in itertools.pairwise(spent)) and spent[-1] <= 3.0
     assert spent[-1] == pytest.approx(independent.get_epsilon(site.ledger.delta), rel=1e-12)
-    assert list(model.state_dict()) == list(tiny_model().state_dict())  # no "_module." prefix
+    assert list(model.state_dict()) == list(tiny_joint_model().state_dict())  # no "_module." prefix
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # hooks removed
     assert site.steps_allowed("diagnosis", N // BATCH) == 0
     assert site.metrics()[STOPPED] == 1.0
@@ -115,7 +106,7 @@ def test_restored_site_continues_its_ledger():
 
 
 def test_batchnorm_model_is_rejected_naming_the_layers():
-    model = tiny_model(norm_layer=nn.BatchNorm1d)
+    model = tiny_joint_model(encoder={"norm_layer": nn.BatchNorm1d})
     with pytest.raises(PrivacyError) as error:
         validate_model(model, "site s0")
     message = str(error.value)
@@ -125,7 +116,7 @@ def test_batchnorm_model_is_rejected_naming_the_layers():
     for name in batchnorms:
         assert f"{name} (BatchNorm1d)" in message
     assert "BatchNorm cannot support training with differential privacy" in message
-    validate_model(tiny_model())  # GroupNorm, LayerNorm: accepted
+    validate_model(tiny_joint_model())  # GroupNorm, LayerNorm: accepted
     with pytest.raises(PrivacyError, match=r"stages.0.norm1 \(BatchNorm1d\)"):
         site = site_privacy()
         optimizer = make_optimizer(activate(model, STAGES[1]), 1e-3)
@@ -134,7 +125,7 @@ def test_batchnorm_model_is_rejected_naming_the_layers():
 
 
 def test_loader_that_does_not_match_the_plan_is_refused():
-    site, model = site_privacy(), tiny_model()
+    site, model = site_privacy(), tiny_joint_model()
     optimizer = make_optimizer(activate(model, STAGES[1]), 1e-3)
     loader = DataLoader(TinyRecords(), batch_size=BATCH + 2)
     with (pytest.raises(PrivacyError, match=r"calibrated for rate 0\.25"),
@@ -147,7 +138,7 @@ def test_public_normalization_uses_reference_ranges_and_refuses_unknown_features
     mean, std = public_statistics(["age", "lab_potassium"], DEFAULT_LAB_PANEL)
     assert mean.tolist() == pytest.approx([60.0, 0.5 * (potassium.ref_low + potassium.ref_high)])
     assert std[1] == pytest.approx(0.5 * (potassium.ref_high - potassium.ref_low))
-    model = JointModel(N_LAB, N_DX, 2, encoder=ENCODER)
+    model = tiny_joint_model(n_clinical=2)
     before = copy.deepcopy(model.clinical.mean)
     apply_public_normalization(model, ["age", "lab_potassium"], DEFAULT_LAB_PANEL)
     assert not torch.equal(before, model.clinical.mean)
@@ -176,8 +167,7 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     monkeypatch.setitem(PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))  # a fixture column
     data = TrainingData([store])
     config = StudyConfig.model_validate({
-        "train": {"batch_size": 4, "crop_samples": 32, "encoder": ENCODER,
-                  "clinical": {"hidden": 8, "embedding_dim": 8}, "pretrain": {"projection_dim": 8}},
+        "train": {**TINY_TRAIN, "batch_size": 4, "crop_samples": 32},
         "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}, "local_steps": 3}})
     plan = RunPlan(config=config, model="transfer", manifest=store.manifest,
                    out=str(tmp_path / "run"))
@@ -213,7 +203,7 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
 
 
 def test_empty_poisson_batches_still_take_a_noised_accounted_step():
-    model, stage = tiny_model(), STAGES[0]
+    model, stage = tiny_joint_model(), STAGES[0]
     config = DPConfig(mode="sample", target_epsilon=50.0)
     plan = PrivacyPlan((plan_stage(stage.name, N, 1, rounds=1),), N, "s0")
     site = SitePrivacy.start(config, plan)

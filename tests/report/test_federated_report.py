@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 import yaml
 
+from fedecg.federated.baselines import mean_local
 from fedecg.federated.orchestration import round_summary
-from fedecg.federated.simulate import combine_seeds, mean_local, report_models
+from fedecg.federated.study_summary import combine_seeds, report_models
 from fedecg.report import write_run_report
 from fedecg.report.federated_report import SETTING_COLORS, bar_data, seed_results, settings
 from fedecg.report.plots import plot_round_panels
 from fedecg.report.provenance import read_provenance, record_run
 from fedecg.report.run_report import trained_heads_only
 from fedecg.report.study_rounds import stage_boundaries
+from fedecg.run_folder import RunFolder
 
 MODELS = {"signal-only": 0.55, "transfer": 0.56, "multimodal": 0.65}
 SITES = ("site0", "site1")
@@ -95,11 +97,11 @@ def _lines(private: bool) -> list[dict[str, Any]]:
 
 def _study(folder: Path, seeds: list[int], private: bool) -> Path:
     folder.mkdir()
-    (folder / "summary.json").write_text(json.dumps(_summary(seeds)))
+    RunFolder(folder).summary.write_text(json.dumps(_summary(seeds)))
     text = "".join(json.dumps(line) + "\n" for line in _lines(private))
-    (folder / "metrics.jsonl").write_text(text)
+    RunFolder(folder).metrics.write_text(text)
     privacy = {"mode": "sample", "target_epsilon": 8.0, "delta": 1e-4} if private else {}
-    (folder / "config.yaml").write_text(yaml.safe_dump({"privacy": privacy}))
+    RunFolder(folder).config.write_text(yaml.safe_dump({"privacy": privacy}))
     return folder
 
 
@@ -173,7 +175,7 @@ def test_several_seeds_give_mean_and_sd_and_a_per_seed_table_with_cis(tmp_path: 
 def test_a_study_without_events_says_so(tmp_path: Path):
     run = _study(tmp_path / "run", [0], private=False)
     kept = [x for x in _lines(False) if x["kind"] in ("train", "evaluate")]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in kept))
+    RunFolder(run).metrics.write_text("".join(json.dumps(x) + "\n" for x in kept))
     assert "No site dropped out or was rejected." in write_run_report(run).read_text()
 
 

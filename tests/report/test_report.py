@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders.tiny import tiny_classifier
 from matplotlib.container import BarContainer
 
 from fedecg.errors import InputFileError, TableError
@@ -21,6 +22,7 @@ from fedecg.report.plots import (
     plot_grouped_bars,
 )
 from fedecg.report.run_report import curve_rows, gap_closed, load_summary, order_models
+from fedecg.run_folder import RunFolder
 
 SUMMARY = {
     "multimodal": {"diagnosis_macro_auroc": 0.82, "diagnosis_macro_auroc_ci": [0.79, 0.85],
@@ -54,10 +56,10 @@ METRICS = [
 def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps(SUMMARY))
+    RunFolder(run).summary.write_text(json.dumps(SUMMARY))
     lines = [json.dumps(r) for r in METRICS]
-    (run / "metrics.jsonl").write_text("\n".join([*lines[:2], "{not json", *lines[2:]]) + "\n")
-    (run / "config.yaml").write_text("seed: 3\ntrain:\n  epochs: 2\n")
+    RunFolder(run).metrics.write_text("\n".join([*lines[:2], "{not json", *lines[2:]]) + "\n")
+    RunFolder(run).config.write_text("seed: 3\ntrain:\n  epochs: 2\n")
     return run
 
 
@@ -68,7 +70,7 @@ def _images(page: str) -> list[bytes]:
 
 def test_report_is_self_contained_and_shows_the_three_model_table(run_dir: Path):
     path = write_run_report(run_dir)
-    assert path == run_dir / "report.html"
+    assert path == RunFolder(run_dir).report
     page = path.read_text()
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
     assert "<script" not in page.lower() and "@import" not in page
@@ -86,8 +88,8 @@ def test_report_is_self_contained_and_shows_the_three_model_table(run_dir: Path)
 
 
 def test_report_without_optional_parts_still_renders(run_dir: Path):
-    (run_dir / "metrics.jsonl").unlink()
-    (run_dir / "config.yaml").unlink()
+    RunFolder(run_dir).metrics.unlink()
+    RunFolder(run_dir).config.unlink()
     page = write_run_report(run_dir).read_text()
     assert "No metrics.jsonl with epoch records" in page
     assert "Configuration" not in page
@@ -97,18 +99,23 @@ def test_report_without_optional_parts_still_renders(run_dir: Path):
 def test_missing_or_broken_summary_is_a_clear_error(tmp_path: Path):
     with pytest.raises(InputFileError, match=r"summary\.json not found"):
         write_run_report(tmp_path)
-    (tmp_path / "summary.json").write_text("{oops")
+    RunFolder(tmp_path).summary.write_text("{oops")
     with pytest.raises(TableError, match="not valid JSON"):
         write_run_report(tmp_path)
-    (tmp_path / "summary.json").write_text(json.dumps({"transfer": {"auc": 0.7}}))
+    RunFolder(tmp_path).summary.write_text(json.dumps({"transfer": {"auc": 0.7}}))
     with pytest.raises(TableError, match="no model entry"):
-        load_summary(tmp_path / "summary.json")
-    assert not (tmp_path / "report.html").exists()
+        load_summary(RunFolder(tmp_path))
+    RunFolder(tmp_path).summary.write_text(json.dumps({"transfer": {"lab_macro_auroc": "high"}}))
+    with pytest.raises(TableError, match=r"summary\.json: field transfer\.lab_macro_auroc: .*"
+                                         r"\(found \"high\"\)"):
+        write_run_report(tmp_path)
+    assert not RunFolder(tmp_path).report.exists()
 
 
 def test_summary_entries_under_models_key_and_ordering(tmp_path: Path):
-    (tmp_path / "summary.json").write_text(json.dumps({"models": SUMMARY, "seed": 1}))
-    models = load_summary(tmp_path / "summary.json")
+    entries = {name: entry for name, entry in SUMMARY.items() if name != "seed"}
+    RunFolder(tmp_path).summary.write_text(json.dumps({"models": entries, "seed": 1}))
+    models = load_summary(RunFolder(tmp_path))
     assert order_models(list(models)) == ["naive", "signal-only", "transfer", "multimodal"]
     assert order_models(["b-site", "transfer", "a-site"]) == ["transfer", "b-site", "a-site"]
 
@@ -182,11 +189,11 @@ def test_curve_rows_prefer_total_losses():
 
 
 def test_per_site_section_for_pooled_stores(run_dir: Path):
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunFolder(run_dir).summary.read_text())
     summary["transfer"]["per_store"] = {
         "site-a": {"diagnosis_macro_auroc": 0.71, "diagnosis_macro_auroc_ci": [0.6, 0.8]},
         "site-b": {"diagnosis_macro_auroc": 0.81, "lab_macro_auroc": 0.64}}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    RunFolder(run_dir).summary.write_text(json.dumps(summary))
     page = write_run_report(run_dir).read_text()
     assert "<tr><td>transfer @ site-a</td><td>0.710 [0.600, 0.800]</td><td>—</td>" in page
     assert "<tr><td>transfer @ site-b</td><td>0.810</td><td>0.640</td>" in page
@@ -203,15 +210,14 @@ def test_html_page_escapes_text_from_files(tmp_path: Path):
 
 
 def test_report_shows_the_model_card(run_dir: Path):
-    from fedecg.models import EcgClassifier, ModelCard, save_inference_model
+    from fedecg.models import ModelCard, save_inference_model
 
-    model = EcgClassifier(n_lab=2, n_dx=2, encoder={"stem_width": 8, "widths": [8],
-                                                    "blocks": [1]})
+    model = tiny_classifier(2, 2)
     card = ModelCard(model_name="transfer", diagnosis_labels=["a", "b"],
                      lab_labels=["k_high", "k_low"], lead_order=["I"], fs=100.0,
                      crop_samples=250, data_summary={"train_ecgs": 1234, "sites": {"n": 2}},
                      privacy={"epsilon": 3.5, "delta": 1e-5})
-    save_inference_model(run_dir / "model", model, card)
+    save_inference_model(RunFolder(run_dir).model, model, card)
     page = write_run_report(run_dir).read_text()
     assert '<th scope="row">exported model</th><td>transfer, trained centrally' in page
     assert '<th scope="row">training data: train ecgs</th><td class="num">1234</td>' in page
@@ -221,11 +227,11 @@ def test_report_shows_the_model_card(run_dir: Path):
 
 
 def test_report_names_its_tables_and_shows_auprc_n_test_and_versions(run_dir: Path):
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunFolder(run_dir).summary.read_text())
     summary["transfer"].update(diagnosis_macro_auprc=0.31, diagnosis_macro_auprc_ci=[0.25, 0.37],
                                n_test=282)
     summary["transfer"]["diagnosis_skipped"] = ["hyperkalemia"]
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    RunFolder(run_dir).summary.write_text(json.dumps(summary))
     page = write_run_report(run_dir).read_text()
     assert "<h3>Macro AUROC and AUPRC, diagnosis and lab abnormality</h3>" in page
     assert "<th>diagnosis macro AUPRC [95% CI]</th>" in page

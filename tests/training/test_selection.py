@@ -7,10 +7,13 @@ import math
 
 import pytest
 import torch
-from builders.training_store import TINY_CONFIG, make_store, metrics_history
+from builders.run_history import metrics_history
+from builders.site_store import make_store
+from builders.tiny import tiny_overrides
 
 from fedecg.config.base import load_config
 from fedecg.config.train import EarlyStoppingConfig, TrainConfig
+from fedecg.run_folder import RunFolder
 from fedecg.training import runner
 from fedecg.training.checkpoint import load_checkpoint
 from fedecg.training.pipeline import train_models
@@ -55,7 +58,7 @@ def test_patience_counts_epochs_so_a_round_of_several_epochs_counts_for_them(
 def test_training_keeps_the_best_epoch_and_stops_when_validation_stalls(tmp_path, monkeypatch):
     """Scripted validation losses 1.0, 0.8, 0.9, 0.95 (then 0.1, never reached): with patience
     2 the lab stage stops after epoch 4 and ends with epoch 2's weights."""
-    store = make_store(tmp_path / "store", n=60)
+    store = make_store(tmp_path / "store", 60, ecgs_per_patient=1, separable=True)
     losses = iter([1.0, 0.8, 0.9, 0.95, 0.1, 0.1])
     seen: list[dict[str, torch.Tensor]] = []
     real = runner.validate
@@ -65,14 +68,14 @@ def test_training_keeps_the_best_epoch_and_stops_when_validation_stalls(tmp_path
         return {**real(model, stage, dataset, names, batch_size), "val_loss": next(losses)}
 
     monkeypatch.setattr(runner, "validate", scripted)
-    config = load_config(TrainConfig, None, [*TINY_CONFIG, "models=[signal-only]",
-                                             "lab.epochs=6", "diagnosis.epochs=0",
-                                             "early_stopping.patience=2", "eval.bootstrap=0"])
+    config = load_config(TrainConfig, None, tiny_overrides(
+        "models=[signal-only]", "lab.epochs=6", "diagnosis.epochs=0",
+        "early_stopping.patience=2", "eval.bootstrap=0"))
     train_models([store], config, tmp_path / "run")
     records = metrics_history(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert [r["best_epoch"] for r in records] == [1, 2, 2, 2]
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "signal-only.pt")
+    saved = load_checkpoint(RunFolder(tmp_path / "run").checkpoints / "signal-only.pt")
     assert saved["position"].done
     for key, value in saved["model"].items():
         assert torch.equal(value, seen[1][key]), key

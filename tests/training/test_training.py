@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from builders.training_store import TINY_CONFIG, make_store, metrics_history
+from builders.run_history import metrics_history
+from builders.site_store import make_store
+from builders.tiny import tiny_joint_model, tiny_overrides
 
 from fedecg.config.base import load_config
 from fedecg.config.train import TrainConfig
 from fedecg.errors import StoreError, TrainingError
-from fedecg.models.joint import JointModel
+from fedecg.run_folder import RunFolder
 from fedecg.training import runner, trainer
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
 from fedecg.training.data import CropDataset, epoch_loader
@@ -21,22 +23,15 @@ from fedecg.training.pipeline import open_stores, train_models
 from fedecg.training.stages import DiagnosisStage, LabHeadStage, PretrainStage, build_stages
 from fedecg.training.trainer import activate, make_optimizer, train_epoch
 
-SMALL = {"stem_width": 8, "widths": [8, 16], "blocks": [1, 1], "kernel_size": 5}
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "site-a", n=250)
+    return make_store(tmp_path_factory.mktemp("stores") / "site-a", 250, ecgs_per_patient=1,
+                       separable=True)
 
 
 def _config(*extra: str) -> TrainConfig:
-    return load_config(TrainConfig, None, [*TINY_CONFIG, *extra])
-
-
-def _model() -> JointModel:
-    torch.manual_seed(0)
-    return JointModel(3, 2, 3, encoder=SMALL, clinical={"hidden": 8, "embedding_dim": 8},
-                      projection_dim=8)
+    return load_config(TrainConfig, None, tiny_overrides(*extra))
 
 
 def _batch(n: int = 8) -> dict[str, torch.Tensor]:
@@ -46,7 +41,7 @@ def _batch(n: int = 8) -> dict[str, torch.Tensor]:
 
 
 def test_stages_share_the_encoder_and_keep_buffers_local():
-    model = _model()
+    model = tiny_joint_model(3, 2, 3)
     pretrain = PretrainStage().shared_keys(model)
     assert any(k.startswith("classifier.encoder.") for k in pretrain)
     assert any(k.startswith("clinical.mlp.") for k in pretrain)
@@ -59,9 +54,7 @@ def test_stages_share_the_encoder_and_keep_buffers_local():
 
 
 def test_pretrain_loss_options_and_feature_dropout():
-    torch.manual_seed(0)
-    model = JointModel(3, 2, 3, encoder=SMALL, clinical={"hidden": 8, "embedding_dim": 8,
-                                                         "dropout": 0.0}, projection_dim=8)
+    model = tiny_joint_model(3, 2, 3, clinical={"dropout": 0.0})
     batch = _batch()
     z_ecg, z_clin = model.joint_embeddings(batch["ecg"], batch["clinical"])
     scale, bias = model.temperature.scale(), model.temperature.bias
@@ -78,7 +71,7 @@ def test_pretrain_loss_options_and_feature_dropout():
 
 
 def test_activate_freezes_everything_the_stage_does_not_train():
-    model = _model()
+    model = tiny_joint_model(3, 2, 3)
     params = activate(model, LabHeadStage(freeze_encoder=True))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names == {"classifier.lab_head.weight", "classifier.lab_head.bias"}
@@ -90,7 +83,7 @@ def test_activate_freezes_everything_the_stage_does_not_train():
 
 
 def test_frozen_encoder_is_unchanged_by_a_head_stage():
-    model = _model()
+    model = tiny_joint_model(3, 2, 3)
     stage = LabHeadStage(freeze_encoder=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_epoch(model, stage, [_batch()] * 3, make_optimizer(activate(model, stage), 1e-2))
@@ -103,7 +96,7 @@ def test_frozen_encoder_is_unchanged_by_a_head_stage():
 def test_extra_loss_is_added_to_every_step():
     """A strong proximal term (FedProx) keeps the weights near their start."""
     def drift(mu: float) -> float:
-        model = _model()
+        model = tiny_joint_model(3, 2, 3)
         stage = LabHeadStage()
         params = activate(model, stage)
         anchor = [p.detach().clone() for p in params]
@@ -119,7 +112,7 @@ def test_extra_loss_is_added_to_every_step():
 
 
 def test_non_finite_loss_raises_before_the_weights_change():
-    model = _model()
+    model = tiny_joint_model(3, 2, 3)
     stage = LabHeadStage()
     params = activate(model, stage)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -168,10 +161,10 @@ def test_training_on_a_separable_store_learns(store, tmp_path):
         low, high = entry[f"{key}_ci"]
         assert low <= entry[key] <= high
     assert set(entry["per_store"]) == {"site-a"}
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = RunFolder(tmp_path / "run").metrics.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 * (15 + 8)
-    assert (tmp_path / "run" / "model" / "model.pt").is_file()
+    assert (RunFolder(tmp_path / "run").model / "model.pt").is_file()
 
 
 @pytest.mark.parametrize("where", ["train_epoch", "save_checkpoint"])
@@ -199,7 +192,7 @@ def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, 
     monkeypatch.setattr(module, where, crashing)
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
-    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")
+    saved = load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")
     assert len(metrics_history(tmp_path / "resumed")) == 7  # signal-only 4, transfer 3
     assert saved["position"].metric_lines == (7 if where == "train_epoch" else 6)
     monkeypatch.setattr(module, where, real)
@@ -225,15 +218,15 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monke
     monkeypatch.setattr(trainer, "train_epoch", crashing)
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")[
+    assert load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")[
         "position"].epoch == 1
     monkeypatch.setattr(trainer, "train_epoch", real)
     resumed = train_models([store], config, tmp_path / "resumed")
-    a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "transfer.pt")["model"]
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "transfer.pt")["model"]
+    a = load_checkpoint(RunFolder(tmp_path / "whole").checkpoints / "transfer.pt")["model"]
+    b = load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["transfer"]["diagnosis_auroc"] == whole["transfer"]["diagnosis_auroc"]
-    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    lines = RunFolder(tmp_path / "resumed").metrics.read_text().splitlines()
     assert [json.loads(x)["stage"] for x in lines] == ["pretrain"] * 2 + ["lab"] * 2 + [
         "diagnosis"] * 2
 
@@ -247,21 +240,23 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(store, tmp_
     config = _config("models=[signal-only]", "lab.epochs=2")
     with pytest.raises(TrainingError, match=r"'diagnosis'.*diverged"):
         train_models([store], config, tmp_path / "run")
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "signal-only.pt")
+    saved = load_checkpoint(RunFolder(tmp_path / "run").checkpoints / "signal-only.pt")
     # the lab stage (index 0) ended; the diagnosis stage (1) saved no epoch
     assert (saved["position"].stage_index, saved["position"].epoch) == (1, 0)
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
-    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not RunFolder(tmp_path / "run").summary.exists()
 
 
 def test_stores_with_different_labels_fail_naming_both(store, tmp_path):
-    other = make_store(tmp_path / "site-b", n=30, site="site-b", lab_names=("potassium",))
+    other = make_store(tmp_path / "site-b", 30, ecgs_per_patient=1,
+                       separable=True, site_name="site-b", labs=("potassium",))
     with pytest.raises(StoreError, match=r"site-a and .*site-b.*lab_labels"):
         open_stores([store, other])
 
 
 def test_two_compatible_stores_train_pooled_with_per_store_results(store, tmp_path):
-    other = make_store(tmp_path / "site-b", n=60, site="site-b", seed=1)
+    other = make_store(tmp_path / "site-b", 60, ecgs_per_patient=1,
+                       separable=True, site_name="site-b", seed=1)
     summary = train_models([store, other], _config("eval.bootstrap=0"), tmp_path / "run",
                            models=["signal-only"], seed=4)
     assert summary["models"] == ["signal-only"] and summary["seed"] == 4
@@ -274,9 +269,10 @@ def test_two_compatible_stores_train_pooled_with_per_store_results(store, tmp_pa
 def test_a_checkpoint_that_does_not_fit_the_store_fails_clearly(store, tmp_path):
     run = tmp_path / "run"
     train_models([store], _config(), run, models=["signal-only"])
-    for name in ("summary.json", "checkpoints/signal-only.test.json"):
-        (run / name).unlink()
-    other = JointModel(1, 2, 3, encoder=SMALL)
-    save_checkpoint(run / "checkpoints" / "signal-only.pt", Position(0, 1), other)
+    folder = RunFolder(run)
+    for path in (folder.summary, folder.checkpoints / "signal-only.test.json"):
+        path.unlink()
+    other = tiny_joint_model(1, 2, 3)
+    save_checkpoint(RunFolder(run).checkpoints / "signal-only.pt", Position(0, 1), other)
     with pytest.raises(TrainingError, match=r"signal-only\.pt: does not fit.*--overwrite"):
         train_models([store], _config(), run, models=["signal-only"])

@@ -13,13 +13,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from builders.training_store import TINY_CONFIG, make_store
+from builders.site_store import make_store
+from builders.tiny import tiny_overrides
 from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.config.train import StageConfig
 from fedecg.data.store import SiteStore
 from fedecg.models.io import CARD_MARKDOWN, load_inference_model
+from fedecg.run_folder import RunFolder
 from fedecg.training.data import CropDataset, epoch_loader
 from fedecg.training.runner import planned_passes
 
@@ -31,12 +33,13 @@ CHAPMAN = "wfdb-samples/chapman-shaoxing/JS00001"
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A trained run on a store whose lab values and labels are all unknown (no labs)."""
     root = tmp_path_factory.mktemp("nolabs")
-    store = make_store(root / "store", n=80)
+    store = make_store(root / "store", 80, ecgs_per_patient=1,
+                       separable=True)
     cohort = pd.read_parquet(store / "cohort.parquet")
     unknown = [c for c in cohort if c.startswith(("abn_", "lab_"))]
     cohort[unknown] = np.nan
     cohort.to_parquet(store / "cohort.parquet", index=False)
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
@@ -52,25 +55,25 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_lab_stage_is_skipped_and_said_once(run: tuple[Path, str]) -> None:
     folder, output = run
-    stages = [json.loads(x)["stage"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    stages = [json.loads(x)["stage"] for x in RunFolder(folder).metrics.read_text().splitlines()]
     assert stages == ["diagnosis", "pretrain", "diagnosis"]
-    assert yaml.safe_load((folder / "config.yaml").read_text())["lab"]["epochs"] == 0
+    assert yaml.safe_load(RunFolder(folder).config.read_text())["lab"]["epochs"] == 0
     assert output.count("the lab stage is skipped") == 1  # once for the run, not per model
 
 
 def test_card_records_untrained_labs_and_hides_them(run: tuple[Path, str]) -> None:
-    _, card = load_inference_model(run[0] / "model")
+    _, card = load_inference_model(RunFolder(run[0]).model)
     assert {e["status"] for e in card.outputs["lab"].values()} == {"untrained"}
     assert set(card.not_learned("lab")) == set(card.lab_labels)
     assert card.outputs["diagnosis"]["atrial_fibrillation"]["train_positives"] > 0
     assert card.min_auroc == 0.6
-    text = (run[0] / "model" / CARD_MARKDOWN).read_text()
+    text = (RunFolder(run[0]).model / CARD_MARKDOWN).read_text()
     assert f"not learned, never shown as results ({len(card.lab_labels)})" in text
 
 
 def test_the_report_flags_every_output_the_model_did_not_learn(run: tuple[Path, str]) -> None:
-    _, card = load_inference_model(run[0] / "model")
-    report = (run[0] / "report.html").read_text()
+    _, card = load_inference_model(RunFolder(run[0]).model)
+    report = RunFolder(run[0]).report.read_text()
     assert re.search(rf"lab abnormality outputs learned</th><td[^>]*>0 of {len(card.lab_labels)} ",
                      report)
     flagged = report.count("NOT LEARNED (untrained)")
@@ -81,7 +84,7 @@ def test_the_report_flags_every_output_the_model_did_not_learn(run: tuple[Path, 
 
 def test_predict_and_explain_leave_untrained_labs_out(run: tuple[Path, str], shared_data: Path,
                                                       tmp_path: Path) -> None:
-    model = run[0] / "model"
+    model = RunFolder(run[0]).model
     result = runner.invoke(app, ["predict", "--model", str(model),
                                  "--wfdb", str(shared_data / CHAPMAN)])
     assert result.exit_code == 0, result.output
@@ -100,7 +103,7 @@ def test_predict_and_explain_leave_untrained_labs_out(run: tuple[Path, str], sha
 
 def test_explain_label_option_and_its_errors(run: tuple[Path, str], shared_data: Path,
                                              tmp_path: Path) -> None:
-    model, record = run[0] / "model", str(shared_data / CHAPMAN)
+    model, record = RunFolder(run[0]).model, str(shared_data / CHAPMAN)
     chosen = runner.invoke(app, ["explain", "--model", str(model), "--wfdb", record, "--out",
                                  str(tmp_path / "a"), "--label", "heart_failure", "--top", "1"])
     assert chosen.exit_code == 0, chosen.output
@@ -122,7 +125,8 @@ def test_min_steps_adds_passes_for_small_sites() -> None:
 
 
 def test_passes_draw_every_row_each_pass_with_fresh_crops(tmp_path: Path) -> None:
-    store = SiteStore.open(make_store(tmp_path / "store", n=20))
+    store = SiteStore.open(make_store(tmp_path / "store", 20, ecgs_per_patient=1,
+                       separable=True))
     data = CropDataset([(store, store.indices("train"))], crop=50, train=True, seed=1)
     loader = epoch_loader(data, batch_size=4, epoch=0, shuffle=True, seed=1, passes=3)
     order = list(loader.sampler)
@@ -133,8 +137,9 @@ def test_passes_draw_every_row_each_pass_with_fresh_crops(tmp_path: Path) -> Non
 
 
 def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> None:
-    store = make_store(tmp_path / "store", n=40)
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    store = make_store(tmp_path / "store", 40, ecgs_per_patient=1,
+                       separable=True)
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     with caplog.at_level(logging.WARNING):
         result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "r"),
                                      "--models", "signal-only", *sets])
@@ -147,13 +152,14 @@ def test_budget_warnings_name_the_stage_and_the_fix(tmp_path: Path, caplog) -> N
 
 
 def test_cv_scores_every_ecg_once_out_of_fold(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "store", n=60)
-    sets = [item for override in TINY_CONFIG for item in ("--set", override)]
+    store = make_store(tmp_path / "store", 60, ecgs_per_patient=1,
+                       separable=True)
+    sets = [item for override in tiny_overrides() for item in ("--set", override)]
     result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "cv"),
                                  "--models", "signal-only", "--cv", "3", *sets])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
-    oof = pd.read_parquet(tmp_path / "cv" / "oof_predictions.parquet")
+    summary = json.loads(RunFolder(tmp_path / "cv").cv_summary.read_text())
+    oof = pd.read_parquet(RunFolder(tmp_path / "cv").oof_predictions)
     model = oof[oof["model"] == "signal-only"]
     cohort = pd.read_parquet(store / "cohort.parquet")
     scored = cohort[cohort[["dx_atrial_fibrillation", "dx_heart_failure"]].notna().any(axis=1)
@@ -179,7 +185,6 @@ def test_explain_draws_a_window_of_a_long_record_at_its_own_rate(tmp_path: Path)
     from fedecg.data.waveform import preprocess, read_ecg
     from fedecg.explain.explanation import explain_record, explanation_figure, record_window
     from fedecg.explain.inference import prepare_record
-    from fedecg.models.io import load_inference_model
 
     signal = fixture_signal(1000, 38, list(CANONICAL_LEADS))
     signal[24000:24002, :] += 2.5  # [T, 12]: a 2 ms spike on every lead
@@ -209,7 +214,7 @@ def test_explain_draws_a_window_of_a_long_record_at_its_own_rate(tmp_path: Path)
 
 
 def test_summary_has_per_label_auroc_cis_and_test_positives(run: tuple[Path, str]) -> None:
-    summary = json.loads((run[0] / "summary.json").read_text())
+    summary = json.loads(RunFolder(run[0]).summary.read_text())
     entry = summary["signal-only"]
     for label, auroc in entry["diagnosis_auroc"].items():
         low, high = entry["diagnosis_auroc_low"][label], entry["diagnosis_auroc_high"][label]
@@ -222,7 +227,7 @@ def test_simulation_baselines_ignore_min_steps() -> None:
     """Federated rounds take no extra passes, so the pooled and local-only baselines do not
     either: the comparison stays at equal epochs."""
     from fedecg.config.federated import StudyConfig
-    from fedecg.federated.simulate import baseline_config
+    from fedecg.federated.baselines import baseline_config
 
     study = StudyConfig.model_validate({"train": {"diagnosis": {"min_steps": 300}},
                                              "federation": {"rounds": {"diagnosis": 4},
