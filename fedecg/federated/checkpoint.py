@@ -24,6 +24,7 @@ import torch
 
 from fedecg.errors import FederationError
 from fedecg.io import load_weights, save_weights
+from fedecg.training.checkpoint import Position
 from fedecg.training.selection import BestSoFar
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -31,23 +32,15 @@ SITES_DIR = "sites"
 KEEP_SITE_ROUNDS = 2
 
 
-@dataclass
-class Position:
-    """Where a federated run stands: rounds finished in the current stage, and overall."""
-
-    stage_index: int = 0
-    stage_round: int = 0
-    global_round: int = 0
-    done: bool = False
-
 
 @dataclass
 class Checkpoint:
     """Everything the server needs to continue a run after its last finished round."""
 
-    position: Position
+    position: Position  # rounds finished in the current stage
     global_state: dict[str, torch.Tensor]
     fingerprint: str
+    global_round: int = 0  # rounds finished in all stages (the number of the last one)
     strategy_state: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: BestSoFar = field(default_factory=BestSoFar)  # the current stage's best round
@@ -61,7 +54,8 @@ def fingerprint(plan_json: str) -> str:
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
     """Write ``out/checkpoint.pt`` atomically: tensors, and the rest as one JSON string."""
-    meta = {"position": asdict(checkpoint.position), "fingerprint": checkpoint.fingerprint,
+    meta = {"position": asdict(checkpoint.position), "global_round": checkpoint.global_round,
+            "fingerprint": checkpoint.fingerprint,
             "history": checkpoint.history, "best": checkpoint.best.meta()}
     save_weights(Path(out) / CHECKPOINT_FILE, {
         "global_state": checkpoint.global_state, "best_state": checkpoint.best.state,
@@ -93,7 +87,8 @@ def _read(path: Path) -> Checkpoint:
     try:
         meta = json.loads(payload["meta"])
         return Checkpoint(
-            position=Position(**meta["position"]), global_state=payload["global_state"],
+            position=Position(**meta["position"]), global_round=meta["global_round"],
+            global_state=payload["global_state"],
             fingerprint=meta["fingerprint"], history=meta["history"],
             best=BestSoFar.restore(meta.get("best"), payload.get("best_state")),
             strategy_state={name: _arrays(value)

@@ -30,13 +30,7 @@ from fedecg.config.train import ModelName
 from fedecg.data.store import StoreManifest
 from fedecg.errors import FederationError
 from fedecg.federated import keys
-from fedecg.federated.checkpoint import (
-    Checkpoint,
-    Position,
-    fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from fedecg.federated.checkpoint import Checkpoint, fingerprint, load_checkpoint, save_checkpoint
 from fedecg.federated.flower_log import keep_flower_log_short
 from fedecg.federated.params import plain_state, to_arrays, to_state
 from fedecg.federated.strategies import DROPOUT, REJECTED, Roster, StageRounds, make_strategy
@@ -45,6 +39,7 @@ from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
 from fedecg.run_folder import RunFolder
+from fedecg.training.checkpoint import Position
 from fedecg.training.selection import BestSoFar, patience_in_rounds
 from fedecg.training.stages import HeadStage, Stage, build_stages
 
@@ -157,7 +152,7 @@ def _serve(grid: Grid, plan: RunPlan, progress: Progress | None,
     try:
         for index, stage in enumerate(stages):
             rounds = plan.config.federation.rounds.of(stage.name)
-            done = run.position.stage_round if index == run.position.stage_index else 0
+            done = run.position.finished if index == run.position.stage_index else 0
             if index < run.position.stage_index or done >= rounds:
                 continue
             _run_stage(grid, plan, plan_json, index, stage, model, run, offsets[index],
@@ -208,7 +203,7 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
     out = Path(plan.out)
     federation = plan.config.federation
     rounds = federation.rounds.of(stage.name)
-    done = run.position.stage_round if index == run.position.stage_index else 0
+    done = run.position.finished if index == run.position.stage_index else 0
 
     def record(kind: str, stage_round: int, site_index: int | None, site: str,
                metrics: dict[str, Any]) -> None:
@@ -239,7 +234,8 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
         stalled = run.best.stalled(stage_round, patience)
         if stalled or stage_round == rounds:
             _keep_best(run, plan.model, stage.name, offset, stage_round, rounds)
-        run.position = Position(index, rounds if stalled else stage_round, global_round)
+        run.position = Position(index, rounds if stalled else stage_round)
+        run.global_round = global_round
         run.strategy_state = wrapper.state()
         save_checkpoint(out, run)
         write_metrics(out, run.history)

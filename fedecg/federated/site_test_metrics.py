@@ -138,7 +138,7 @@ def final_evaluation(grid: Grid, plan: RunPlan) -> dict[str, dict[str, Any]]:
             "naive": decode_entry(metrics, NAIVE_PREFIX)}
     names = {line[NODE_ID]: line["site"] for line in checkpoint.history if NODE_ID in line}
     history = checkpoint.history + [
-        _event(plan, checkpoint.position.global_round, kind, node, names.get(node), reason)
+        _event(plan, checkpoint.global_round, kind, node, names.get(node), reason)
         for kind, node, reason in events]
     write_metrics(out, history)
     for kind, node, reason in events:

@@ -105,7 +105,7 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
     saved = load_checkpoint(checkpoint)
     if saved is None:
         log.keep_model_until(name, 0)
-    position = Position(metric_lines=len(log.lines))
+    position = Position()
     if saved is not None:
         try:
             model.load_state_dict(saved["model"])
@@ -116,14 +116,15 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
                 "their labels or features changed since; pass --overwrite to start again"
             ) from None
         position = saved["position"]
-        log.keep_model_until(name, position.metric_lines)
+        log.keep_model_until(name, saved["metric_lines"])
     if position.done:
         return model
     for index in range(position.stage_index, len(stages)):
-        resume = saved if index == position.stage_index and position.epoch > 0 else None
+        resume = saved if index == position.stage_index and position.finished > 0 else None
         _run_stage(name, index, stages[index], model, data, config, checkpoint, log,
                    resume, on_step)
-    save_checkpoint(checkpoint, Position(len(stages), 0, len(log.lines), done=True), model)
+    save_checkpoint(checkpoint, Position(len(stages), 0, done=True), model,
+                    metric_lines=len(log.lines))
     return model
 
 
@@ -149,7 +150,7 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        first, best = resume["position"].epoch, resume["best"]
+        first, best = resume["position"].finished, resume["best"]
     last = first
     selection = config.early_stopping
 
@@ -171,8 +172,9 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
         best.observe(epoch + 1, record.get("val_loss"), model.state_dict, selection)
         record["best_epoch"] = best.step or None
         log.append(record)
-        save_checkpoint(checkpoint, Position(index, epoch + 1, len(log.lines)), model,
-                        optimizer, scheduler, best)
+        save_checkpoint(checkpoint, Position(index, epoch + 1), model,
+                        metric_lines=len(log.lines), optimizer=optimizer, scheduler=scheduler,
+                        best=best)
         return best.stalled(epoch + 1, selection.patience)
 
     train_window(model, stage, loader_for, optimizer, range(first, epochs),
@@ -191,7 +193,7 @@ def _end_stage(name: str, index: int, stage: Stage, model: JointModel, best: Bes
         logger.info("model %s, stage %s: %s after epoch %d of %d; keeping epoch %d (val loss "
                     "%.4f)", name, stage.name, "stopped" if last < epochs else "finished", last,
                     epochs, best.step or last, best.loss)
-    save_checkpoint(checkpoint, Position(index + 1, 0, len(log.lines)), model)
+    save_checkpoint(checkpoint, Position(index + 1, 0), model, metric_lines=len(log.lines))
 
 
 def planned_passes(settings: StageConfig, rows: int, batch_size: int) -> int:

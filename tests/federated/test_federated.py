@@ -127,7 +127,7 @@ def test_resume_equals_uninterrupted(store, tmp_path, strategy, personal):
     nodes = [{keys.NODE_PARTITION_ID: i} for i in range(2)]
     with pytest.raises(KeyboardInterrupt):  # killed in round 4's training (diagnosis, 1 of 2)
         _run(config, tmp_path / "split", grid=KilledGrid(client_app, nodes, kill_at=7))
-    assert load_checkpoint(tmp_path / "split" / "run").position.global_round == 3
+    assert load_checkpoint(tmp_path / "split" / "run").global_round == 3
     resumed = _run(config, tmp_path / "split")  # fresh grid: sites restore their saved state
     a, b = load_checkpoint(Path(whole.out)), load_checkpoint(Path(resumed.out))
     assert a.position == b.position and a.position.done

@@ -27,6 +27,7 @@ from fedecg.federated import checkpoint as federated
 from fedecg.models.io import MODEL_FILE, load_inference_model
 from fedecg.run_folder import RunFolder, prepare_study
 from fedecg.training import checkpoint as training
+from fedecg.training.checkpoint import Position
 
 PTBXL = "wfdb-samples/ptb-xl/records100/00000/00001_lr"
 
@@ -106,11 +107,12 @@ def test_the_server_checkpoint_keeps_fedadam_moments_and_history_exactly(tmp_pat
     moments = {"m_t": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
                "v_t": {"w": np.full((2, 3), 0.5)}, "current_arrays": None}
     history = [{"round": 1, "site": "all", "dx_auroc": 0.75, "reason": None, "loss": [1, 2]}]
-    saved = federated.Checkpoint(federated.Position(1, 2, 3), {"w": torch.ones(2, 3)}, "abc",
-                                 moments, history)
+    saved = federated.Checkpoint(Position(1, 2), {"w": torch.ones(2, 3)}, "abc", 3, moments,
+                                 history)
     federated.save_checkpoint(tmp_path, saved)
     loaded = federated.load_checkpoint(tmp_path, "abc")
     assert loaded.position == saved.position and loaded.history == history
+    assert loaded.global_round == 3
     assert torch.equal(loaded.global_state["w"], saved.global_state["w"])
     assert loaded.strategy_state["current_arrays"] is None
     for name in ("m_t", "v_t"):

@@ -194,7 +194,7 @@ def test_resume_of_a_multi_model_run_keeps_every_model_history(store, tmp_path, 
         train_models([store], config, tmp_path / "resumed")
     saved = load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")
     assert len(metrics_history(tmp_path / "resumed")) == 7  # signal-only 4, transfer 3
-    assert saved["position"].metric_lines == (7 if where == "train_epoch" else 6)
+    assert saved["metric_lines"] == (7 if where == "train_epoch" else 6)
     monkeypatch.setattr(module, where, real)
     resumed = train_models([store], config, tmp_path / "resumed")
     assert metrics_history(tmp_path / "resumed") == metrics_history(tmp_path / "whole")
@@ -219,7 +219,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(store, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         train_models([store], config, tmp_path / "resumed")
     assert load_checkpoint(RunFolder(tmp_path / "resumed").checkpoints / "transfer.pt")[
-        "position"].epoch == 1
+        "position"].finished == 1
     monkeypatch.setattr(trainer, "train_epoch", real)
     resumed = train_models([store], config, tmp_path / "resumed")
     a = load_checkpoint(RunFolder(tmp_path / "whole").checkpoints / "transfer.pt")["model"]
@@ -242,7 +242,7 @@ def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(store, tmp_
         train_models([store], config, tmp_path / "run")
     saved = load_checkpoint(RunFolder(tmp_path / "run").checkpoints / "signal-only.pt")
     # the lab stage (index 0) ended; the diagnosis stage (1) saved no epoch
-    assert (saved["position"].stage_index, saved["position"].epoch) == (1, 0)
+    assert (saved["position"].stage_index, saved["position"].finished) == (1, 0)
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
     assert not RunFolder(tmp_path / "run").summary.exists()
 
@@ -273,6 +273,7 @@ def test_a_checkpoint_that_does_not_fit_the_store_fails_clearly(store, tmp_path)
     for path in (folder.summary, folder.checkpoints / "signal-only.test.json"):
         path.unlink()
     other = tiny_joint_model(1, 2, 3)
-    save_checkpoint(RunFolder(run).checkpoints / "signal-only.pt", Position(0, 1), other)
+    save_checkpoint(RunFolder(run).checkpoints / "signal-only.pt", Position(0, 1), other,
+                    metric_lines=0)
     with pytest.raises(TrainingError, match=r"signal-only\.pt: does not fit.*--overwrite"):
         train_models([store], _config(), run, models=["signal-only"])
