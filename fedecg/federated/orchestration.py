@@ -282,16 +282,18 @@ def _validation_loss(history: list[dict[str, Any]], global_round: int) -> float 
 def _keep_best(run: Checkpoint, model: str, stage: str, offset: int, stage_round: int,
                rounds: int) -> None:
     """End the stage with its best round's shared weights (``keep_best``), on record as a
-    ``selected`` line: the round kept, its validation loss, and the rounds trained."""
+    ``selected`` line: the round kept (the last one without ``keep_best``), its validation
+    loss, and the rounds trained."""
     best = run.best.best_weights(stage_round)
     if best is not None:
         run.global_state.update(best)
-    if run.best.step == 0:
-        return
+    kept = run.best.step if best is not None else stage_round
+    loss = run.best.loss if kept == run.best.step else _validation_loss(run.history,
+                                                                         offset + kept)
     run.history.append(_line(model, stage, offset + stage_round, stage_round, SELECTED, -1,
-                             "all", {"selected-round": offset + run.best.step,
-                                     "selected-stage-round": run.best.step,
-                                     keys.VAL_PREFIX + keys.LOSS: run.best.loss,
+                             "all", {"selected-round": offset + kept,
+                                     "selected-stage-round": kept,
+                                     keys.VAL_PREFIX + keys.LOSS: loss,
                                      "rounds-trained": stage_round, "rounds-planned": rounds}))
 
 

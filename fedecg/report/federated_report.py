@@ -38,7 +38,8 @@ TABLE_METRICS = (("diagnosis_macro_auroc", "Diagnosis macro AUROC"),
                  ("lab_macro_auroc", "Lab-abnormality macro AUROC"),
                  ("lab_macro_auprc", "Lab-abnormality macro AUPRC"))
 COLOUR_NOTE = "Colours: red federated, blue pooled, grey local-only, in every figure."
-EXPORTED = "from the federated run of the first seed (the sites' final models averaged)"
+EXPORTED = ("from the federated run of the first seed (the sites' models averaged, at each "
+            "stage's kept round)")
 
 
 def study_models(summary: Result) -> list[str]:

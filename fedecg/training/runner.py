@@ -190,9 +190,9 @@ def _end_stage(name: str, index: int, stage: Stage, model: JointModel, best: Bes
     if weights is not None:
         model.load_state_dict(weights)
     if weights is not None or last < epochs:
-        logger.info("model %s, stage %s: %s after epoch %d of %d; keeping epoch %d (val loss "
-                    "%.4f)", name, stage.name, "stopped" if last < epochs else "finished", last,
-                    epochs, best.step or last, best.loss)
+        logger.info("model %s, stage %s: %s after epoch %d of %d; keeping epoch %d", name,
+                    stage.name, "stopped" if last < epochs else "finished", last, epochs,
+                    best.step if weights is not None else last)
     save_checkpoint(checkpoint, Position(index + 1, 0), model, metric_lines=len(log.lines))
 
 

@@ -281,3 +281,13 @@ def test_a_stalled_stage_stops_and_keeps_its_best_round(store, tmp_path, monkeyp
     for key in lab_keys:
         assert torch.equal(saved.global_state[key], seen[2][key]), key
         assert not torch.equal(saved.global_state[key], seen[4][key]), key
+
+
+def test_without_keep_best_the_last_round_is_kept_and_said(store, tmp_path):
+    config = _config(store, train={"early_stopping": {"keep_best": False}})
+    plan = _run(config, tmp_path, model="signal-only")
+    lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
+    selected = {x["stage"]: x for x in lines if x["kind"] == "selected"}
+    assert set(selected) == {"lab", "diagnosis"}
+    for line in selected.values():
+        assert line["selected-stage-round"] == line["rounds-trained"] == line["rounds-planned"]
