@@ -91,7 +91,7 @@ def test_failed_site_makes_simulate_exit_1_with_the_reason(store, tmp_path, monk
     def broken(*args, **kwargs):
         raise RuntimeError("out of disk at the site")
 
-    monkeypatch.setattr(site_module, "validate", broken)
+    monkeypatch.setattr(site_module, "train_window", broken)  # every site's training fails
     result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)),
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
