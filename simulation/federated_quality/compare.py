@@ -6,7 +6,8 @@ Usage::
 
 Reads ``RUNS/<setting>-s<seed>/`` (one ``fedecg simulate`` study folder per seed, made by
 ``run.sh``) and prints, per setting and model, federated and pooled macro AUROC (dx, lab) as
-mean ± sd over seeds with every seed's gap, the federated model's worst site (lab), the rounds
+mean ± sd over seeds with every seed's gap, the federated model's worst site (lab; also over
+the labels with at least 5 test positives at that site), the rounds
 each stage trained and kept, the parameter bytes sent both ways, and the study's wall time.
 """
 
@@ -19,8 +20,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from fedecg.config.base import read_yaml
+
 DX, LAB = "diagnosis_macro_auroc", "lab_macro_auroc"
 MODELS = ("signal-only", "transfer", "multimodal")
+MIN_POSITIVES = 5
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -63,12 +67,25 @@ def federation_costs(folder: Path, model: str) -> dict[str, Any]:
     for line in mine:
         if line["kind"] == "train":
             trained.setdefault(line["stage"], set()).add(line["stage_round"])
-    kept = {x["stage"]: x["selected-stage-round"] for x in mine if x["kind"] == "selected"}
+    settings = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    keep_best = settings.get("train", {}).get("early_stopping", {}).get("keep_best", False)
+    kept = {x["stage"]: x["selected-stage-round"] for x in mine
+            if x["kind"] == "selected" and keep_best}
     moved = sum((x.get("bytes-sent") or 0) + (x.get("bytes-received") or 0)
                 for x in mine if x["kind"] == "train")
     rounds = " + ".join(f"{len(trained[s])}" + (f" (keeps {kept[s]})" if s in kept else "")
                         for s in ("pretrain", "lab", "diagnosis") if s in trained)
     return {"rounds": rounds, "mb": moved / 1e6}
+
+
+def counted_macro(entry: dict[str, Any] | None) -> float | None:
+    """A site's lab macro AUROC over the labels with at least ``MIN_POSITIVES`` test positives
+    there (a label with one positive scores the rank of one ECG)."""
+    if not entry or not entry.get("lab_auroc"):
+        return None
+    values = [auroc for label, auroc in entry["lab_auroc"].items()
+              if auroc is not None and entry["lab_positives"].get(label, 0) >= MIN_POSITIVES]
+    return statistics.mean(values) if values else None
 
 
 def setting_rows(runs: Path, setting: str) -> list[str]:
@@ -87,10 +104,13 @@ def setting_rows(runs: Path, setting: str) -> list[str]:
         gaps = {k: [f - p for f, p in zip(fed[k], pooled[k], strict=False)] for k in (DX, LAB)}
         worst = [min(e[LAB] for e in s["sites"][model].values() if e and e.get(LAB) is not None)
                  for s in summaries.values()]
+        worst_counted = [min(v for v in (counted_macro(e) for e in s["sites"][model].values())
+                             if v is not None) for s in summaries.values()]
         costs = federation_costs(next(iter(seeds.values())), model)
         rows.append(f"| {setting} | {model} | {','.join(map(str, seeds))} | {_mean_sd(fed[DX])} | "
                     f"{_mean_sd(pooled[DX])} | {_signed(gaps[DX])} | {_mean_sd(fed[LAB])} | "
                     f"{_mean_sd(pooled[LAB])} | {_signed(gaps[LAB])} | {_mean_sd(worst)} | "
+                    f"{_mean_sd(worst_counted)} | "
                     f"{costs['rounds']} | {costs['mb']:.1f} |")
     walls = [w for w in (wall_seconds(f) for f in seeds.values()) if w is not None]
     if walls:
@@ -100,7 +120,8 @@ def setting_rows(runs: Path, setting: str) -> list[str]:
 
 HEADER = ("| setting | model | seeds | federated dx | pooled dx | dx gap per seed | "
           "federated lab | pooled lab | lab gap per seed | worst-site lab (fed) | "
-          "rounds per stage (seed 0) | MB moved |\n" + "|---" * 12 + "|")
+          f"worst-site lab, labels with ≥ {MIN_POSITIVES} positives | "
+          "rounds per stage (seed 0) | MB moved |\n" + "|---" * 13 + "|")
 
 
 def main() -> None:
@@ -115,3 +136,24 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def rounds_to_reach(folder: Path, pooled_summary: Path, model: str = "transfer",
+                    margin: float = 0.02) -> dict[str, Any]:
+    """The first round whose aggregated model scores within ``margin`` of pooled on the sites'
+    test splits (diagnosis macro AUROC, example-weighted over sites, as each round's line
+    has it), and the rounds and parameter bytes spent until then. Pooled is scored the same
+    way: its per-site test AUROCs, weighted by the sites' test rows."""
+    per_store = json.loads(pooled_summary.read_text())["pooled"][model]["per_store"]
+    weight = sum(e["n_test"] for e in per_store.values())
+    target = sum(e[DX] * e["n_test"] for e in per_store.values()) / weight - margin
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    mine = [x for x in lines if x.get("model") == model]
+    reached = next((x["round"] for x in sorted(mine, key=lambda x: x["round"])
+                    if x["kind"] == "evaluate" and x["site"] == "all" and x["stage"] == "diagnosis"
+                    and (x.get("diagnosis-auroc") or 0) >= target), None)
+    rounds = sorted({x["round"] for x in mine if x["kind"] == "train"})
+    spent = [x for x in mine if x["kind"] == "train" and (reached is None or x["round"] <= reached)]
+    return {"target": target, "round": reached, "rounds_trained": len(rounds),
+            "mb": sum((x.get("bytes-sent") or 0) + (x.get("bytes-received") or 0)
+                      for x in spent) / 1e6}
