@@ -60,6 +60,7 @@ from fedecg.config.privacy import SampleDPConfig
 from fedecg.models.joint import JointModel
 from fedecg.training.stages import Batch, PretrainStage
 
+MIN_GROUP = 2  # a smaller group has no negative: its term is 0
 CLIP_NORM_EPS = 1e-6  # as Opacus: C / (norm + eps), so a zero gradient stays finite
 
 
@@ -118,18 +119,18 @@ class GroupedContrastiveStage:
         return self.inner.shared_keys(model)
 
     def groups(self, batch_size: int) -> list[torch.Tensor]:
-        """Row indices of each group of 2 or more rows (labels: one uniform draw per row)."""
+        """Row indices of each of the ``M`` groups (labels: one uniform draw per row)."""
         labels = torch.randint(self.n_groups, (batch_size,), generator=self.generator)
-        members = [torch.nonzero(labels == k).flatten() for k in range(self.n_groups)]
-        return [rows for rows in members if len(rows) >= 2]
+        return [torch.nonzero(labels == k).flatten() for k in range(self.n_groups)]
 
     def clipped_group_sum(self, model: JointModel, batch: Batch,
                           groups: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``Σ_k u_k`` per trainable parameter, and each group's loss ``[G]`` (detached)."""
+        """``Σ_k u_k`` per trainable parameter, and the loss ``[G]`` (detached) of each group
+        of ``MIN_GROUP`` rows or more (a smaller group contributes 0)."""
         params = self.trainable(model)
         total = [torch.zeros_like(p) for p in params]
         losses = []
-        for rows in groups:
+        for rows in (rows for rows in groups if len(rows) >= MIN_GROUP):
             loss, _ = self.inner.loss(model, {key: value[rows] for key, value in batch.items()})
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
