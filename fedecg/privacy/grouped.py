@@ -143,11 +143,11 @@ class GroupedContrastiveStage:
         return total, torch.stack(losses) if losses else torch.zeros(0)
 
     def loss(self, model: JointModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """The mean group loss, carrying the clipped group sum as its gradient."""
+        """The mean group loss (0 without a group of 2), carrying the clipped group sum as its
+        gradient; its value is the only log."""
         total, losses = self.clipped_group_sum(model, batch, self.groups(len(batch["ecg"])))
         value = losses.mean() if len(losses) else torch.zeros(())
-        return (with_gradient(value, self.trainable(model), total),
-                {"loss": float(value), "groups": float(len(losses))})
+        return with_gradient(value, self.trainable(model), total), {"loss": float(value)}
 
 
 StepHook = Callable[["GroupNoiseOptimizer"], None]

@@ -213,9 +213,11 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     assert site.metrics()[keys.NUM_EXAMPLES] == 0.0 and site.metrics()[STOPPED] == 1.0
 
 
-def test_empty_poisson_batches_still_take_a_noised_accounted_step():
+@pytest.mark.parametrize("objective", ["align", "grouped"])
+def test_empty_poisson_batches_still_take_a_noised_accounted_step(objective):
     model, stage = tiny_joint_model(), STAGES[0]
-    config = DPConfig(mode="sample", target_epsilon=50.0)
+    config = DPConfig(mode="sample", target_epsilon=50.0,
+                      sample={"pretrain_objective": objective})
     plan = PrivacyPlan((plan_stage(stage.name, N, 1, rounds=1),), N, "s0")
     site = SitePrivacy.start(config, plan)
     optimizer = make_optimizer(activate(model, stage), 1e-3)
