@@ -10,13 +10,13 @@ calibrated noise multiplier and ``g`` ``privacy.sample.contrastive_group``:
    independently with probability ``q``), exactly as for the other stages.
 2. Each drawn record gets a group label, uniform on ``0 .. M-1`` with ``M = max(1,
    round(q·n / g))`` (so groups hold about ``g`` records), drawn independently of every other
-   record and of all contents from a seeded generator: labels are independent of the data
-   and of the batch order. Group ``k`` is the set of records labelled ``k``.
+   record and of all contents from a seeded generator. The labels are i.i.d., so drawing one
+   per batch row is, in distribution, giving each record its own label: independent of the
+   data and of the batch order. Group ``k`` is the set of records labelled ``k``.
 3. For each group with at least 2 records, ``u_k`` is the gradient of the stage's loss on that
-   group alone, clipped to norm ``C/2``; a group of 0 or 1 record gives ``u_k = 0`` (a single
-   pair has no negative: InfoNCE is constant on it, and SigLIP's lone positive would be
-   a per-example term this mechanism is not about; 0 lies inside the ``C/2`` ball, so dropping
-   it keeps the bound below).
+   group alone, clipped to norm ``C/2``; a group of 0 or 1 record gives ``u_k = 0``. A lone
+   record has no negative (InfoNCE is constant on it; SigLIP would only pull its own pair
+   together), and 0 lies inside the ``C/2`` ball, so dropping it keeps the bound below.
 4. The update is ``(Σ_k u_k + N(0, σ²C² I)) / M`` (``M`` is data-independent: Opacus likewise
    divides by the expected batch size), then the wrapped optimizer's step.
 
@@ -30,8 +30,9 @@ that group's term, which can move by twice the clip.) Under replacement of ``x``
 the same label the bound is the same ``C``. This is the sensitivity condition of the Sampled
 Gaussian Mechanism (Mironov, Talwar & Zhang 2019: any function of the Poisson-sampled set whose
 value moves by at most ``C`` when one element is added, plus ``N(0, σ²C²)``), which Opacus's RDP
-and PRV accountants account; averaging over ``ω`` keeps the bound (Rényi divergence is jointly
-quasi-convex). So each step is recorded in the site's ``Ledger`` as one DP-SGD step at rate
+and PRV accountants account. The bound holds for every ``ω`` (which may as well include the
+dropout masks, and may be public), and the mixture over ``ω`` keeps it (Rényi divergence is
+jointly quasi-convex). So each step is recorded in the site's ``Ledger`` as one DP-SGD step at rate
 ``q`` and noise multiplier ``σ``, and the calibration, budget stop and resume are unchanged.
 The unit protected is the same: one ECG record of a site's training split.
 
