@@ -9,6 +9,9 @@ mode alike; peak memory is measured per mode in its own child process:
 * ``plain``: fedecg's own stage and loop (``train_epoch``), no DP;
 * ``hooks`` / ``functorch``: ``SitePrivacy.private_round`` (what a DP site runs: Poisson
   batches, per-example clipping, noise, accounting) with that Opacus ``grad_sample_mode``;
+* ``grouped`` (pretraining only): ``private_round`` with ``pretrain_objective: grouped``
+  (``fedecg.privacy.grouped``: InfoNCE within groups of about ``contrastive_group`` records,
+  each group's gradient clipped by a loop over groups, no Opacus hooks);
 * ``ghost``: Opacus ghost clipping on the same per-example objective, driven directly
   (its loss object is not a tensor, so it cannot go through ``train_epoch``); measured to
   decide whether fedecg should support it.
@@ -18,6 +21,8 @@ most 2.5), and the peak resident set growth over one epoch (VmHWM reset after a 
 Speeds depend on the machine and its load: read them only as ratios from one run. Example::
 
     python benchmarks/dp_benchmark.py --threads 1 --out benchmarks/dp_benchmark.json
+    python benchmarks/dp_benchmark.py --stages pretrain --modes plain grouped --steps 4 \
+        --out benchmarks/dp_grouped_benchmark.json
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 from benchmark_json import emit
 from torch.utils.data import DataLoader, Dataset
 
-from fedecg.config.privacy import DPConfig
+from fedecg.config.privacy import DPConfig, SampleDPConfig
 from fedecg.config.train import TrainConfig
 from fedecg.data.cohort import clinical_feature_names
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
@@ -48,7 +53,8 @@ from fedecg.privacy.sample_dp import SitePrivacy
 from fedecg.training.stages import DiagnosisStage, PretrainStage, Stage
 from fedecg.training.trainer import activate, make_optimizer, train_epoch
 
-MODES = ("plain", "hooks", "functorch", "ghost")
+MODES = ("plain", "hooks", "functorch", "grouped", "ghost")
+PRETRAIN_ONLY = ("grouped",)
 STAGES: dict[str, Stage] = {"pretrain": PretrainStage(), "diagnosis": DiagnosisStage()}
 
 
@@ -115,9 +121,9 @@ def make_epoch(mode: str, stage_name: str, steps: int, epochs: int) -> Callable[
                          model.classifier.dx_head.out_features, model.clinical.n_features)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
     plan = PrivacyPlan((plan_stage(stage_name, n, config.batch_size, epochs + 1),), n)
-    site = SitePrivacy.start(DPConfig(mode="sample", target_epsilon=8.0,
-                                      sample={"grad_sample_mode": mode if mode in (
-                                          "hooks", "functorch") else "hooks"}), plan)
+    sample = {"grad_sample_mode": mode if mode in ("hooks", "functorch") else "hooks",
+              "pretrain_objective": "grouped" if mode == "grouped" else "align"}
+    site = SitePrivacy.start(DPConfig(mode="sample", target_epsilon=8.0, sample=sample), plan)
     seeds = iter(range(10**6))
 
     def epoch() -> None:
@@ -173,11 +179,13 @@ def main() -> None:
     report: dict[str, Any] = {"threads": args.threads, "steps_per_epoch": args.steps,
                               "timed_epochs": args.epochs, "config": TrainConfig().model_dump(
                                   include={"batch_size", "crop_samples", "encoder"}),
+                              "contrastive_group": SampleDPConfig().contrastive_group,
                               "stages": {}}
     for stage in args.stages:
-        seconds = time_modes(stage, args.modes, args.epochs, args.steps)
+        modes = [m for m in args.modes if stage == "pretrain" or m not in PRETRAIN_ONLY]
+        seconds = time_modes(stage, modes, args.epochs, args.steps)
         rows = {}
-        for mode in args.modes:
+        for mode in modes:
             command = [sys.executable, __file__, "--child", mode, stage, "--steps",
                        str(args.steps), "--threads", str(args.threads)]
             result = subprocess.run(command, capture_output=True, text=True, check=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedecg.config.base import StrictModel
 
@@ -25,7 +25,7 @@ PrivacyMode = Literal["none", "sample", "client"]
 AccountantName = Literal["rdp", "prv"]
 GradSampleMode = Literal["hooks", "functorch"]
 ClippingSide = Literal["server", "client"]
-PretrainObjective = Literal["align", "features"]
+PretrainObjective = Literal["align", "features", "grouped"]
 
 
 def default_delta(n_units: int) -> float:
@@ -45,7 +45,20 @@ class SampleDPConfig(StrictModel):
         10.0, gt=0, description="largest noise multiplier calibration may choose")
     pretrain_objective: PretrainObjective = Field(
         "align", description="per-example pretraining loss (fedecg.privacy.objectives): "
-        "align = cosine to a frozen random embedding, features = regress own clinical values")
+        "align = cosine to a frozen random embedding, features = regress own clinical values, "
+        "grouped = the stage's InfoNCE/SigLIP within random groups, each group clipped "
+        "(fedecg.privacy.grouped)")
+    contrastive_group: int = Field(
+        8, description="grouped: the expected number of records per contrastive group")
+
+    @field_validator("contrastive_group")
+    @classmethod
+    def _group_has_negatives(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"contrastive_group {value}: a contrastive group needs at least 2 "
+                             "records (a group of one has no negatives); set "
+                             "privacy.sample.contrastive_group to 2 or more (default 8)")
+        return value
 
     @model_validator(mode="after")
     def _poisson(self) -> SampleDPConfig:

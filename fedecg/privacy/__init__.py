@@ -3,6 +3,7 @@
 * ``accounting``: the per-site ``Ledger`` (Opacus accountant history, cumulative ε), the
   ``PrivacyPlan`` of a site's whole training, ``calibrate_noise``, ``affordable_steps``;
 * ``objectives``: the per-example versions of the three stages DP-SGD needs;
+* ``grouped``: grouped contrastive pretraining (each group's gradient clipped, then noised);
 * ``normalization``: public (data-independent) clinical standardization;
 * ``validation``: ``validate_model`` (one ``PrivacyError`` naming every unsupported layer);
 * ``sample_dp``: ``SitePrivacy``, DP-SGD around one round of the training loop (Opacus);

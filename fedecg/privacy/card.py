@@ -24,15 +24,27 @@ PRETRAIN_OBJECTIVE_WORDS = {
     "features": "each ECG regresses its own standardized clinical values"}
 
 
+def pretraining_words(config: DPConfig) -> str:
+    """What pretraining does under sample-level DP, in words."""
+    sample = config.sample
+    if sample.pretrain_objective == "grouped":
+        return ("Pretraining, where the model has it, keeps its contrastive loss within random "
+                f"groups of about {sample.contrastive_group} records; each group's gradient is "
+                f"clipped to {0.5 * sample.max_grad_norm:g} (half the clipping norm), so one "
+                "record moves the noised sum by at most the clipping norm and the same "
+                "per-record accountant applies")
+    objective = PRETRAIN_OBJECTIVE_WORDS[sample.pretrain_objective]
+    return ("Pretraining, where the model has it, uses a per-example objective instead of "
+            f"InfoNCE ({objective}), which on the synthetic twin transferred none of InfoNCE's "
+            "gain")
+
+
 def mechanism(config: DPConfig) -> dict[str, str]:
     """The mechanism and the unit it protects, in words, for ``config.mode``."""
     if config.mode == "sample":
-        objective = PRETRAIN_OBJECTIVE_WORDS[config.sample.pretrain_objective]
         return {"mechanism": "DP-SGD at each site (Opacus): per-example gradient clipping, "
                              "Gaussian noise, Poisson sampling, one accountant across all rounds "
-                             "and stages. Pretraining, where the model has it, uses a "
-                             f"per-example objective instead of InfoNCE ({objective}), which on "
-                             "the synthetic twin transferred none of InfoNCE's gain",
+                             f"and stages. {pretraining_words(config)}",
                 "unit_protected": "one ECG record of a site's training split; a patient with k "
                                   "records is protected as a group, at about k times epsilon"}
     side = config.client.clipping

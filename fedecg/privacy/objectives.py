@@ -24,6 +24,8 @@ the batch loss is a mean of per-example losses, each depending on its own exampl
   "What was tried for the ε = 8 target"). Only the ECG encoder and ECG projection
   train; the stage shares the same keys as ``PretrainStage`` (the clinical ones come back
   unchanged), so a server needs no other stage.
+  ``grouped`` keeps InfoNCE/SigLIP within random groups and clips each group's gradient
+  instead (``fedecg.privacy.grouped``: its own stage and noisy optimizer step).
 * **Lab and diagnosis heads** use masked BCE averaged over the known labels of the whole
   batch, so one example's missing labels change every other example's weight. The private
   versions average over each example's own known labels, then over the batch.
@@ -44,6 +46,7 @@ from torch import nn
 from fedecg.config.privacy import SampleDPConfig
 from fedecg.errors import PrivacyError
 from fedecg.models.joint import JointModel
+from fedecg.privacy.grouped import GroupedContrastiveStage
 from fedecg.training.stages import (
     ENCODER,
     Batch,
@@ -171,15 +174,19 @@ class PrivateHeadStage(PerExampleStage):
 PRETRAIN_OBJECTIVES = {"align": PrivatePretrainStage, "features": PrivateFeatureStage}
 
 
-def private_stage(stage: Stage, settings: SampleDPConfig | None = None) -> PerExampleStage:
-    """The per-example version of one of fedecg's stages (see the module docstring), with
-    ``settings``' pretraining objective (default: ``SampleDPConfig``'s)."""
+def private_stage(stage: Stage, settings: SampleDPConfig | None = None
+                  ) -> PerExampleStage | GroupedContrastiveStage:
+    """The private version of one of fedecg's stages (see the module docstring), with
+    ``settings``' pretraining objective (default: ``SampleDPConfig``'s): per-example, or for
+    ``grouped`` pretraining the grouped contrastive stage (``fedecg.privacy.grouped``)."""
     settings = settings or SampleDPConfig()
     if isinstance(stage, PretrainStage):
+        if settings.pretrain_objective == "grouped":
+            return GroupedContrastiveStage.from_settings(stage, settings)
         return PRETRAIN_OBJECTIVES[settings.pretrain_objective]()
     if isinstance(stage, LabHeadStage | DiagnosisStage):
         return PrivateHeadStage(stage)
-    if isinstance(stage, PerExampleStage):
+    if isinstance(stage, PerExampleStage | GroupedContrastiveStage):
         return stage
     raise PrivacyError(f"stage {getattr(stage, 'name', stage)!r} ({type(stage).__name__}): no "
                        "per-example objective is known for it, so DP-SGD could not bound one "

@@ -14,10 +14,13 @@ hook (``fedecg.training.trainer``)::
 Inside, the stage becomes its per-example version (``fedecg.privacy.objectives``) and is
 re-activated, Opacus's per-example gradient hooks are attached to the model in place (no
 ``_module.`` wrapper), the loader draws Poisson batches at rate ``batch_size / n`` and the
-optimizer clips each example's gradient to ``max_grad_norm`` and adds Gaussian noise. Every
-noised step is recorded in the ledger. A data-independent ``extra_loss`` (FedProx's proximal
-term) is added to the gradient after noising, as post-processing: passed to ``train_window``
-it would be dropped silently, since Opacus replaces the gradient by the noised per-example sum.
+optimizer clips each example's gradient to ``max_grad_norm`` and adds Gaussian noise. Under
+``pretrain_objective: grouped`` the pretraining stage instead clips each contrastive group's
+gradient itself and a ``GroupNoiseOptimizer`` adds the noise (``fedecg.privacy.grouped``; no
+Opacus hooks, the same loader and ledger). Every noised step is recorded in the ledger. A
+data-independent ``extra_loss`` (FedProx's proximal term) is added to the gradient after
+noising, as post-processing: passed to ``train_window`` it would be dropped silently, since
+Opacus replaces the gradient by the noised per-example sum.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from fedecg.privacy.accounting import (
     check_delta,
     sample_rate,
 )
+from fedecg.privacy.grouped import GroupedContrastiveStage, GroupNoiseOptimizer
 from fedecg.privacy.objectives import PerExampleStage, private_stage
 from fedecg.privacy.validation import validate_model
 from fedecg.training.stages import Stage
@@ -63,9 +67,9 @@ class PrivateTraining:
     """What the training loop uses instead of its plain objects during one private round."""
 
     model: nn.Module
-    stage: PerExampleStage
+    stage: PerExampleStage | GroupedContrastiveStage
     loader: DataLoader
-    optimizer: DPOptimizer
+    optimizer: DPOptimizer | GroupNoiseOptimizer
 
 
 @dataclass
@@ -141,13 +145,22 @@ class SitePrivacy:
                 f"in batches of {loader.batch_size} (rate {sample_rate(n, loader.batch_size):.4g})"
                 f" but the privacy plan was calibrated for rate {rate:.4g}; build the plan "
                 "from the same rows and batch size as the training loader")
-        hooks = prepare_module(model, self.config.sample.grad_sample_mode, wrap_model=False,
-                               batch_first=True, loss_reduction="mean")
-        dp_optimizer = DPOptimizer(
-            optimizer, noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.config.sample.max_grad_norm,
-            expected_batch_size=max(1, round(rate * n)), loss_reduction="mean",
-            generator=torch.Generator().manual_seed(seed + 1))
+        noise_generator = torch.Generator().manual_seed(seed + 1)
+        hooks = None
+        if isinstance(private, GroupedContrastiveStage):  # no Opacus hooks: it clips groups
+            private = private.for_round(rate * n, seed + 2)
+            dp_optimizer: DPOptimizer | GroupNoiseOptimizer = GroupNoiseOptimizer(
+                optimizer, noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.config.sample.max_grad_norm,
+                expected_groups=private.n_groups, generator=noise_generator)
+        else:
+            hooks = prepare_module(model, self.config.sample.grad_sample_mode,
+                                   wrap_model=False, batch_first=True, loss_reduction="mean")
+            dp_optimizer = DPOptimizer(
+                optimizer, noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.config.sample.max_grad_norm,
+                expected_batch_size=max(1, round(rate * n)), loss_reduction="mean",
+                generator=noise_generator)
         dp_optimizer.attach_step_hook(self._step_hook(model, rate, extra_loss))
         poisson = DPDataLoader(loader.dataset, sample_rate=rate, collate_fn=loader.collate_fn,
                                num_workers=loader.num_workers,
@@ -157,11 +170,12 @@ class SitePrivacy:
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 yield PrivateTraining(model, private, poisson, dp_optimizer)
         finally:
-            hooks.cleanup()
+            if hooks is not None:
+                hooks.cleanup()
 
-    def _step_hook(self, model: nn.Module, rate: float,
-                   extra_loss: ExtraLoss | None) -> Callable[[DPOptimizer], None]:
-        def hook(optimizer: DPOptimizer) -> None:
+    def _step_hook(self, model: nn.Module, rate: float, extra_loss: ExtraLoss | None
+                   ) -> Callable[[DPOptimizer | GroupNoiseOptimizer], None]:
+        def hook(optimizer: DPOptimizer | GroupNoiseOptimizer) -> None:
             self.ledger.step(optimizer.noise_multiplier, rate)
             if extra_loss is not None:
                 params = optimizer.params

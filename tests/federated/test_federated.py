@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders.killed_grid import KilledGrid
 from builders.site_store import make_store
 from builders.tiny import TINY_TRAIN
 
@@ -100,20 +101,6 @@ def test_run_writes_metrics_per_round_site_and_stage(store, tmp_path):
     diagnosis = [x for x in lines if x["kind"] == "evaluate" and x["stage"] == "diagnosis"]
     assert all(x["diagnosis-auroc"] is None or 0 <= x["diagnosis-auroc"] <= 1 for x in diagnosis)
     assert all(x["bytes-sent"] > 0 for x in lines if x["kind"] == "train")
-
-
-class KilledGrid(InProcessGrid):
-    """Dies (like a killed process) on its ``kill_at``-th exchange (2 per round)."""
-
-    def __init__(self, *args, kill_at: int) -> None:
-        super().__init__(*args)
-        self.kill_at, self.calls = kill_at, 0
-
-    def send_and_receive(self, messages, *, timeout=None):
-        self.calls += 1
-        if self.calls == self.kill_at:
-            raise KeyboardInterrupt("killed")
-        return super().send_and_receive(messages, timeout=timeout)
 
 
 @pytest.mark.parametrize("strategy,personal", [("fedadam", True), ("fedprox", False),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from builders.site_store import make_store
 from builders.tiny import TINY_TRAIN
 
@@ -15,7 +16,7 @@ from fedecg.config.federated import StudyConfig
 from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
-from fedecg.federated.orchestration import run_server
+from fedecg.federated.orchestration import RunPlan, run_server
 from fedecg.privacy import normalization
 from fedecg.privacy.sample_dp import EPSILON, STOPPED
 from fedecg.run_folder import RunFolder
@@ -26,28 +27,84 @@ def store(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("fed") / "store", n_patients=40)
 
 
-@pytest.mark.parametrize(("model", "rounds"), [("transfer", 5), ("multimodal", 3)])
-def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, monkeypatch,
-                                                              model, rounds):
-    """Every model of the privacy sweep trains under DP (multimodal: the clinical encoder too,
-    on public standardization), each round adding to each site's ε."""
-    monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
-    config = StudyConfig.model_validate({
+def dp_study(store: Path, objective: str = "align") -> StudyConfig:
+    return StudyConfig.model_validate({
         "data": {"store": str(store)}, "partition": {"num_sites": 2},
         "federation": {"rounds": {"pretrain": 2, "lab": 1, "diagnosis": 2}},
-        "train": TINY_TRAIN, "privacy": {"mode": "sample", "target_epsilon": 4.0}})
-    plan = make_plan(config, model, tmp_path / "run", store,
-                     ensure_partition(store, config.partition, tmp_path))
-    grid = InProcessGrid(client_app, [{keys.NODE_PARTITION_ID: i} for i in range(2)])
-    run_server(grid, plan)
-    text = RunFolder(tmp_path / "run").metrics.read_text()
-    train = [line for line in map(json.loads, text.splitlines()) if line["kind"] == "train"]
-    for site in (0, 1):
-        spent = [line[EPSILON] for line in train if line["site_index"] == site]
+        "train": TINY_TRAIN, "privacy": {"mode": "sample", "target_epsilon": 4.0, "sample": {
+            "pretrain_objective": objective, "contrastive_group": 4}}})
+
+
+def run(config: StudyConfig, model: str, out: Path, store: Path,
+        grid_type=InProcessGrid) -> RunPlan:
+    """Run ``model`` under ``config`` over two in-process sites (in ``out/run``)."""
+    plan = make_plan(config, model, out / "run", store,
+                     ensure_partition(store, config.partition, out))
+    run_server(grid_type(client_app, [{keys.NODE_PARTITION_ID: i} for i in range(2)]), plan)
+    return plan
+
+
+def train_lines(run_dir: Path) -> list[dict]:
+    """The run's ``metrics.jsonl`` lines of kind train."""
+    text = RunFolder(run_dir).metrics.read_text()
+    return [line for line in map(json.loads, text.splitlines()) if line["kind"] == "train"]
+
+
+def site_epsilons(run_dir: Path) -> dict[int, list[float]]:
+    """Each site's reported cumulative ε, round by round."""
+    return {site: [line[EPSILON] for line in train_lines(run_dir) if line["site_index"] == site]
+            for site in (0, 1)}
+
+
+@pytest.mark.parametrize(("model", "rounds", "objective"),
+                         [("transfer", 5, "align"), ("multimodal", 3, "align"),
+                          ("transfer", 5, "grouped")])
+def test_dp_run_reports_cumulative_epsilon_per_site_and_round(store, tmp_path, monkeypatch,
+                                                              model, rounds, objective):
+    """Every model of the privacy sweep trains under DP (multimodal: the clinical encoder too,
+    on public standardization; transfer also with grouped contrastive pretraining), each round
+    adding to each site's ε."""
+    monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
+    run_dir = Path(run(dp_study(store, objective), model, tmp_path, store).out)
+    for spent in site_epsilons(run_dir).values():
         assert len(spent) == rounds and all(b > a for a, b in itertools.pairwise(spent))
         assert 3.5 < spent[-1] <= 4.0
+    train = train_lines(run_dir)
     assert all(line.get(keys.TRAIN_LOSS) is None for line in train)  # not released under DP
     assert all(line[STOPPED] == 0 for line in train)
+
+
+def test_grouped_dp_run_resumed_after_a_kill_equals_the_uninterrupted_run(store, tmp_path,
+                                                                          monkeypatch):
+    """Killed in pretraining's second round and resumed on a fresh grid (every site's
+    ``context.state`` lost): each site's ε continues from its saved ledger, never reset, and
+    the model ends bit-identical to the uninterrupted run's, its clinical encoder trained by
+    the grouped contrastive loss (the per-example objectives keep it frozen)."""
+    from builders.killed_grid import KilledGrid
+
+    from fedecg.federated.checkpoint import load_checkpoint
+    from fedecg.federated.orchestration import initial_model
+
+    monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
+    config = dp_study(store, "grouped")
+    plan = run(config, "transfer", tmp_path / "whole", store)
+    whole = Path(plan.out)
+
+    def killed_in_round_2(*args):
+        return KilledGrid(*args, kill_at=3)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(config, "transfer", tmp_path / "split", store, grid_type=killed_in_round_2)
+    assert load_checkpoint(tmp_path / "split" / "run").global_round == 1
+    resumed = Path(run(config, "transfer", tmp_path / "split", store).out)
+    assert site_epsilons(resumed) == site_epsilons(whole)
+    assert all(spent[-1] <= 4.0 for spent in site_epsilons(resumed).values())
+    a, b = load_checkpoint(whole), load_checkpoint(resumed)
+    for key, value in a.global_state.items():
+        assert torch.equal(value, b.global_state[key]), key
+    initial = initial_model(plan).state_dict()["clinical.mlp.0.weight"]
+    trained = a.global_state["clinical.mlp.0.weight"]  # align: equal up to FedAvg's rounding
+    assert float((trained - initial).abs().max()) > 1e-4
 
 
 @pytest.mark.parametrize("clipping", ["server", "client"])

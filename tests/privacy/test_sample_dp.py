@@ -19,6 +19,7 @@ from fedecg.data.labs import DEFAULT_LAB_PANEL
 from fedecg.errors import PrivacyError
 from fedecg.models.joint import JointModel
 from fedecg.privacy.accounting import Ledger, PrivacyPlan, plan_stage
+from fedecg.privacy.grouped import GroupedContrastiveStage
 from fedecg.privacy.normalization import apply_public_normalization, public_statistics
 from fedecg.privacy.objectives import private_stage
 from fedecg.privacy.sample_dp import EPSILON, STOPPED, SitePrivacy
@@ -75,13 +76,18 @@ def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
     assert site.ledger.history == [(0.0, BATCH / N, N // BATCH)]
 
 
-def test_private_rounds_account_every_noised_step_cumulatively():
-    model, site = tiny_joint_model(), site_privacy(rounds=2)
+@pytest.mark.parametrize("objective", ["align", "grouped"])
+def test_private_rounds_account_every_noised_step_cumulatively(objective):
+    """Opacus's DP-SGD and grouped pretraining alike: every noised step in the ledger, whose
+    ε is the independent replay's with Opacus's RDP accountant."""
+    model, site = tiny_joint_model(), site_privacy(rounds=2, objective=objective)
     spent, independent = [], RDPAccountant()
     for round_index, stage in enumerate(s for s in STAGES for _ in range(2)):
         optimizer = make_optimizer(activate(model, stage), lr=1e-3)
         loader = DataLoader(TinyRecords(), batch_size=BATCH, shuffle=True)
         with site.private_round(model, stage, loader, optimizer, seed=round_index) as dp:
+            grouped = isinstance(dp.stage, GroupedContrastiveStage)
+            assert grouped == (objective == "grouped" and stage.name == "pretrain")
             steps = site.steps_allowed(stage.name, N // BATCH)
             logs = train_window(dp.model, dp.stage, lambda _: dp.loader, dp.optimizer, range(1),
                                 max_steps=steps)
@@ -146,7 +152,9 @@ def test_public_normalization_uses_reference_ranges_and_refuses_unknown_features
         public_statistics(["shoe_size"], DEFAULT_LAB_PANEL)
 
 
-def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("objective", ["align", "grouped"])
+def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkeypatch,
+                                                               objective):
     """Every round of a real site store through ``PrivateSite``, with a restart that loses
     ``context.state`` before round 2: the ledger comes back from disk and ε keeps rising."""
     from builders.site_store import make_store
@@ -171,7 +179,8 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
         "federation": {"rounds": {"pretrain": 1, "lab": 1, "diagnosis": 1}, "local_steps": 3}})
     plan = RunPlan(config=config, model="transfer", manifest=store.manifest,
                    out=str(tmp_path / "run"))
-    dp_config = DPConfig(mode="sample", target_epsilon=6.0)
+    dp_config = DPConfig(mode="sample", target_epsilon=6.0,
+                         sample={"pretrain_objective": objective, "contrastive_group": 2})
     model = build_model("transfer", config.train, data.manifest, data.train_clinical())
     state, spent = RecordDict(), []
     for global_round, stage in enumerate(stages_for(plan), start=1):
@@ -185,6 +194,8 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
         optimizer = make_optimizer(activate(model, stage), 1e-3)
         with site.round(model, stage, train, optimizer, planned_steps=planned,
                         seed=global_round) as (dp, allowed):
+            grouped = isinstance(dp.stage, GroupedContrastiveStage)
+            assert grouped == (objective == "grouped" and stage.name == "pretrain")
             logs = train_epoch(dp.model, dp.stage, dp.loader, dp.optimizer, max_steps=allowed)
         assert logs["steps"] == allowed == planned == 3
         site.save(state, saved)
@@ -202,9 +213,11 @@ def test_site_hook_walks_a_federated_plan_and_resumes_from_disk(tmp_path, monkey
     assert site.metrics()[keys.NUM_EXAMPLES] == 0.0 and site.metrics()[STOPPED] == 1.0
 
 
-def test_empty_poisson_batches_still_take_a_noised_accounted_step():
+@pytest.mark.parametrize("objective", ["align", "grouped"])
+def test_empty_poisson_batches_still_take_a_noised_accounted_step(objective):
     model, stage = tiny_joint_model(), STAGES[0]
-    config = DPConfig(mode="sample", target_epsilon=50.0)
+    config = DPConfig(mode="sample", target_epsilon=50.0,
+                      sample={"pretrain_objective": objective})
     plan = PrivacyPlan((plan_stage(stage.name, N, 1, rounds=1),), N, "s0")
     site = SitePrivacy.start(config, plan)
     optimizer = make_optimizer(activate(model, stage), 1e-3)
