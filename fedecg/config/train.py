@@ -102,15 +102,19 @@ class EvalConfig(StrictModel):
 
 
 class EarlyStoppingConfig(StrictModel):
-    """Model selection by validation loss, the same for centralized and federated training.
+    """Model selection on the validation split, the same for centralized and federated training.
 
-    After each epoch (federated: each round, the sites' validation loss of the aggregated model,
-    weighted by their validation rows) the stage's validation loss is compared with its best so
-    far. ``keep_best``: the stage ends with its best epoch's (round's) weights. ``patience``: the
-    stage stops once its validation loss has not improved for that many epochs (federated:
-    rounds × local epochs); null trains every epoch.
+    After each epoch (federated: each round, the aggregated model scored at each site and
+    weighted by their validation rows) the stage's score is compared with its best so far:
+    ``monitor: auroc`` scores a head stage by the macro AUROC of the head it trains (lab, or
+    diagnosis) and pretraining by its loss; ``monitor: loss`` scores every stage by its loss.
+    ``keep_best``: the stage ends with its best epoch's (round's) weights. ``patience``: the
+    stage stops once its score has not improved for that many epochs (federated: rounds ×
+    local epochs); null trains every epoch.
     """
 
+    monitor: Literal["auroc", "loss"] = Field("auroc", description="a head stage's score: its "
+                                              "head's validation macro AUROC, or its loss")
     keep_best: bool = True
     patience: int | None = Field(None, ge=1, description="epochs without improvement before "
                                  "a stage stops (null: never stop early)")

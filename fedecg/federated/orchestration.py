@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedecg.config.base import StrictModel
 from fedecg.config.federated import StudyConfig
-from fedecg.config.train import ModelName
+from fedecg.config.train import EarlyStoppingConfig, ModelName
 from fedecg.data.store import StoreManifest
 from fedecg.errors import FederationError
 from fedecg.federated import keys
@@ -40,7 +40,7 @@ from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
 from fedecg.run_folder import RunFolder
 from fedecg.training.checkpoint import Position
-from fedecg.training.selection import BestSoFar, patience_in_rounds
+from fedecg.training.selection import BestSoFar, patience_in_rounds, stage_score
 from fedecg.training.stages import HeadStage, Stage, build_stages
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
 SITE_EVENTS = (DROPOUT, REJECTED)
 SELECTED = "selected"  # a metrics line: the round a stage ended with (model selection)
+VALIDATION_KEYS = tuple(keys.VAL_PREFIX + key for key in keys.EVALUATION_KEYS)
 
 
 class RunPlan(StrictModel):
@@ -229,7 +230,8 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
         global_round = offset + stage_round
         run.global_state.update(to_state(arrays))
         run.history.extend(round_summary(run.history, global_round))
-        run.best.observe(stage_round, _validation_loss(run.history, global_round),
+        run.best.observe(stage_round, _validation_score(run.history, global_round, stage.name,
+                                                        selection),
                          lambda: {key: run.global_state[key] for key in shared}, selection)
         stalled = run.best.stalled(stage_round, patience)
         if stalled or stage_round == rounds:
@@ -270,12 +272,15 @@ class _StageStopped(Exception):
     """Raised from the round callback to end a stage whose validation loss stalled."""
 
 
-def _validation_loss(history: list[dict[str, Any]], global_round: int) -> float | None:
-    """The sites' validation loss of the aggregated model after ``global_round`` (the
+def _validation_score(history: list[dict[str, Any]], global_round: int, stage: str,
+                      selection: EarlyStoppingConfig) -> float | None:
+    """The aggregated model's validation score after ``global_round`` (``stage_score`` of the
     example-weighted ``all`` line), or None when no site had validation rows."""
     for line in history:
         if line["round"] == global_round and line["kind"] == "evaluate" and line["site"] == "all":
-            return line.get(keys.VAL_PREFIX + keys.LOSS)
+            return stage_score(stage, selection, line.get(keys.VAL_PREFIX + keys.LOSS),
+                               line.get(keys.VAL_PREFIX + keys.LAB_AUROC),
+                               line.get(keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC))
     return None
 
 
@@ -288,12 +293,12 @@ def _keep_best(run: Checkpoint, model: str, stage: str, offset: int, stage_round
     if best is not None:
         run.global_state.update(best)
     kept = run.best.step if best is not None else stage_round
-    loss = run.best.loss if kept == run.best.step else _validation_loss(run.history,
-                                                                         offset + kept)
+    scores = next(line for line in run.history if line["round"] == offset + kept
+                  and line["kind"] == "evaluate" and line["site"] == "all")
     run.history.append(_line(model, stage, offset + stage_round, stage_round, SELECTED, -1,
                              "all", {"selected-round": offset + kept,
                                      "selected-stage-round": kept,
-                                     keys.VAL_PREFIX + keys.LOSS: loss,
+                                     **{key: scores.get(key) for key in VALIDATION_KEYS},
                                      "rounds-trained": stage_round, "rounds-planned": rounds}))
 
 

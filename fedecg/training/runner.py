@@ -5,7 +5,7 @@
 ``fedecg.models.build``) with the clinical standardization fit on training rows, runs its
 stages (``build_stages``) through the stage loop (``train_window``), appends one
 ``metrics.jsonl`` record per epoch and writes a checkpoint after each, resuming from the last.
-Each stage ends with its best epoch by validation loss and may stop early
+Each stage ends with its best epoch on validation and may stop early
 (``train.early_stopping``, ``fedecg.training.selection``).
 """
 
@@ -29,7 +29,7 @@ from fedecg.models.joint import JointModel
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
 from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
-from fedecg.training.selection import BestSoFar
+from fedecg.training.selection import BestSoFar, stage_score
 from fedecg.training.stages import Stage, build_stages
 from fedecg.training.trainer import (
     activate,
@@ -169,7 +169,10 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
                   "examples_per_second": logs["examples"] / max(seconds, 1e-9)}
         record.update(validate(model, stage, val, data.names, config.eval.batch_size))
-        best.observe(epoch + 1, record.get("val_loss"), model.state_dict, selection)
+        score = stage_score(stage.name, selection, record.get("val_loss"),
+                            record.get("val_lab_macro_auroc"),
+                            record.get("val_diagnosis_macro_auroc"))
+        best.observe(epoch + 1, score, model.state_dict, selection)
         record["best_epoch"] = best.step or None
         log.append(record)
         save_checkpoint(checkpoint, Position(index, epoch + 1), model,

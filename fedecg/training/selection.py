@@ -1,7 +1,8 @@
-"""Model selection within a stage: keep the best weights by validation loss, stop when it stalls.
+"""Model selection within a stage: keep the best weights on validation, stop when it stalls.
 
 Centralized training calls ``BestSoFar.observe`` after each epoch, the federated server after
-each round (with the sites' validation loss of the aggregated model); both follow
+each round (with the aggregated model's validation scores at the sites), both with
+``stage_score`` (a head's macro AUROC, or the stage's loss); both follow
 ``train.early_stopping`` (``fedecg.config.train.EarlyStoppingConfig``). The tracker travels in
 checkpoints (``meta`` + ``state``), so a resumed stage keeps its best so far.
 """
@@ -22,8 +23,9 @@ Weights = dict[str, torch.Tensor]
 
 @dataclass
 class BestSoFar:
-    """A stage's best validation loss so far, when it came (epoch or round, 1-based; 0 before
-    any) and, with ``keep_best``, a copy of the weights it came with."""
+    """A stage's best validation score so far (lower is better: a loss, or a negated AUROC),
+    when it came (epoch or round, 1-based; 0 before any) and, with ``keep_best``, a copy of the
+    weights it came with."""
 
     step: int = 0
     loss: float = math.inf
@@ -31,9 +33,8 @@ class BestSoFar:
 
     def observe(self, step: int, loss: float | None, weights: Callable[[], Mapping[str, Any]],
                 config: EarlyStoppingConfig) -> bool:
-        """Record ``loss`` after ``step``; True when it is the best so far (weights copied).
-
-        A missing or non-finite loss (no validation rows) never counts as an improvement.
+        """Record the score ``loss`` after ``step``; True when it is the best so far (weights
+        copied). A missing or non-finite score never counts as an improvement.
         """
         if loss is None or not math.isfinite(loss) or loss >= self.loss - config.min_delta:
             return False
@@ -65,6 +66,17 @@ class BestSoFar:
             return cls()
         loss = meta.get("loss")
         return cls(int(meta["step"]), math.inf if loss is None else float(loss), state or {})
+
+
+def stage_score(stage: str, config: EarlyStoppingConfig, loss: float | None,
+                lab_auroc: float | None, diagnosis_auroc: float | None) -> float | None:
+    """What ``BestSoFar`` minimizes for ``stage``: its validation loss, or with ``monitor:
+    auroc`` a head stage's negated macro AUROC (lab for the lab stage, diagnosis for the
+    diagnosis stage). None when that score is missing (no validation rows or positives)."""
+    if config.monitor == "loss" or stage == "pretrain":
+        return loss
+    auroc = lab_auroc if stage == "lab" else diagnosis_auroc
+    return None if auroc is None else -auroc
 
 
 def patience_in_rounds(config: EarlyStoppingConfig, local_epochs: int) -> int | None:

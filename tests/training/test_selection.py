@@ -17,7 +17,7 @@ from fedecg.run_folder import RunFolder
 from fedecg.training import runner
 from fedecg.training.checkpoint import load_checkpoint
 from fedecg.training.pipeline import train_models
-from fedecg.training.selection import BestSoFar, patience_in_rounds
+from fedecg.training.selection import BestSoFar, patience_in_rounds, stage_score
 
 
 def _weights(value: float):
@@ -39,6 +39,15 @@ def test_the_lowest_loss_is_kept_and_the_stage_stalls_after_patience():
     again = BestSoFar.restore(best.meta(), best.state)
     assert (again.step, again.loss, again.state["w"].item()) == (3, 0.5, 3.0)
     assert BestSoFar.restore(None, None).step == 0
+
+
+def test_a_head_stage_is_scored_by_its_heads_auroc_and_pretraining_by_its_loss():
+    auroc, loss = EarlyStoppingConfig(), EarlyStoppingConfig(monitor="loss")
+    assert stage_score("pretrain", auroc, 4.1, None, None) == 4.1
+    assert stage_score("lab", auroc, 0.3, 0.62, 0.7) == -0.62
+    assert stage_score("diagnosis", auroc, 0.3, 0.62, 0.7) == -0.7
+    assert stage_score("diagnosis", auroc, 0.3, 0.62, None) is None
+    assert stage_score("lab", loss, 0.3, 0.62, 0.7) == 0.3
 
 
 def test_without_keep_best_no_weights_are_copied():
@@ -70,7 +79,7 @@ def test_training_keeps_the_best_epoch_and_stops_when_validation_stalls(tmp_path
     monkeypatch.setattr(runner, "validate", scripted)
     config = load_config(TrainConfig, None, tiny_overrides(
         "models=[signal-only]", "lab.epochs=6", "diagnosis.epochs=0",
-        "early_stopping.patience=2", "eval.bootstrap=0"))
+        "early_stopping.patience=2", "early_stopping.monitor=loss", "eval.bootstrap=0"))
     train_models([store], config, tmp_path / "run")
     records = metrics_history(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
@@ -79,3 +88,24 @@ def test_training_keeps_the_best_epoch_and_stops_when_validation_stalls(tmp_path
     assert saved["position"].done
     for key, value in saved["model"].items():
         assert torch.equal(value, seen[1][key]), key
+
+
+def test_the_lab_stage_keeps_its_best_auroc_while_its_loss_has_stalled(tmp_path, monkeypatch):
+    """Validation loss flat after epoch 2 while the lab AUROC still climbs (as measured in the
+    main job's lab stage): ``monitor: auroc`` trains on and keeps the last epoch."""
+    store = make_store(tmp_path / "store", 60, ecgs_per_patient=1, separable=True)
+    scores = iter([(1.0, 0.50), (0.8, 0.55), (0.81, 0.60), (0.82, 0.62), (0.83, 0.64)])
+    real = runner.validate
+
+    def scripted(model, stage, dataset, names, batch_size=256):
+        loss, auroc = next(scores)
+        return {**real(model, stage, dataset, names, batch_size), "val_loss": loss,
+                "val_lab_macro_auroc": auroc}
+
+    monkeypatch.setattr(runner, "validate", scripted)
+    config = load_config(TrainConfig, None, tiny_overrides(
+        "models=[signal-only]", "lab.epochs=5", "diagnosis.epochs=0",
+        "early_stopping.patience=2", "eval.bootstrap=0"))
+    train_models([store], config, tmp_path / "run")
+    records = metrics_history(tmp_path / "run")
+    assert [r["best_epoch"] for r in records] == [1, 2, 3, 4, 5]
