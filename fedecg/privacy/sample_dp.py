@@ -25,18 +25,20 @@ Opacus replaces the gradient by the noised per-example sum.
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from opacus.data_loader import DPDataLoader
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import PrivacyError
@@ -60,6 +62,14 @@ DELTA = "dp-delta"
 NOISE_MULTIPLIER = "dp-noise-multiplier"
 DP_STEPS = "dp-steps"
 STOPPED = "dp-stopped"
+SECRET = "noise-secret"  # in the site's saved privacy state only
+
+
+def secret_seed(secret: int, seed: int) -> int:
+    """A 62-bit seed mixing a site's ``secret`` with a round's public ``seed`` (too many
+    values to search for the noise that was added)."""
+    state = np.random.SeedSequence([secret, seed]).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(2))
 
 
 @dataclass
@@ -74,12 +84,20 @@ class PrivateTraining:
 
 @dataclass
 class SitePrivacy:
-    """One site's sample-level DP state: config, plan, noise multiplier, cumulative ledger."""
+    """One site's sample-level DP state: config, plan, noise multiplier, cumulative ledger, and
+    the site's secret seed.
+
+    The noise and the Poisson draws are seeded from ``secret`` (drawn from the OS's CSPRNG at the
+    site's first private round, kept in its state, never sent) mixed with the round's seed: a
+    resumed run draws the same noise, but a server that knows the study's config and seeds cannot
+    reproduce the noise and subtract it from an update.
+    """
 
     config: DPConfig
     plan: PrivacyPlan
     noise_multiplier: float
     ledger: Ledger
+    secret: int
     stopped: bool = False
 
     @classmethod
@@ -93,19 +111,23 @@ class SitePrivacy:
             where = f"site {plan.site} privacy state"
             ledger = Ledger.from_record(record, where)
             check_delta(ledger.delta, plan.n_records, f"site {plan.site}")
-            if "noise-multiplier" not in record:
-                raise PrivacyError(f"{where}: no 'noise-multiplier'; restart the run")
+            for key in ("noise-multiplier", SECRET):
+                if key not in record:
+                    raise PrivacyError(f"{where}: no {key!r} (written by an older fedecg); "
+                                       "restart the run")
             return cls(config, plan, float(record["noise-multiplier"]), ledger,
-                       bool(record.get("stopped", False)))
+                       int(record[SECRET]), bool(record.get("stopped", False)))
         delta = config.resolved_delta(plan.n_records)
         noise = calibrate_noise(plan, config.target_epsilon, delta, config.accountant,
                                 config.sample.max_noise_multiplier)
-        return cls(config, plan, noise, Ledger(delta=delta, accountant=config.accountant))
+        return cls(config, plan, noise, Ledger(delta=delta, accountant=config.accountant),
+                   secrets.randbits(62))
 
     def to_record(self) -> dict[str, Any]:
-        """The ledger plus the noise multiplier and stop flag (a ``ConfigRecord``)."""
+        """The ledger plus the noise multiplier, the secret seed and the stop flag (a
+        ``ConfigRecord`` the site keeps; ``metrics`` is what it sends)."""
         return {**self.ledger.to_record(), "noise-multiplier": float(self.noise_multiplier),
-                "stopped": self.stopped}
+                SECRET: self.secret, "stopped": self.stopped}
 
     def stage_rate(self, stage: str) -> float:
         """The planned sampling rate of ``stage``."""
@@ -145,6 +167,7 @@ class SitePrivacy:
                 f"in batches of {loader.batch_size} (rate {sample_rate(n, loader.batch_size):.4g})"
                 f" but the privacy plan was calibrated for rate {rate:.4g}; build the plan "
                 "from the same rows and batch size as the training loader")
+        seed = secret_seed(self.secret, seed)  # the server knows ``seed``, not the secret
         noise_generator = torch.Generator().manual_seed(seed + 1)
         hooks = None
         if isinstance(private, GroupedContrastiveStage):  # no Opacus hooks: it clips groups
@@ -165,6 +188,10 @@ class SitePrivacy:
         poisson = DPDataLoader(loader.dataset, sample_rate=rate, collate_fn=loader.collate_fn,
                                num_workers=loader.num_workers,
                                generator=torch.Generator().manual_seed(seed))
+        # Opacus builds an empty draw from the first non-empty batch; when the very first draw
+        # is empty it fails on dict batches, so it gets the structure (never the values) of one
+        poisson.collate_fn.first_batch = (loader.collate_fn or default_collate)([
+            loader.dataset[0]])
         try:
             with warnings.catch_warnings():  # Opacus's hooks on the input layer; harmless
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")

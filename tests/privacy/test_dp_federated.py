@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from fedecg.federated import keys
 from fedecg.federated.datasource import ensure_partition, make_plan
 from fedecg.federated.inprocess import InProcessGrid
 from fedecg.federated.orchestration import RunPlan, run_server
-from fedecg.privacy import normalization
+from fedecg.privacy import normalization, sample_dp
 from fedecg.privacy.sample_dp import EPSILON, STOPPED
 from fedecg.run_folder import RunFolder
 
@@ -86,6 +87,17 @@ def test_grouped_dp_run_resumed_after_a_kill_equals_the_uninterrupted_run(store,
     from fedecg.federated.orchestration import initial_model
 
     monkeypatch.setitem(normalization.PUBLIC_SCALES, "lab_potassium_missing", (0.5, 0.5))
+    draws = {"n": 0}  # each site's secret noise seed, by site: the same in both runs
+    fresh = sample_dp.SitePrivacy.start.__func__
+
+    def start(cls, config, plan, record=None):
+        site = fresh(cls, config, plan, record)
+        if record is None:
+            draws["n"] += 1
+            site.secret = zlib.crc32(plan.site.encode())
+        return site
+
+    monkeypatch.setattr(sample_dp.SitePrivacy, "start", classmethod(start))
     config = dp_study(store, "grouped")
     plan = run(config, "transfer", tmp_path / "whole", store)
     whole = Path(plan.out)
@@ -105,6 +117,7 @@ def test_grouped_dp_run_resumed_after_a_kill_equals_the_uninterrupted_run(store,
     initial = initial_model(plan).state_dict()["clinical.mlp.0.weight"]
     trained = a.global_state["clinical.mlp.0.weight"]  # align: equal up to FedAvg's rounding
     assert float((trained - initial).abs().max()) > 1e-4
+    assert draws["n"] == 4  # one per site in each run; the resumed sites restored theirs
 
 
 @pytest.mark.parametrize("clipping", ["server", "client"])

@@ -130,7 +130,7 @@ def grouped_site(noise: float | None = None, clip: float = 1.0, group: int = 3) 
     plan = PrivacyPlan((plan_stage("pretrain", N, BATCH, 2),), N, "s0")
     if noise is None:
         return SitePrivacy.start(config, plan)
-    return SitePrivacy(config, plan, noise, Ledger(delta=config.resolved_delta(N)))
+    return SitePrivacy(config, plan, noise, Ledger(delta=config.resolved_delta(N)), secret=7)
 
 
 def test_noise_has_std_sigma_c_over_the_expected_groups():

@@ -22,7 +22,7 @@ from fedecg.privacy.accounting import Ledger, PrivacyPlan, plan_stage
 from fedecg.privacy.grouped import GroupedContrastiveStage
 from fedecg.privacy.normalization import apply_public_normalization, public_statistics
 from fedecg.privacy.objectives import private_stage
-from fedecg.privacy.sample_dp import EPSILON, STOPPED, SitePrivacy
+from fedecg.privacy.sample_dp import EPSILON, STOPPED, SitePrivacy, secret_seed
 from fedecg.privacy.validation import validate_model
 from fedecg.training.trainer import activate, make_optimizer, train_window
 
@@ -36,7 +36,7 @@ def site_privacy(noise: float | None = None, clip: float = 1.0, rounds: int = 2,
     plan = PrivacyPlan(tuple(plan_stage(s.name, N, BATCH, rounds) for s in STAGES), N, "s0")
     if noise is None:
         return SitePrivacy.start(config, plan)  # calibrated for the plan
-    return SitePrivacy(config, plan, noise, Ledger(delta=config.resolved_delta(N)))
+    return SitePrivacy(config, plan, noise, Ledger(delta=config.resolved_delta(N)), secret=7)
 
 
 def proximal(anchor: JointModel, mu: float = 0.5):
@@ -227,3 +227,15 @@ def test_empty_poisson_batches_still_take_a_noised_accounted_step(objective):
         logs = train_window(dp.model, dp.stage, lambda _: dp.loader, dp.optimizer, range(1))
     assert 0 in sizes and len(sizes) == N  # q = 1/24: some of the 24 draws are empty
     assert logs[0]["steps"] == N and site.ledger.steps == N
+
+
+def test_the_noise_seed_is_the_sites_secret_not_the_studys():
+    """Two sites starting the same study draw different secrets; the secret is kept in the
+    site's saved state (so a resumed run draws the same noise) and never sent to the server."""
+    first, second = site_privacy(), site_privacy()
+    assert first.secret != second.secret and first.secret.bit_length() > 40
+    assert "noise-secret" not in first.metrics() and all(
+        not isinstance(v, int) or v != first.secret for v in first.metrics().values())
+    again = SitePrivacy.start(first.config, first.plan, first.to_record())
+    assert again.secret == first.secret
+    assert secret_seed(first.secret, 3) != secret_seed(second.secret, 3)
