@@ -16,6 +16,7 @@ from fedecg.config.base import StrictModel
 ModelName = Literal["signal-only", "transfer", "multimodal"]
 MODEL_NAMES: tuple[ModelName, ...] = ("signal-only", "transfer", "multimodal")
 LossName = Literal["infonce", "siglip"]
+Monitor = Literal["loss", "auroc"]
 
 
 class EncoderConfig(StrictModel):
@@ -78,15 +79,22 @@ class PretrainConfig(StageConfig):
 
 
 class LabStageConfig(StageConfig):
-    """Stage 2: the lab-abnormality head on the ECG embedding."""
+    """Stage 2: the lab-abnormality head on the ECG embedding.
+
+    Its epochs are scored by the lab head's validation macro AUROC (``monitor``): its loss
+    flattens once the labels' base rates are learned while the AUROC still climbs
+    (simulation/federated_quality/README.md)."""
 
     freeze_encoder: bool = False
+    monitor: Monitor = "auroc"
 
 
 class DiagnosisStageConfig(StageConfig):
     """Stage 3: the diagnosis head, with the lab head kept as an auxiliary loss."""
 
     freeze_encoder: bool = False
+    monitor: Monitor = Field("loss", description="how early stopping scores an epoch: the "
+                             "stage's validation loss, or the diagnosis head's macro AUROC")
     lab_loss_weight: float = Field(0.5, ge=0.0)
 
 
@@ -105,16 +113,13 @@ class EarlyStoppingConfig(StrictModel):
     """Model selection on the validation split, the same for centralized and federated training.
 
     After each epoch (federated: each round, the aggregated model scored at each site and
-    weighted by their validation rows) the stage's score is compared with its best so far:
-    ``monitor: auroc`` scores a head stage by the macro AUROC of the head it trains (lab, or
-    diagnosis) and pretraining by its loss; ``monitor: loss`` scores every stage by its loss.
-    ``keep_best``: the stage ends with its best epoch's (round's) weights. ``patience``: the
-    stage stops once its score has not improved for that many epochs (federated: rounds ×
-    local epochs); null trains every epoch.
+    weighted by their validation rows) the stage's validation score (its ``monitor``: loss, or
+    the macro AUROC of the head it trains) is compared with its best so far. ``keep_best``: the
+    stage ends with its best epoch's (round's) weights. ``patience``: the stage stops once its
+    score has not improved for that many epochs (federated: rounds × local epochs); null trains
+    every epoch.
     """
 
-    monitor: Literal["auroc", "loss"] = Field("auroc", description="a head stage's score: its "
-                                              "head's validation macro AUROC, or its loss")
     keep_best: bool = True
     patience: int | None = Field(None, ge=1, description="epochs without improvement before "
                                  "a stage stops (null: never stop early)")

@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedecg.config.base import StrictModel
 from fedecg.config.federated import StudyConfig
-from fedecg.config.train import EarlyStoppingConfig, ModelName
+from fedecg.config.train import ModelName, TrainConfig
 from fedecg.data.store import StoreManifest
 from fedecg.errors import FederationError
 from fedecg.federated import keys
@@ -231,7 +231,7 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
         run.global_state.update(to_state(arrays))
         run.history.extend(round_summary(run.history, global_round))
         run.best.observe(stage_round, _validation_score(run.history, global_round, stage.name,
-                                                        selection),
+                                                        plan.config.train),
                          lambda: {key: run.global_state[key] for key in shared}, selection)
         stalled = run.best.stalled(stage_round, patience)
         if stalled or stage_round == rounds:
@@ -273,12 +273,12 @@ class _StageStopped(Exception):
 
 
 def _validation_score(history: list[dict[str, Any]], global_round: int, stage: str,
-                      selection: EarlyStoppingConfig) -> float | None:
+                      config: TrainConfig) -> float | None:
     """The aggregated model's validation score after ``global_round`` (``stage_score`` of the
     example-weighted ``all`` line), or None when no site had validation rows."""
     for line in history:
         if line["round"] == global_round and line["kind"] == "evaluate" and line["site"] == "all":
-            return stage_score(stage, selection, line.get(keys.VAL_PREFIX + keys.LOSS),
+            return stage_score(stage, config, line.get(keys.VAL_PREFIX + keys.LOSS),
                                line.get(keys.VAL_PREFIX + keys.LAB_AUROC),
                                line.get(keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC))
     return None

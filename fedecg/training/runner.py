@@ -169,7 +169,7 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
                   **{f"train_{k}": v for k, v in logs.items()}, "seconds": seconds,
                   "examples_per_second": logs["examples"] / max(seconds, 1e-9)}
         record.update(validate(model, stage, val, data.names, config.eval.batch_size))
-        score = stage_score(stage.name, selection, record.get("val_loss"),
+        score = stage_score(stage.name, config, record.get("val_loss"),
                             record.get("val_lab_macro_auroc"),
                             record.get("val_diagnosis_macro_auroc"))
         best.observe(epoch + 1, score, model.state_dict, selection)

@@ -2,7 +2,7 @@
 
 Centralized training calls ``BestSoFar.observe`` after each epoch, the federated server after
 each round (with the aggregated model's validation scores at the sites), both with
-``stage_score`` (a head's macro AUROC, or the stage's loss); both follow
+``stage_score`` (the stage's ``monitor``: its loss, or its head's macro AUROC); both follow
 ``train.early_stopping`` (``fedecg.config.train.EarlyStoppingConfig``). The tracker travels in
 checkpoints (``meta`` + ``state``), so a resumed stage keeps its best so far.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fedecg.config.train import EarlyStoppingConfig
+from fedecg.config.train import EarlyStoppingConfig, TrainConfig
 
 Weights = dict[str, torch.Tensor]
 
@@ -68,12 +68,12 @@ class BestSoFar:
         return cls(int(meta["step"]), math.inf if loss is None else float(loss), state or {})
 
 
-def stage_score(stage: str, config: EarlyStoppingConfig, loss: float | None,
+def stage_score(stage: str, config: TrainConfig, loss: float | None,
                 lab_auroc: float | None, diagnosis_auroc: float | None) -> float | None:
-    """What ``BestSoFar`` minimizes for ``stage``: its validation loss, or with ``monitor:
-    auroc`` a head stage's negated macro AUROC (lab for the lab stage, diagnosis for the
+    """What ``BestSoFar`` minimizes for ``stage``: its validation loss, or with the stage's
+    ``monitor: auroc`` its head's negated macro AUROC (lab for the lab stage, diagnosis for the
     diagnosis stage). None when that score is missing (no validation rows or positives)."""
-    if config.monitor == "loss" or stage == "pretrain":
+    if stage == "pretrain" or getattr(config, stage).monitor == "loss":
         return loss
     auroc = lab_auroc if stage == "lab" else diagnosis_auroc
     return None if auroc is None else -auroc

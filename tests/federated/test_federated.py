@@ -254,7 +254,7 @@ def test_a_stalled_stage_stops_and_keeps_its_best_round(store, tmp_path, monkeyp
     config = _config(store, partition={"num_sites": 1},
                      federation={"min_sites": 1, "rounds": {"pretrain": 0, "lab": 5,
                                                             "diagnosis": 0}},
-                     train={"early_stopping": {"patience": 2, "monitor": "loss"}})
+                     train={"early_stopping": {"patience": 2}, "lab": {"monitor": "loss"}})
     plan = _run(config, tmp_path, model="signal-only")
     lines = [json.loads(x) for x in RunFolder(plan.out).metrics.read_text().splitlines()]
     assert sorted({x["round"] for x in lines if x["kind"] == "train"}) == [1, 2, 3, 4]

@@ -41,13 +41,16 @@ def test_the_lowest_loss_is_kept_and_the_stage_stalls_after_patience():
     assert BestSoFar.restore(None, None).step == 0
 
 
-def test_a_head_stage_is_scored_by_its_heads_auroc_and_pretraining_by_its_loss():
-    auroc, loss = EarlyStoppingConfig(), EarlyStoppingConfig(monitor="loss")
-    assert stage_score("pretrain", auroc, 4.1, None, None) == 4.1
-    assert stage_score("lab", auroc, 0.3, 0.62, 0.7) == -0.62
+def test_each_stage_is_scored_by_its_monitor():
+    """Defaults: the lab stage by its head's AUROC, diagnosis and pretraining by their loss."""
+    default = TrainConfig()
+    auroc = load_config(TrainConfig, None, ["diagnosis.monitor=auroc", "lab.monitor=loss"])
+    assert stage_score("pretrain", default, 4.1, None, None) == 4.1
+    assert stage_score("lab", default, 0.3, 0.62, 0.7) == -0.62
+    assert stage_score("diagnosis", default, 0.3, 0.62, 0.7) == 0.3
     assert stage_score("diagnosis", auroc, 0.3, 0.62, 0.7) == -0.7
     assert stage_score("diagnosis", auroc, 0.3, 0.62, None) is None
-    assert stage_score("lab", loss, 0.3, 0.62, 0.7) == 0.3
+    assert stage_score("lab", auroc, 0.3, 0.62, 0.7) == 0.3
 
 
 def test_without_keep_best_no_weights_are_copied():
@@ -79,7 +82,7 @@ def test_training_keeps_the_best_epoch_and_stops_when_validation_stalls(tmp_path
     monkeypatch.setattr(runner, "validate", scripted)
     config = load_config(TrainConfig, None, tiny_overrides(
         "models=[signal-only]", "lab.epochs=6", "diagnosis.epochs=0",
-        "early_stopping.patience=2", "early_stopping.monitor=loss", "eval.bootstrap=0"))
+        "early_stopping.patience=2", "lab.monitor=loss", "eval.bootstrap=0"))
     train_models([store], config, tmp_path / "run")
     records = metrics_history(tmp_path / "run")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
