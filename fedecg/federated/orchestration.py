@@ -269,7 +269,7 @@ def _run_stage(grid: Grid, plan: RunPlan, plan_json: str, index: int, stage: Sta
 
 
 class _StageStopped(Exception):
-    """Raised from the round callback to end a stage whose validation loss stalled."""
+    """Raised from the round callback to end a stage whose validation score stalled."""
 
 
 def _validation_score(history: list[dict[str, Any]], global_round: int, stage: str,
@@ -288,13 +288,13 @@ def _keep_best(run: Checkpoint, model: str, stage: str, offset: int, stage_round
                rounds: int) -> None:
     """End the stage with its best round's shared weights (``keep_best``), on record as a
     ``selected`` line: the round kept (the last one without ``keep_best``), its validation
-    loss, and the rounds trained."""
+    scores (none when no site could score it), and the rounds trained."""
     best = run.best.best_weights(stage_round)
     if best is not None:
         run.global_state.update(best)
     kept = run.best.step if best is not None else stage_round
-    scores = next(line for line in run.history if line["round"] == offset + kept
-                  and line["kind"] == "evaluate" and line["site"] == "all")
+    scores = next((line for line in run.history if line["round"] == offset + kept
+                   and line["kind"] == "evaluate" and line["site"] == "all"), {})
     run.history.append(_line(model, stage, offset + stage_round, stage_round, SELECTED, -1,
                              "all", {"selected-round": offset + kept,
                                      "selected-stage-round": kept,
