@@ -211,7 +211,7 @@ def test_a_killed_simulate_leaves_no_ray_process(store, tmp_path, signum):
         time.sleep(2)  # the rounds are under way
         session = psutil.Process(run.pid).children(recursive=True)
         run.send_signal(signum)
-        assert run.wait(timeout=60) != 0
+        assert run.wait(timeout=150) != 0  # a fresh virtual environment shuts down slower
         assert _names(session) == set()
     finally:
         for proc in session:
