@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedecg.config.base import read_yaml
+from fedecg.run_folder import RunFolder
 
 DX, LAB = "diagnosis_macro_auroc", "lab_macro_auroc"
 MODELS = ("signal-only", "transfer", "multimodal")
@@ -44,14 +45,14 @@ def load_seeds(runs: Path, setting: str) -> dict[int, Path]:
     found = {}
     for folder in runs.glob(f"{setting}-s*"):
         match = re.fullmatch(rf"{re.escape(setting)}-s(\d+)", folder.name)
-        if match and (folder / "summary.json").is_file():
+        if match and RunFolder(folder).summary.is_file():
             found[int(match.group(1))] = folder
     return dict(sorted(found.items()))
 
 
 def wall_seconds(folder: Path) -> float | None:
     """The study's wall time: ``provenance.json`` (CLI runs), else ``run.sh``'s log line."""
-    provenance = folder / "provenance.json"
+    provenance = RunFolder(folder).provenance
     if provenance.is_file():
         return json.loads(provenance.read_text()).get("seconds")
     log = folder.with_suffix(".log")
@@ -61,13 +62,14 @@ def wall_seconds(folder: Path) -> float | None:
 
 def federation_costs(folder: Path, model: str) -> dict[str, Any]:
     """Rounds trained and kept per stage, and parameter bytes both ways, of one model's run."""
-    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(folder).metrics.read_text().splitlines()]
     mine = [x for x in lines if x.get("model") == model]
     trained: dict[str, set[int]] = {}
     for line in mine:
         if line["kind"] == "train":
             trained.setdefault(line["stage"], set()).add(line["stage_round"])
-    settings = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    config = RunFolder(folder).config
+    settings = read_yaml(config) if config.is_file() else {}
     keep_best = settings.get("train", {}).get("early_stopping", {}).get("keep_best", False)
     kept = {x["stage"]: x["selected-stage-round"] for x in mine
             if x["kind"] == "selected" and keep_best}
@@ -93,7 +95,7 @@ def setting_rows(runs: Path, setting: str) -> list[str]:
     seeds = load_seeds(runs, setting)
     if not seeds:
         return [f"| {setting} | (no finished seed) |"]
-    summaries = {s: json.loads((f / "summary.json").read_text()) for s, f in seeds.items()}
+    summaries = {s: json.loads(RunFolder(f).summary.read_text()) for s, f in seeds.items()}
     rows = []
     for model in MODELS:
         if not all(model in s["federated"] for s in summaries.values()):
@@ -147,7 +149,7 @@ def rounds_to_reach(folder: Path, pooled_summary: Path, model: str = "transfer",
     per_store = json.loads(pooled_summary.read_text())["pooled"][model]["per_store"]
     weight = sum(e["n_test"] for e in per_store.values())
     target = sum(e[DX] * e["n_test"] for e in per_store.values()) / weight - margin
-    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in RunFolder(folder).metrics.read_text().splitlines()]
     mine = [x for x in lines if x.get("model") == model]
     reached = next((x["round"] for x in sorted(mine, key=lambda x: x["round"])
                     if x["kind"] == "evaluate" and x["site"] == "all" and x["stage"] == "diagnosis"
