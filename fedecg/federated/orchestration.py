@@ -276,12 +276,18 @@ def _validation_score(history: list[dict[str, Any]], global_round: int, stage: s
                       config: TrainConfig) -> float | None:
     """The aggregated model's validation score after ``global_round`` (``stage_score`` of the
     example-weighted ``all`` line), or None when no site had validation rows."""
-    for line in history:
-        if line["round"] == global_round and line["kind"] == "evaluate" and line["site"] == "all":
-            return stage_score(stage, config, line.get(keys.VAL_PREFIX + keys.LOSS),
-                               line.get(keys.VAL_PREFIX + keys.LAB_AUROC),
-                               line.get(keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC))
-    return None
+    line = _all_sites(history, global_round)
+    if line is None:
+        return None
+    return stage_score(stage, config, line.get(keys.VAL_PREFIX + keys.LOSS),
+                       line.get(keys.VAL_PREFIX + keys.LAB_AUROC),
+                       line.get(keys.VAL_PREFIX + keys.DIAGNOSIS_AUROC))
+
+
+def _all_sites(history: list[dict[str, Any]], global_round: int) -> dict[str, Any] | None:
+    """The example-weighted ``all`` evaluate line of ``global_round`` (None: no site scored)."""
+    return next((line for line in history if line["round"] == global_round
+                 and line["kind"] == "evaluate" and line["site"] == "all"), None)
 
 
 def _keep_best(run: Checkpoint, model: str, stage: str, offset: int, stage_round: int,
@@ -293,8 +299,7 @@ def _keep_best(run: Checkpoint, model: str, stage: str, offset: int, stage_round
     if best is not None:
         run.global_state.update(best)
     kept = run.best.step if best is not None else stage_round
-    scores = next((line for line in run.history if line["round"] == offset + kept
-                   and line["kind"] == "evaluate" and line["site"] == "all"), {})
+    scores = _all_sites(run.history, offset + kept) or {}
     run.history.append(_line(model, stage, offset + stage_round, stage_round, SELECTED, -1,
                              "all", {"selected-round": offset + kept,
                                      "selected-stage-round": kept,
