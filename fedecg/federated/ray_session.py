@@ -1,44 +1,59 @@
 """fedecg's own Ray session for a simulation, stopped by PID however the run ends.
 
 Flower's simulation engine calls ``ray.init``. ``ray_session`` hands it a private temporary
-folder, and on leaving (normally, on an exception, on Ctrl-C or on SIGTERM) shuts Ray down and
-then stops every process of that session by PID: those whose command line names the folder (GCS
-server, raylet, monitors) and all their descendants, listed before the shutdown orphans them.
-The descendants matter: DashboardAgent, RuntimeEnvAgent and the workers rename themselves
-(``ray::...``) and the agents ignore SIGTERM, so they outlived a killed ``fedecg simulate``;
-what survives SIGTERM gets SIGKILL. Only a SIGKILL of fedecg itself leaves nothing to clean up
-with.
+folder and starts a *reaper*: a small process of its own (``python -m
+fedecg.federated.ray_session``, in a new session so a terminal's Ctrl-C does not reach it) that
+every half second records the session's processes (those whose command line names the folder:
+GCS server, raylet, monitors, and all their descendants: DashboardAgent, RuntimeEnvAgent and the
+``ray::ClientAppActor`` workers, which rename themselves and which the agents' SIGTERM does not
+stop). It reads a pipe from fedecg; when the pipe closes (the session ends, or fedecg exits in
+any way: an exception, Ctrl-C, SIGTERM, Ray's own hard exit, even SIGKILL) it stops every
+process it recorded (SIGTERM, then SIGKILL after a grace period) and removes the folder.
+
+Recording matters because Ray's shutdown orphans the workers: once raylet has gone they can no
+longer be found as its descendants. Ctrl-C and SIGTERM within the session first ask the reaper
+to stop Ray (so Flower's threads fail at once instead of finishing their rounds), then raise
+``KeyboardInterrupt`` or ``SystemExit`` as usual. (``ray.init`` replaces the SIGTERM handler
+with its own ``sys.exit``; the reaper stops the session when that exit closes the pipe.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
 GRACE_SECONDS = 3.0
+POLL_SECONDS = 0.5
 
 
 @contextlib.contextmanager
 def ray_session() -> Iterator[dict[str, Any]]:
     """Yield ``ray.init`` arguments of a private session; stop all its processes on exit."""
     folder = Path(tempfile.mkdtemp(prefix="fedecg-ray-"))
-    with _sigterm_raises():
+    reaper = subprocess.Popen([sys.executable, "-m", __name__, str(folder)],
+                              stdin=subprocess.PIPE, start_new_session=True)
+    assert reaper.stdin is not None
+    with _signals_stop(reaper.stdin):
         try:
             yield {"_temp_dir": str(folder)}
         finally:
-            session = session_processes(folder)  # before the shutdown orphans the agents
             _shutdown_ray()
-            stop_processes(session)
-            shutil.rmtree(folder, ignore_errors=True)
+            reaper.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                reaper.wait(timeout=2 * GRACE_SECONDS + 10 * POLL_SECONDS)
 
 
 def session_processes(folder: Path) -> list[psutil.Process]:
@@ -64,6 +79,21 @@ def stop_processes(processes: list[psutil.Process], grace: float = GRACE_SECONDS
     psutil.wait_procs(alive, timeout=grace)
 
 
+def reap(folder: Path, pipe: IO[bytes]) -> None:
+    """The reaper's loop: record ``folder``'s session until ``pipe`` closes, then stop it.
+
+    ``psutil.Process`` objects remember each process's start time, so a PID reused after a
+    process ended is never signalled.
+    """
+    recorded: dict[int, psutil.Process] = {}
+    while not select.select([pipe], [], [], POLL_SECONDS)[0] or pipe.read(1):
+        recorded.update({proc.pid: proc for proc in session_processes(folder)})
+    recorded.update({proc.pid: proc for proc in session_processes(folder)})
+    recorded.pop(os.getpid(), None)  # the reaper's own command line names the folder too
+    stop_processes(list(recorded.values()))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _shutdown_ray() -> None:
     """Shut down the Ray runtime the simulation started (Flower normally does already)."""
     import ray
@@ -73,17 +103,29 @@ def _shutdown_ray() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Within, SIGTERM raises ``SystemExit`` in the main thread, so ``finally`` blocks run."""
+def _signals_stop(reaper_pipe: IO[bytes]) -> Iterator[None]:
+    """Within, Ctrl-C and SIGTERM close the reaper's pipe (it stops Ray) and then raise
+    ``KeyboardInterrupt`` or ``SystemExit`` in the main thread, so ``finally`` blocks run."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+
+    def stop_then_raise(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            reaper_pipe.close()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, stop_then_raise)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reap(Path(sys.argv[1]), sys.stdin.buffer)
