@@ -95,6 +95,10 @@ class FederationConfig(StrictModel):
     personal_heads: bool = Field(default=False, description="heads stay at each site")
     min_sites: int = Field(default=2, ge=1, description="usable updates a round needs")
     client_cpus: float = Field(default=1.0, gt=0, description="CPUs per virtual client (Ray)")
+    ray_address: str | None = Field(
+        default=None, description="run the virtual sites on this existing Ray cluster ('auto', "
+        "or the head's host:port); null: $RAY_ADDRESS if set, else a private Ray session on "
+        "this machine that fedecg starts and stops")
     round_timeout_s: float = Field(default=3600.0, gt=0, description="wait for replies")
     connect_timeout_s: float = Field(default=600.0, ge=0, description="wait for all sites")
     max_update_norm_ratio: float | None = Field(

@@ -1,4 +1,5 @@
-"""fedecg's own Ray session for a simulation, stopped by PID however the run ends.
+"""fedecg's own Ray session for a simulation, stopped by PID however the run ends; or an
+existing Ray cluster (``federation.ray_address``, else ``$RAY_ADDRESS``), left running.
 
 Flower's simulation engine calls ``ray.init``. ``ray_session`` hands it a private temporary
 folder and starts a *reaper*: a small process of its own (``python -m
@@ -40,15 +41,24 @@ POLL_SECONDS = 0.5
 
 
 @contextlib.contextmanager
-def ray_session() -> Iterator[dict[str, Any]]:
-    """Yield ``ray.init`` arguments of a private session; stop all its processes on exit."""
+def ray_session(address: str | None = None) -> Iterator[dict[str, Any]]:
+    """Yield ``ray.init`` arguments: those of a private session on this machine, whose processes
+    are all stopped on exit; or, given an ``address``, those joining that existing Ray cluster,
+    which is left running (only this driver disconnects)."""
+    if address:
+        try:
+            yield {"address": address}
+        finally:
+            _shutdown_ray()
+        return
     folder = Path(tempfile.mkdtemp(prefix="fedecg-ray-"))
     reaper = subprocess.Popen([sys.executable, "-m", __name__, str(folder)],
                               stdin=subprocess.PIPE, start_new_session=True)
     assert reaper.stdin is not None
     with _signals_stop(reaper.stdin):
         try:
-            yield {"_temp_dir": str(folder)}
+            yield {"_temp_dir": str(folder), "num_cpus": max(1, os.cpu_count() or 1),
+                   "num_gpus": 0, "object_store_memory": 128 * 1024 ** 2}
         finally:
             _shutdown_ray()
             reaper.stdin.close()

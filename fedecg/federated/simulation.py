@@ -49,11 +49,11 @@ def run_in_simulation(plan: RunPlan, server_app: ServerApp, client_app: ClientAp
     level = flower_log.level
     # fedecg reports progress itself, and site failures from their replies (strategies.py)
     flower_log.setLevel(logging.ERROR)
-    with ray_session() as ray_args:
+    address = federation.ray_address or os.environ.get("RAY_ADDRESS") or None
+    with ray_session(address) as ray_args:
         backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
-                   "init_args": {"num_cpus": max(1, int(os.cpu_count() or 1)), "num_gpus": 0,
-                                 "include_dashboard": False, "log_to_driver": False,
-                                 "object_store_memory": 128 * 1024 ** 2, **ray_args}}
+                   "init_args": {"include_dashboard": False, "log_to_driver": False,
+                                 **ray_args}}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
