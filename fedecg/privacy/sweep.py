@@ -158,9 +158,7 @@ def card_entry(run_dir: Path, budgets: dict[str, dict[str, dict[str, float]]]
         return None
     entry = privacy_card(config, budgets[exported])
     model = RunFolder(run_dir).model
-    if model.is_dir():
-        annotate_model(model, entry)
-    return entry
+    return annotate_model(model, entry) if model.is_dir() else entry
 
 
 def check_private(epsilon: float, budgets: dict[str, Any], run_dir: Path) -> None:
