@@ -12,6 +12,7 @@ model, or built with other encoder settings, rate or leads is one ``PublicEncode
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from fedecg.config.train import TrainConfig
 from fedecg.data.store import StoreManifest
 from fedecg.errors import FedecgError, PublicEncoderError
+from fedecg.models.encoders import EcgEncoder
 from fedecg.models.io import MODEL_FILE, ModelCard, load_inference_model
 from fedecg.models.joint import JointModel
 
@@ -40,6 +42,15 @@ def public_model_folder(path: str | Path) -> Path:
         f"or fix the path")
 
 
+def encoder_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every ``EcgEncoder`` argument as ``kwargs`` build it (defaults filled, lists not
+    tuples), so settings left out and settings given as the default compare equal."""
+    bound = inspect.signature(EcgEncoder).bind(**kwargs)
+    bound.apply_defaults()
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in bound.arguments.items()}
+
+
 def public_encoder(config: TrainConfig, manifest: StoreManifest) -> tuple[dict[str, Any],
                                                                         ModelCard]:
     """The encoder state dict of ``config.encoder_from`` and its model card, checked against
@@ -50,13 +61,15 @@ def public_encoder(config: TrainConfig, manifest: StoreManifest) -> tuple[dict[s
     except FedecgError as exc:
         raise PublicEncoderError(f"{FIELD}: {exc}") from None
     where = folder / MODEL_FILE
-    expected, found = config.encoder.model_dump(), classifier.architecture["encoder"]
-    for key in sorted(set(expected) | set(found)):
-        if expected.get(key) != found.get(key):
+    expected = encoder_settings(config.encoder.model_dump())
+    found = encoder_settings(classifier.architecture["encoder"])
+    for key in expected:
+        if expected[key] != found[key]:
+            shown = {name: found[name] for name in config.encoder.model_dump()}
             raise PublicEncoderError(
-                f"{FIELD} {where}: its encoder.{key} is {found.get(key)}, this run's "
-                f"train.encoder.{key} is {expected.get(key)}; set train.encoder to the public "
-                f"model's ({found}) or train the public model with this run's train.encoder")
+                f"{FIELD} {where}: its encoder.{key} is {found[key]}, this run's "
+                f"train.encoder.{key} is {expected[key]}; set train.encoder to the public "
+                f"model's ({shown}) or train the public model with this run's train.encoder")
     for name, ours, theirs in (("sampling rate (Hz)", manifest.fs, card.fs),
                                ("lead order", manifest.lead_order, card.lead_order)):
         if ours != theirs:
