@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from builders.inference_models import saved_model
 from builders.site_store import make_store
 from builders.tiny import TINY_TRAIN
+from typer.testing import CliRunner
 
 from fedecg.app import client_app
+from fedecg.cli import app
 from fedecg.config.federated import StudyConfig
 from fedecg.federated import keys
 from fedecg.federated.checkpoint import latest_site_state, load_checkpoint
@@ -59,3 +62,22 @@ def test_every_site_starts_from_the_public_encoder_with_no_pretraining_rounds(st
             assert torch.allclose(state[key], value, atol=1e-6, rtol=0), key
     head = "classifier.dx_head.weight"  # while the head stages did train
     assert not torch.allclose(global_state[head], initial_model(plan).state_dict()[head])
+
+
+def test_simulate_refuses_a_public_model_of_another_rate_in_one_line_before_any_round(
+        store, tmp_path):
+    public_run = tmp_path / "public"
+    saved_model(public_run / "model", fs=250.0)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "data": {"store": str(store)}, "partition": {"num_sites": 2},
+        "federation": {"rounds": {"pretrain": 0, "lab": 1, "diagnosis": 1}},
+        "train": {**TINY_TRAIN, "encoder_from": str(public_run)}}))
+    result = CliRunner().invoke(app, ["simulate", "--config", str(study),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert f"{public_run}/model/model.pt" in lines[0]
+    assert "sampling rate (Hz) is 250.0, the stores of this run have 100.0" in lines[0]
+    assert not (tmp_path / "out").exists()
