@@ -59,7 +59,7 @@ def test_results_table_gives_each_seed_and_its_share_kept(tmp_path):
                                       "0.550, 0.520 | 50%, 25% | 39% | 7.999 (0.0001) |")
 
 
-def test_the_public_twin_draws_other_patients_and_pretrains_as_long_as_the_study():
+def test_the_public_twin_draws_other_patients_and_pretrains_only_with_the_study_encoder():
     module = study_module("public_twin")
     config = load_config(StudyConfig, STUDY / "config.yaml", [])
     data = module.public_data(config, 1000, seed=1)
@@ -70,8 +70,8 @@ def test_the_public_twin_draws_other_patients_and_pretrains_as_long_as_the_study
         module.public_data(config, 1000, seed=config.data.synthesize.seed)
     train = module.public_train_config(config, [])
     assert train.models == ["transfer"] and train.encoder == config.train.encoder
-    assert train.pretrain.epochs == config.federation.rounds.pretrain == 8
-    assert train.lab.epochs == 0 and train.diagnosis.epochs == 0
+    assert (train.pretrain.epochs, train.pretrain.lr, train.batch_size) == (20, 0.001, 64)
+    assert train.pretrain.epochs > 0 and train.lab.epochs == 0 and train.diagnosis.epochs == 0
     assert module.public_train_config(config, ["lab.epochs=4"]).lab.epochs == 4
     arm = load_config(StudyConfig, STUDY / "config.yaml",
                       module.arm_overrides(Path("/runs/public-encoder")))
