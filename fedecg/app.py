@@ -53,6 +53,7 @@ from fedecg.io import (
 )
 from fedecg.privacy.clipping import client_clipping_mod
 from fedecg.privacy.sweep import (
+    SWEEP_MODELS,
     TABLE_FILE,
     add_retention,
     budget_config,
@@ -175,8 +176,10 @@ def run_study(config: StudyConfig, out: Path, *, sites: Sites | None = None,
 
 
 def run_sweep(config: StudyConfig, epsilons: Sequence[float], out: Path, *,
-              say: Say | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Run (or continue) the study at each ε into ``out``; write the table; return its rows."""
+              say: Say | None = None, progress: Progress | None = None,
+              models: Sequence[str] = tuple(SWEEP_MODELS)) -> list[dict[str, Any]]:
+    """Run (or continue) the study of ``models`` (the three by default) at each ε into
+    ``out``; write the table; return its rows."""
     out = Path(out)
     claim_output(out, OutputKind.SWEEP, existing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +192,7 @@ def run_sweep(config: StudyConfig, epsilons: Sequence[float], out: Path, *,
         if not run_dir.summary.is_file():
             if say is not None:
                 say(f"epsilon {label}: federated study into {run_dir.path}")
-            run_study(budget_config(config, epsilon), run_dir.path,
+            run_study(budget_config(config, epsilon, models), run_dir.path,
                       resume=run_dir.path.is_dir(), say=say, progress=progress)
         summary = run_dir.read_summary()
         budgets = site_budgets(run_dir.path)

@@ -31,6 +31,11 @@ class StoreError(FedecgError, ValueError):
     """Raised when a site store is missing, incomplete, or incompatible with what is asked."""
 
 
+class PublicEncoderError(FedecgError, ValueError):
+    """Raised when ``train.encoder_from`` names no model, a file that is not a fedecg model,
+    or a model whose encoder settings, sampling rate or leads differ from the run's."""
+
+
 class TrainingError(FedecgError, RuntimeError):
     """Raised when training cannot go on (diverged loss, label mismatch, empty split)."""
 

@@ -30,6 +30,8 @@ from flwr.serverapp import Grid
 from rich.console import Console
 
 from fedecg.config.federated import StudyConfig
+from fedecg.config.train import STAGE_NAMES
+from fedecg.data.store import SiteStore
 from fedecg.errors import FedecgError
 from fedecg.federated.baselines import run_baselines
 from fedecg.federated.checkpoint import load_checkpoint
@@ -45,6 +47,7 @@ from fedecg.federated.study_summary import (
     partition_summary,
     report_models,
 )
+from fedecg.models.public_encoder import check_public_encoder
 from fedecg.privacy.sweep import card_entry, site_budgets
 from fedecg.report.run_report import write_run_report
 from fedecg.run_folder import RunFolder, prepare_study
@@ -121,6 +124,7 @@ class Simulated:
         """Find or make the store, check or create RUN, partition the store."""
         self.store = ensure_store(config.data, say, console)
         config = without_unlabelled_rounds(config, self.store, say)
+        check_public_encoder(config.train, SiteStore.open(self.store).manifest)
         prepare_study(RunFolder(out), config, resume)
         self.partition = ensure_partition(self.store, config.partition, out)
         warn_small_sites(config, self.store, self.partition, say)
@@ -163,7 +167,8 @@ class Simulated:
             name = "transfer" if "transfer" in exports else next(iter(exports))
             export_model(out, name, exports[name], sites.manifest, data_summary(sites),
                          config.train, result["federated"][name],
-                         output_quality(exports[name], sites, config.train))
+                         output_quality(exports[name], sites, config.train),
+                         federated_stages(config))
 
         return result, export
 
@@ -238,6 +243,11 @@ class Deployed:
             "events": events}
 
 
+def federated_stages(config: StudyConfig) -> list[str]:
+    """The stages a federated run trains (``federation.rounds`` > 0), in order."""
+    return [stage for stage in STAGE_NAMES if config.federation.rounds.of(stage) > 0]
+
+
 def _export_global(out: Path, plans: list[RunPlan], result: dict[str, Any],
                    reports: dict[str, dict[str, Any]]) -> None:
     """Export the first of ``EXPORT_ORDER`` trained: the global model (shared heads only)."""
@@ -252,5 +262,5 @@ def _export_global(out: Path, plans: list[RunPlan], result: dict[str, Any],
     sites = reports[plan.model]
     summary = {"stores": list(sites), "train_records": sum(e[N_TRAIN] for e in sites.values())}
     export_model(out, plan.model, model, plan.manifest, summary, plan.config.train,
-                 result["federated"][plan.model])
+                 result["federated"][plan.model], stages=federated_stages(plan.config))
 

@@ -1,6 +1,7 @@
 """Training configuration (``fedecg train --config``): models, stages, augmentation, evaluation.
 
-Every default lives here. Sections: ``encoder``, ``clinical``, ``augment``, ``pretrain``,
+Every default lives here. Sections: ``encoder`` (and ``encoder_from``, a public model the
+transfer model's ECG encoder starts from), ``clinical``, ``augment``, ``pretrain``,
 ``lab``, ``diagnosis``, ``eval``; top-level keys for the data pipeline and seed. Override from
 the CLI with e.g. ``--set pretrain.epochs=3 --set encoder.widths=[16,32]``.
 """
@@ -15,6 +16,7 @@ from fedecg.config.base import StrictModel
 
 ModelName = Literal["signal-only", "transfer", "multimodal"]
 MODEL_NAMES: tuple[ModelName, ...] = ("signal-only", "transfer", "multimodal")
+STAGE_NAMES: tuple[str, ...] = ("pretrain", "lab", "diagnosis")  # in training order
 LossName = Literal["infonce", "siglip"]
 Monitor = Literal["loss", "auroc"]
 
@@ -144,6 +146,11 @@ class TrainConfig(StrictModel):
     warn_below_test_positives: int = Field(10, ge=0, description="warn when a label has fewer "
                                            "positives in the test split")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    encoder_from: str | None = Field(
+        None, description="a model `fedecg train` wrote on public data (its run folder or "
+        "RUN/model): the transfer model's ECG encoder starts from its encoder, before stage 1 "
+        "(whose epochs or federated rounds may then be 0); it needs the same train.encoder, "
+        "sampling rate and leads. Null: a random start")
     clinical: ClinicalConfig = Field(default_factory=ClinicalConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)

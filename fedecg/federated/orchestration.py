@@ -6,7 +6,9 @@ round. Each stage names the keys it shares (``Stage.shared_keys``: the ECG encod
 clinical side while pretraining, the heads unless ``personal_heads``); only those travel. One
 Flower strategy per stage runs its rounds through ``Strategy.start``; after every round the
 global model, the strategy's state and the metric history are checkpointed, so a killed run
-resumes at the next round with the same result.
+resumes at the next round with the same result. The first global model is the seeded
+``initial_model``, with the transfer model's ECG encoder from ``train.encoder_from`` when set
+(read by the server only: every site receives it with round 1, as it receives every encoder).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from fedecg.federated.waiting import wait_for_sites
 from fedecg.io import atomic_write_json, atomic_write_text
 from fedecg.models.build import build_model
 from fedecg.models.joint import JointModel
+from fedecg.models.public_encoder import start_from_public_encoder
 from fedecg.run_folder import RunFolder
 from fedecg.training.checkpoint import Position
 from fedecg.training.selection import BestSoFar, patience_in_rounds, stage_score
@@ -143,6 +146,7 @@ def _serve(grid: Grid, plan: RunPlan, progress: Progress | None,
     plan_json = plan.to_json()
     stamp = fingerprint(plan_json)
     model = initial_model(plan)
+    start_from_public_encoder(model, plan.model, plan.config.train, plan.manifest)
     stages = stages_for(plan)
     saved = load_checkpoint(out, stamp)
     run = Checkpoint(Position(), plain_state(model), stamp) if saved is None else saved

@@ -53,6 +53,10 @@ class ModelCard(StrictModel):
     seed: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     privacy: dict[str, Any] | None = None
+    initialization: dict[str, Any] | None = Field(
+        None, description="where the ECG encoder started when not from a random seeded init: "
+        "the public model (``train.encoder_from``, its SHA-256 and training data) and the "
+        "stages trained after it (``fedecg.training.pipeline.initialization``)")
     outputs: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="per task and label: status, training and validation "
         "positives, validation AUROC (fedecg.training.outputs.output_quality)")
@@ -161,9 +165,20 @@ def card_markdown(card: ModelCard) -> str:
         f"{_output_names(card, 'diagnosis')}.\n\n"
         f"Lab abnormalities ({len(card.lab_labels)}): {labs}.\n\n"
         f"## Training data\n{data or '- (not recorded)'}\n\n"
+        f"## Initialization\n{initialization_words(card.initialization)}\n\n"
         f"## Test metrics\n{metrics or '- (not recorded)'}\n\n"
         f"## Privacy\n{privacy}\n"
     )
+
+
+def initialization_words(entry: dict[str, Any] | None) -> str:
+    """The card's ``initialization`` in one sentence."""
+    if not entry:
+        return "ECG encoder from a random (seeded) start."
+    stages = ", ".join(entry.get("stages_trained_after") or []) or "none"
+    return (f"ECG encoder from the public model {entry.get('encoder_from')} (sha256 "
+            f"{str(entry.get('sha256'))[:16]}…, {entry.get('public_model')} trained on "
+            f"{_fmt(entry.get('public_data'))}); then trained here in stages: {stages}.")
 
 
 def _output_names(card: ModelCard, task: str) -> str:

@@ -2,7 +2,9 @@
 
 ``privacy_card(config, sites)`` describes what a run's DP guarantees from the ε each site
 reported (``fedecg.privacy.sweep.site_budgets`` reads them from a study's ``metrics.jsonl``);
-``annotate_model`` writes it into an exported model folder's card.
+``annotate_model`` writes it into an exported model folder's card, saying so when the model's
+ECG encoder started from a public model (``train.encoder_from``): that encoder is outside the
+guarantee, which covers the sites' records in the stages that ran at the sites.
 """
 
 from __future__ import annotations
@@ -67,7 +69,23 @@ def privacy_card(config: DPConfig, sites: SiteBudgets) -> dict[str, Any] | None:
             "not_covered": NOT_COVERED}
 
 
-def annotate_model(model_dir: Path, privacy: dict[str, Any] | None) -> None:
-    """Rewrite the card of the model in ``model_dir`` with ``privacy``."""
+def public_encoder_words(initialization: dict[str, Any]) -> str:
+    """What DP covers when the ECG encoder started from a public model (the card's
+    ``initialization``)."""
+    stages = ", ".join(initialization.get("stages_trained_after") or []) or "none"
+    return (f"the ECG encoder started from the public model {initialization['encoder_from']} "
+            f"(sha256 {str(initialization.get('sha256'))[:16]}…), trained without differential "
+            "privacy on public data that holds none of the sites' records, so it is outside this "
+            "guarantee; DP covers the sites' training records in the stages that trained at the "
+            f"sites after it ({stages}), and the epsilon above accounts for exactly those rounds")
+
+
+def annotate_model(model_dir: Path, privacy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rewrite the card of the model in ``model_dir`` with ``privacy`` (plus
+    ``public_encoder``, ``public_encoder_words``, when its encoder started from a public
+    model); return the entry written."""
     model, card = load_inference_model(Path(model_dir))
+    if privacy is not None and card.initialization:
+        privacy = {**privacy, "public_encoder": public_encoder_words(card.initialization)}
     save_inference_model(Path(model_dir), model, card.model_copy(update={"privacy": privacy}))
+    return privacy

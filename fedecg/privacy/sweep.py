@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ def epsilon_label(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
-def budget_config(config: StudyConfig, epsilon: float) -> StudyConfig:
-    """``config`` for one budget: the three models; DP off at ``inf``, else the configured mode
-    (``sample`` when the config says ``none``) at target ``epsilon``."""
+def budget_config(config: StudyConfig, epsilon: float,
+                  models: Sequence[str] = tuple(SWEEP_MODELS)) -> StudyConfig:
+    """``config`` for one budget: ``models`` (the three by default); DP off at ``inf``, else
+    the configured mode (``sample`` when the config says ``none``) at target ``epsilon``."""
     base: DPConfig | None = getattr(config, "privacy", None)
     if base is None:
         raise PrivacyError("the study config has no 'privacy' section, so its federated runs "
@@ -70,7 +72,7 @@ def budget_config(config: StudyConfig, epsilon: float) -> StudyConfig:
                            "privacy: DPConfig field")
     mode = "none" if math.isinf(epsilon) else ("sample" if base.mode == "none" else base.mode)
     privacy = base.model_copy(update={"mode": mode, "target_epsilon": epsilon})
-    train = config.train.model_copy(update={"models": list(SWEEP_MODELS)})
+    train = config.train.model_copy(update={"models": list(models)})
     return config.model_copy(update={"privacy": privacy, "train": train})
 
 
@@ -158,9 +160,7 @@ def card_entry(run_dir: Path, budgets: dict[str, dict[str, dict[str, float]]]
         return None
     entry = privacy_card(config, budgets[exported])
     model = RunFolder(run_dir).model
-    if model.is_dir():
-        annotate_model(model, entry)
-    return entry
+    return annotate_model(model, entry) if model.is_dir() else entry
 
 
 def check_private(epsilon: float, budgets: dict[str, Any], run_dir: Path) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedecg.models.io import CARD_FILE, CARD_MARKDOWN, LEARNED, ModelCard
+from fedecg.models.io import CARD_FILE, CARD_MARKDOWN, LEARNED, ModelCard, initialization_words
 from fedecg.report.html import HtmlPage
 from fedecg.report.plots import format_with_ci
 
@@ -33,6 +33,7 @@ def card_section(page: HtmlPage, model_dir: Path, exported: str) -> None:
         ("lab abnormalities", f"{len(card['lab_labels'])}: {', '.join(card['lab_labels'])}"),
         *((f"training data: {_DATA_NAMES.get(k, k.replace('_', ' '))}", v)
           for k, v in _flatten(card.get("data_summary") or {})),
+        ("ECG encoder start", initialization_words(card.get("initialization"))),
         ("test split (ECGs)", metrics.get("n_test", "—")),
         *((label, format_with_ci(metrics.get(key), metrics.get(f"{key}_ci")))
           for key, label in _CARD_METRICS if key in metrics),

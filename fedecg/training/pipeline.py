@@ -9,7 +9,8 @@
 * ``summary.json``: per model name (and ``naive``, the prevalence baseline) the flat metrics of
   ``fedecg.training.evaluate.flatten`` on the pooled test split, plus ``per_store``;
   top-level ``seed``, ``stores``, ``models``;
-* ``model/``: the inference-only ECG model (``transfer``, else ``signal-only``) and its card.
+* ``model/``: the inference-only ECG model (``transfer``, else ``signal-only``) and its card
+  (with ``initialization`` when its encoder started from ``train.encoder_from``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from typing import Any
 import torch
 
 from fedecg.config.base import validate_config
-from fedecg.config.train import TrainConfig
+from fedecg.config.train import STAGE_NAMES, TrainConfig
 from fedecg.data.store import SiteStore, StoreManifest
 from fedecg.errors import StoreError
 from fedecg.io import atomic_write_json
 from fedecg.models.io import ModelCard, save_inference_model
 from fedecg.models.joint import JointModel
+from fedecg.models.public_encoder import (
+    STARTS_FROM_PUBLIC,
+    check_public_encoder,
+    public_encoder_record,
+)
 from fedecg.run_folder import RunFolder, prepare_training
 from fedecg.training.data import TrainingData
 from fedecg.training.evaluate import evaluate, flatten, score
@@ -105,12 +111,28 @@ def data_summary(data: TrainingData) -> dict[str, Any]:
             "train_records": sum(len(s.indices("train")) for s in data.stores)}
 
 
+def trained_stages(config: TrainConfig) -> list[str]:
+    """The stages a centralized run trains (epochs > 0), in order."""
+    return [stage for stage in STAGE_NAMES if getattr(config, stage).epochs > 0]
+
+
+def initialization(name: str, config: TrainConfig, manifest: StoreManifest,
+                   stages: list[str]) -> dict[str, Any] | None:
+    """The card's ``initialization`` of model ``name``: the public encoder it started from
+    (``public_encoder_record``) and the ``stages`` trained after it; None from a random start."""
+    if config.encoder_from is None or name != STARTS_FROM_PUBLIC:
+        return None
+    return {**public_encoder_record(config, manifest), "stages_trained_after": stages}
+
+
 def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifest,
                  summary: dict[str, Any], config: TrainConfig, results: dict[str, Any],
-                 outputs: dict[str, Any] | None = None) -> None:
+                 outputs: dict[str, Any] | None = None,
+                 stages: list[str] | None = None) -> None:
     """Write ``out/model``: the inference-only ECG classifier of ``name`` and its card
     (``summary``: what it was trained on, e.g. ``data_summary``; ``outputs``: each label's
-    status, ``fedecg.training.outputs.output_quality``)."""
+    status, ``fedecg.training.outputs.output_quality``; ``stages``: those that trained, by
+    default ``trained_stages``)."""
     keys = ("diagnosis_macro_auroc", "diagnosis_macro_auroc_ci", "lab_macro_auroc",
             "lab_macro_auroc_ci", "diagnosis_macro_auprc", "lab_macro_auprc", "n_test")
     card = ModelCard(
@@ -121,7 +143,9 @@ def export_model(out: Path, name: str, model: JointModel, manifest: StoreManifes
         eval_crops=config.eval.crops,
         preprocessing={"fs": manifest.fs, **manifest.preprocessing},
         data_summary=summary, seed=config.seed, metrics={k: results.get(k) for k in keys},
-        outputs=outputs or {}, min_auroc=config.eval.min_auroc if outputs else None)
+        outputs=outputs or {}, min_auroc=config.eval.min_auroc if outputs else None,
+        initialization=initialization(name, config, manifest,
+                                      trained_stages(config) if stages is None else stages))
     save_inference_model(RunFolder(out).model, model.classifier, card)
 
 
@@ -139,6 +163,7 @@ def train_models(stores: list[Path], config: TrainConfig, out: Path,
         config = validate_config(TrainConfig, {**config.model_dump(), **changes}, "arguments")
     data = open_stores(stores)
     check_crop(data, config)
+    check_public_encoder(config, data.manifest)
     warn_of_small_splits(data)  # empty splits, labels with few positives in a split
     config = without_unlabelled_stages(config, data)
     for line in budget_warnings(config, data, test_split=False):

@@ -2,7 +2,8 @@
 
 ``fit_model`` trains one model on ``TrainingData`` (``fedecg.training.data``): it builds the
 ``JointModel`` of a model name (``signal-only``, ``transfer``, ``multimodal``;
-``fedecg.models.build``) with the clinical standardization fit on training rows, runs its
+``fedecg.models.build``) with the clinical standardization fit on training rows (the
+transfer model's ECG encoder from ``train.encoder_from`` when set), runs its
 stages (``build_stages``) through the stage loop (``train_window``), appends one
 ``metrics.jsonl`` record per epoch and writes a checkpoint after each, resuming from the last.
 Each stage ends with its best epoch on validation and may stop early
@@ -26,6 +27,7 @@ from fedecg.errors import TrainingError
 from fedecg.io import atomic_write_text
 from fedecg.models.build import build_model, derive_seed
 from fedecg.models.joint import JointModel
+from fedecg.models.public_encoder import start_from_public_encoder
 from fedecg.training.checkpoint import Position, load_checkpoint, save_checkpoint
 from fedecg.training.data import TrainingData, epoch_loader
 from fedecg.training.evaluate import validate
@@ -101,6 +103,7 @@ def fit_model(name: str, data: TrainingData, config: TrainConfig, checkpoint: Pa
               log: MetricsLog, on_step: OnStep | None = None) -> JointModel:
     """Train model ``name`` through its stages, resuming from ``checkpoint`` if it exists."""
     model = build_model(name, config, data.manifest, data.train_clinical())
+    start_from_public_encoder(model, name, config, data.manifest)
     stages = build_stages(config, pretrained=name == "transfer")
     saved = load_checkpoint(checkpoint)
     if saved is None:

@@ -12,6 +12,13 @@ DP-SGD at every site (``--set data.synthesize.patients=1000`` for the main job's
 ε is read back and an unfinished one resumed, so rerunning continues the study. Then
 ``RUNS/results.md`` gets the table that ``simulation/README.md`` quotes and ``--figure`` the
 plot of AUROC against ε (``fedecg sweep privacy`` draws the same one).
+
+``--public-arm`` runs the public-pretraining arm instead (issue 16): the transfer model alone,
+its ECG encoder pretrained without DP on a public twin of other patients (``public_twin.py``:
+``--public-patients``, twin seed ``--public-seed``, into ``RUNS/public-encoder``), then the
+same study with no pretraining rounds at the sites (``train.encoder_from``,
+``federation.rounds.pretrain=0``): DP covers the sites' records in the lab and diagnosis
+stages, and ε is spent on those alone.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from fedecg.app import run_sweep
 from fedecg.config.base import apply_overrides, read_yaml, validate_config
 from fedecg.config.federated import StudyConfig
 from fedecg.io import atomic_write_text
-from fedecg.privacy.sweep import epsilon_label, kept_share, parse_epsilons
+from fedecg.privacy.sweep import SWEEP_MODELS, epsilon_label, kept_share, parse_epsilons
 from fedecg.report.privacy_plot import utility_figure
 from fedecg.run_folder import RunFolder
 
@@ -85,14 +92,34 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=None, help="also write the plot here")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a setting of config.yaml, e.g. --set train.batch_size=64")
+    parser.add_argument("--public-arm", action="store_true",
+                        help="the public-pretraining arm (module docstring)")
+    parser.add_argument("--public-patients", type=int, default=1000)
+    parser.add_argument("--public-seed", type=int, default=1, help="the public twin's seed "
+                        "(not data.synthesize.seed, the sites' patients)")
+    parser.add_argument("--public-set", dest="public_overrides", action="append", default=[],
+                        help="override the public encoder's training, e.g. --public-set "
+                        "lab.epochs=4 --public-set diagnosis.epochs=12 (all stages)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     data = apply_overrides(read_yaml(CONFIG), [*args.overrides, f"seeds=[{args.seeds}]"])
     config = validate_config(StudyConfig, data, f"{CONFIG} with --set {args.overrides}")
-    rows = run_sweep(config, args.epsilons, args.runs, say=logging.info)
+    title, models = "Privacy-utility study", SWEEP_MODELS
+    if args.public_arm:
+        from public_twin import arm_overrides, public_encoder_run  # beside this script
+
+        encoder = public_encoder_run(config, args.runs, args.public_patients, args.public_seed,
+                                     args.public_overrides, logging.info)
+        config = validate_config(StudyConfig, apply_overrides(data, arm_overrides(encoder)),
+                                 f"{CONFIG}, public arm")
+        title = (f"Public-pretraining arm: transfer's ECG encoder pretrained without DP on a "
+                 f"public twin ({args.public_patients} patients, twin seed {args.public_seed}), "
+                 "no pretraining rounds at the sites")
+        models = ["transfer"]
+    rows = run_sweep(config, args.epsilons, args.runs, say=logging.info, models=models)
     labels = ", ".join(epsilon_label(e) for e in args.epsilons)
-    text = (f"# Privacy-utility study (ε = {labels}; seeds {args.seeds})\n\n"
+    text = (f"# {title} (ε = {labels}; seeds {args.seeds})\n\n"
             f"{results_table(rows, args.runs)}\n")
     atomic_write_text(args.runs / "results.md", text)
     figure = utility_figure(rows)

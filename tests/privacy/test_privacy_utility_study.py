@@ -1,4 +1,5 @@
-"""``simulation/privacy_utility``: its config validates, and its table reads finished studies."""
+"""``simulation/privacy_utility``: its config validates, its table reads finished studies, and
+the public arm draws its twin and trains its encoder as documented."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from fedecg.config.base import load_config
 from fedecg.config.federated import StudyConfig
+from fedecg.errors import ConfigError
 from fedecg.privacy.sweep import budget_config, kept_share
 from fedecg.run_folder import RunFolder
 
@@ -17,8 +19,10 @@ STUDY = Path(__file__).resolve().parents[2] / "simulation" / "privacy_utility"
 DX = {"inf": [0.60, 0.58], "8": [0.55, 0.52]}  # transfer's dx AUROC, seeds 0 and 1
 
 
-def study_module():
-    spec = importlib.util.spec_from_file_location("privacy_utility_run", STUDY / "run.py")
+def study_module(name: str = "run"):
+    """The study's script ``name``.py, imported from its file."""
+    spec = importlib.util.spec_from_file_location(f"privacy_utility_{name}",
+                                                  STUDY / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,3 +57,23 @@ def test_results_table_gives_each_seed_and_its_share_kept(tmp_path):
     table = study_module().results_table([row], tmp_path)
     assert table.splitlines()[-1] == ("| 8 | transfer | 0.535 [0.490, 0.580] | 0.510 | "
                                       "0.550, 0.520 | 50%, 25% | 39% | 7.999 (0.0001) |")
+
+
+def test_the_public_twin_draws_other_patients_and_pretrains_only_with_the_study_encoder():
+    module = study_module("public_twin")
+    config = load_config(StudyConfig, STUDY / "config.yaml", [])
+    data = module.public_data(config, 1000, seed=1)
+    assert data.synthesize.seed == 1 and data.synthesize.patients == 1000
+    assert data.synthesize.sites == config.data.synthesize.sites
+    assert data.synthesize.fs == config.data.synthesize.fs
+    with pytest.raises(ConfigError, match="the sites' own patients"):
+        module.public_data(config, 1000, seed=config.data.synthesize.seed)
+    train = module.public_train_config(config, [])
+    assert train.models == ["transfer"] and train.encoder == config.train.encoder
+    assert (train.pretrain.epochs, train.pretrain.lr, train.batch_size) == (20, 0.001, 64)
+    assert train.pretrain.epochs > 0 and train.lab.epochs == 0 and train.diagnosis.epochs == 0
+    assert module.public_train_config(config, ["lab.epochs=4"]).lab.epochs == 4
+    arm = load_config(StudyConfig, STUDY / "config.yaml",
+                      module.arm_overrides(Path("/runs/public-encoder")))
+    assert arm.train.encoder_from == "/runs/public-encoder"
+    assert arm.federation.rounds.pretrain == 0
