@@ -15,6 +15,10 @@ weighting would let a large site exceed the sensitivity C/m. Only a plain averag
 rescale the aggregate and keep server state (momentum, moments, their own copy of the model)
 built from the *un-noised* average, which later releases would carry beyond what σ·C/m covers.
 The metrics the sites send (losses, AUROC, example counts) are not privatized.
+
+Flower's optional ``RdpAccountant`` (the wrappers' ``accountant=``, ``flwr[dp]``) gives the same
+ε for this model; the ``Ledger`` is kept because it also calibrates σ for the whole plan before
+round 1, offers PRV, and is the accountant sample-level DP uses (README, "How ε is accounted").
 """
 
 from __future__ import annotations
