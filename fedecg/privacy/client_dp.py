@@ -10,9 +10,15 @@ Accounting model (the one Flower's own accountant uses for these wrappers): add/
 neighbours, **no sampling amplification** (sample rate 1; Flower samples a fixed-size subset
 without replacement, for which the Poisson bound of DP-SGD does not hold) and **uniform
 weights**: ``UniformWeights`` makes the inner FedAvg average sites equally, since example
-weighting would let a large site exceed the sensitivity C/m. FedAdam/FedYogi are refused: they
-rescale the noised aggregate, so σ·C/m would no longer calibrate the noise. The metrics the
-sites send (losses, AUROC, example counts) are not privatized.
+weighting would let a large site exceed the sensitivity C/m. Only a plain average is wrapped
+(FedAvg, FedProx: Flower's own accounted mode has the same rule): FedAvgM, FedAdam and FedYogi
+rescale the aggregate and keep server state (momentum, moments, their own copy of the model)
+built from the *un-noised* average, which later releases would carry beyond what σ·C/m covers.
+The metrics the sites send (losses, AUROC, example counts) are not privatized.
+
+Flower's optional ``RdpAccountant`` (the wrappers' ``accountant=``, ``flwr[dp]``) gives the same
+ε for this model; the ``Ledger`` is kept because it also calibrates σ for the whole plan before
+round 1, offers PRV, and is the accountant sample-level DP uses (README, "How ε is accounted").
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from flwr.serverapp.strategy import (
     FedAvg,
     Strategy,
 )
-from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedecg.config.privacy import DPConfig
 from fedecg.errors import PrivacyError
@@ -171,11 +176,13 @@ class ClientLevelDP:
 
     def wrap(self, strategy: Strategy, num_sites: int) -> Strategy:
         """Flower's fixed-clipping wrapper (server or client side) around ``strategy``."""
-        if isinstance(strategy, FedOpt) or not isinstance(strategy, FedAvg):
+        if (not isinstance(strategy, FedAvg)
+                or type(strategy).aggregate_train is not FedAvg.aggregate_train):
             raise PrivacyError(
                 f"strategy {type(strategy).__name__}: client-level DP needs FedAvg or FedProx "
-                "(an average the noise std sigma*C/m is calibrated for); FedAdam/FedYogi "
-                "rescale the noised aggregate. Set federation.strategy.name to fedavg or fedprox")
+                "(a plain average, the one the noise std sigma*C/m is calibrated for); "
+                "FedAvgM/FedAdam/FedYogi keep server state built from the un-noised average. "
+                "Set federation.strategy.name to fedavg or fedprox")
         wrapper = (DifferentialPrivacyServerSideFixedClipping
                    if self.config.client.clipping == "server"
                    else DifferentialPrivacyClientSideFixedClipping)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 from opacus.accountants import RDPAccountant
 
 from fedecg.config.privacy import DPConfig
@@ -80,10 +80,13 @@ def test_too_little_noise_for_the_planned_rounds_fails_at_start():
         ClientLevelDP.start(config(), ROUNDS, 1)
 
 
-def test_adaptive_server_optimizers_are_refused():
+@pytest.mark.parametrize("server_optimizer", [FedAdam, FedYogi, FedAvgM])
+def test_server_optimizers_with_state_are_refused(server_optimizer):
+    """FedAvgM's momentum (like Adam's moments) is built from the un-noised average."""
     dp = ClientLevelDP.start(config(), ROUNDS, SITES)
-    with pytest.raises(PrivacyError, match="FedAdam"):
-        dp.wrap(FedAdam(), SITES)
+    with pytest.raises(PrivacyError, match=f"strategy {server_optimizer.__name__}: .*fedprox"):
+        dp.wrap(server_optimizer(), SITES)
+    assert dp.wrap(FedProx(proximal_mu=0.1), SITES) is not None
 
 
 @pytest.mark.parametrize("clipping", ["server", "client"])
