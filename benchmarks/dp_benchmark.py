@@ -50,12 +50,13 @@ from fedecg.models.joint import JointModel
 from fedecg.privacy.accounting import PrivacyPlan, plan_stage
 from fedecg.privacy.objectives import private_stage
 from fedecg.privacy.sample_dp import SitePrivacy
-from fedecg.training.stages import DiagnosisStage, PretrainStage, Stage
+from fedecg.training.stages import DiagnosisStage, LabHeadStage, PretrainStage, Stage
 from fedecg.training.trainer import activate, make_optimizer, train_epoch
 
-MODES = ("plain", "hooks", "functorch", "grouped", "ghost")
+MODES = ("plain", "fast", "hooks", "functorch", "grouped", "ghost")
 PRETRAIN_ONLY = ("grouped",)
-STAGES: dict[str, Stage] = {"pretrain": PretrainStage(), "diagnosis": DiagnosisStage()}
+STAGES: dict[str, Stage] = {"pretrain": PretrainStage(), "lab": LabHeadStage(),
+                             "diagnosis": DiagnosisStage()}
 
 
 class RandomRecords(Dataset):
@@ -121,7 +122,7 @@ def make_epoch(mode: str, stage_name: str, steps: int, epochs: int) -> Callable[
                          model.classifier.dx_head.out_features, model.clinical.n_features)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
     plan = PrivacyPlan((plan_stage(stage_name, n, config.batch_size, epochs + 1),), n)
-    sample = {"grad_sample_mode": mode if mode in ("hooks", "functorch") else "hooks",
+    sample = {"grad_sample_mode": mode if mode in ("fast", "hooks", "functorch") else "hooks",
               "pretrain_objective": "grouped" if mode == "grouped" else "align"}
     site = SitePrivacy.start(DPConfig(mode="sample", target_epsilon=8.0, sample=sample), plan)
     seeds = iter(range(10**6))

@@ -59,7 +59,7 @@ from torch import nn
 
 from fedecg.config.privacy import SampleDPConfig
 from fedecg.models.joint import JointModel
-from fedecg.training.stages import Batch, PretrainStage
+from fedecg.training.stages import Batch, PretrainStage, WrappedStage
 
 MIN_GROUP = 2  # a smaller group has no negative: its term is 0
 CLIP_NORM_EPS = 1e-6  # as Opacus: C / (norm + eps), so a zero gradient stays finite
@@ -79,7 +79,7 @@ def with_gradient(value: torch.Tensor, params: list[nn.Parameter],
 
 
 @dataclass
-class GroupedContrastiveStage:
+class GroupedContrastiveStage(WrappedStage):
     """Pretraining under DP by groups: ``inner``'s loss within each group, each group's
     gradient clipped to ``group_clip`` (``max_grad_norm / 2``; see the module docstring)."""
 
@@ -104,20 +104,6 @@ class GroupedContrastiveStage:
         """This stage with ``M`` groups for ``expected_batch`` and labels drawn from ``seed``."""
         return GroupedContrastiveStage(self.inner, self.group_size, self.group_clip,
                                        expected_groups(expected_batch, self.group_size), seed)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self.inner.targets
-
-    def trainable(self, model: JointModel) -> list[nn.Parameter]:
-        return self.inner.trainable(model)
-
-    def shared_keys(self, model: JointModel) -> list[str]:
-        return self.inner.shared_keys(model)
 
     def groups(self, batch_size: int) -> list[torch.Tensor]:
         """Row indices of each of the ``M`` groups (labels: one uniform draw per row)."""

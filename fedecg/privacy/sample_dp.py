@@ -52,6 +52,7 @@ from fedecg.privacy.accounting import (
 )
 from fedecg.privacy.grouped import GroupedContrastiveStage, GroupNoiseOptimizer
 from fedecg.privacy.objectives import PerExampleStage, private_stage
+from fedecg.privacy.per_example import PerExampleClippedStage
 from fedecg.privacy.validation import validate_model
 from fedecg.training.stages import Stage
 from fedecg.training.trainer import ExtraLoss, activate
@@ -77,7 +78,7 @@ class PrivateTraining:
     """What the training loop uses instead of its plain objects during one private round."""
 
     model: nn.Module
-    stage: PerExampleStage | GroupedContrastiveStage
+    stage: PerExampleStage | PerExampleClippedStage | GroupedContrastiveStage
     loader: DataLoader
     optimizer: DPOptimizer | GroupNoiseOptimizer
 
@@ -170,12 +171,19 @@ class SitePrivacy:
         seed = secret_seed(self.secret, seed)  # the server knows ``seed``, not the secret
         noise_generator = torch.Generator().manual_seed(seed + 1)
         hooks = None
+        settings = self.config.sample
         if isinstance(private, GroupedContrastiveStage):  # no Opacus hooks: it clips groups
             private = private.for_round(rate * n, seed + 2)
             dp_optimizer: DPOptimizer | GroupNoiseOptimizer = GroupNoiseOptimizer(
                 optimizer, noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.config.sample.max_grad_norm,
+                max_grad_norm=settings.max_grad_norm,
                 expected_groups=private.n_groups, generator=noise_generator)
+        elif settings.grad_sample_mode == "fast":  # no Opacus hooks: it clips each example
+            private = PerExampleClippedStage.for_model(private, model, settings.max_grad_norm)
+            dp_optimizer = GroupNoiseOptimizer(
+                optimizer, noise_multiplier=self.noise_multiplier,
+                max_grad_norm=settings.max_grad_norm,
+                expected_groups=max(1, round(rate * n)), generator=noise_generator)
         else:
             hooks = prepare_module(model, self.config.sample.grad_sample_mode,
                                    wrap_model=False, batch_first=True, loss_reduction="mean")
