@@ -21,7 +21,7 @@ Supported layers: ``Conv1d`` (zero padding, no dilation or groups), ``Linear``,
 trainable layer is refused with its name (``grad_sample_mode: hooks`` handles any layer).
 ``PerExampleClippedStage.loss`` returns the batch's mean loss carrying the clipped sum as its
 gradient (``fedecg.privacy.grouped.with_gradient``), so the training loop's ``backward`` and
-``GroupNoiseOptimizer`` (noise ``N(0, σ²C²)``, division by the expected batch size) finish the
+``NoisySumOptimizer`` (noise ``N(0, σ²C²)``, division by the expected batch size) finish the
 step exactly as Opacus's ``DPOptimizer`` would.
 """
 
