@@ -1,14 +1,16 @@
 """Cost of sample-level DP-SGD on the default encoder: epoch time ratio and peak memory.
 
-For each stage (pretraining and diagnosis) and each mode, the default ``TrainConfig`` model
-(``EncoderConfig`` defaults, ``crop_samples`` crops, ``batch_size`` batches) trains on random
-in-memory records, on ``--threads`` threads. Epochs of all modes are timed round-robin in one
-process (``--epochs`` rounds after a warm-up round), so a change in machine load hits every
-mode alike; peak memory is measured per mode in its own child process:
+For each stage (pretraining, lab and diagnosis) and each mode, the default ``TrainConfig``
+model (``EncoderConfig`` defaults, ``crop_samples`` crops, ``batch_size`` batches) trains on
+random in-memory records, on ``--threads`` threads. Epochs of all modes are timed round-robin
+in one process (``--epochs`` rounds after a warm-up round), so a change in machine load hits
+every mode alike; peak memory is measured per mode in its own child process:
 
 * ``plain``: fedecg's own stage and loop (``train_epoch``), no DP;
-* ``hooks`` / ``functorch``: ``SitePrivacy.private_round`` (what a DP site runs: Poisson
-  batches, per-example clipping, noise, accounting) with that Opacus ``grad_sample_mode``;
+* ``fast`` / ``hooks`` / ``functorch``: ``SitePrivacy.private_round`` (what a DP site runs:
+  Poisson batches, per-example clipping, noise, accounting) with that
+  ``privacy.sample.grad_sample_mode``: ``fast`` (the default) is fedecg's own per-example
+  clipping (``fedecg.privacy.per_example``), ``hooks`` and ``functorch`` are Opacus's;
 * ``grouped`` (pretraining only): ``private_round`` with ``pretrain_objective: grouped``
   (``fedecg.privacy.grouped``: InfoNCE within groups of about ``contrastive_group`` records,
   each group's gradient clipped by a loop over groups, no Opacus hooks);
@@ -16,13 +18,15 @@ mode alike; peak memory is measured per mode in its own child process:
   (its loss object is not a tensor, so it cannot go through ``train_epoch``); measured to
   decide whether fedecg should support it.
 
-Reported per stage and mode: seconds per epoch (median), the ratio to ``plain`` (target at
-most 2.5), and the peak resident set growth over one epoch (VmHWM reset after a warm-up).
-Speeds depend on the machine and its load: read them only as ratios from one run. Example::
+The per-example modes of pretraining train the default ``align`` objective. Reported per stage
+and mode: seconds per epoch (median), the ratio to ``plain`` (target: at most 2 for the
+default mode), and the peak resident set growth over one epoch (VmHWM reset after a
+warm-up). Speeds depend on the machine and its load: read them only as ratios from one run.
+Example::
 
     python benchmarks/dp_benchmark.py --threads 1 --out benchmarks/dp_benchmark.json
-    python benchmarks/dp_benchmark.py --stages pretrain --modes plain grouped --steps 4 \
-        --out benchmarks/dp_grouped_benchmark.json
+    python benchmarks/dp_benchmark.py --stages lab diagnosis --modes plain fast hooks \
+        --steps 4 --out benchmarks/dp_heads_benchmark.json
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ one pass does only what the clipped sum needs:
    parameter gradient is computed;
 3. each example's gradient of each parameter is built from ``(a_i, g_i)`` (convolution:
    one batched product per kernel tap, no unfolded copy), giving each example's norm, its
-   clip factor ``min(1, C / (‖∇ℓ_i‖ + 1e-6))`` (as Opacus), and the weighted sum.
+   clip factor ``min(1, C / (‖∇ℓ_i‖ + 1e-6))`` (as Opacus), and the weighted sum. A
+   convolution with a short output, called once per step (the deep stages of fedecg's
+   encoder), is not built: its per-example norms come from Gram matrices
+   (``GhostConv1dGrad``; ghost clipping, chosen per layer by cost as in Bu et al. 2022's
+   mixed ghost clipping) and its weighted sum from one weight gradient of the clip-weighted
+   ``g``.
 
 Supported layers: ``Conv1d`` (zero padding, no dilation or groups), ``Linear``,
 ``GroupNorm``, ``LayerNorm``: every layer fedecg's models train. A model with another
@@ -28,6 +33,7 @@ step exactly as Opacus's ``DPOptimizer`` would.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,7 +72,40 @@ class PerExampleGrad:
                               for piece in self.pieces])
 
 
-PerExampleGrads = dict[nn.Parameter, PerExampleGrad]
+@dataclass
+class GhostConv1dGrad:
+    """A ``Conv1d`` weight's per-example gradients, never built (ghost clipping): the squared
+    norms from two Gram matrices, ``‖Σ_t g_t u_tᵀ‖² = Σ_{t,t'} (g_t·g_t')(u_t·u_t')`` with
+    ``u_t`` the input window under output position ``t``, the weighted sum by one
+    convolution weight gradient of the reweighted output gradients."""
+
+    layer: nn.Conv1d
+    inputs: torch.Tensor  # [B, C, T]
+    output_grad: torch.Tensor  # [B, O, T']
+
+    def squared_norms(self) -> torch.Tensor:
+        (pad,), (stride,), (kernel,) = self.layer.padding, self.layer.stride, self.layer.kernel_size
+        windows = F.pad(self.inputs, (pad, pad)).unfold(2, kernel, stride)  # [B, C, T', K]
+        windows = windows.transpose(1, 2).flatten(2)  # [B, T', C·K]
+        gram_in = torch.bmm(windows, windows.transpose(1, 2))  # [B, T', T']
+        gram_out = torch.bmm(self.output_grad.transpose(1, 2), self.output_grad)  # [B, T', T']
+        return (gram_in * gram_out).sum(dim=(1, 2)).clamp(min=0.0)  # rounding stays >= 0
+
+    def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        return torch.nn.grad.conv1d_weight(
+            self.inputs, self.layer.weight.shape, self.output_grad * weights[:, None, None],
+            stride=self.layer.stride, padding=self.layer.padding)
+
+
+def ghost_is_cheaper(layer: nn.Conv1d, output_length: int) -> bool:
+    """Whether the Gram matrices (``T'² · (C·K + O)`` products per example) cost less than
+    building the gradient (``O · C · K · T'``): in fedecg's encoder, its short deep layers."""
+    (kernel,) = layer.kernel_size
+    return output_length * (layer.in_channels * kernel + layer.out_channels) < (
+        layer.out_channels * layer.in_channels * kernel)
+
+
+PerExampleGrads = dict[nn.Parameter, PerExampleGrad | GhostConv1dGrad]
 
 
 def stack_taps(taps: list[torch.Tensor]) -> torch.Tensor:
@@ -74,18 +113,24 @@ def stack_taps(taps: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(taps, dim=-1)
 
 
-def conv1d_grads(layer: nn.Conv1d, a: torch.Tensor, g: torch.Tensor) -> PerExampleGrads:
+def conv1d_grads(layer: nn.Conv1d, a: torch.Tensor, g: torch.Tensor,
+                 ghost: bool = False) -> PerExampleGrads:
     """Per-example gradients of a ``Conv1d``: input ``a`` ``[B, C, T]``, output grad ``g``
-    ``[B, O, T']``; one batched matrix product ``[B, O, C]`` per kernel tap (no unfolded copy
-    of the input, none of the taps put together before they are summed over the batch)."""
+    ``[B, O, T']``; the weight's by ghost clipping if ``ghost`` and ``ghost_is_cheaper``, else
+    one batched matrix product ``[B, O, C]`` per kernel tap (no unfolded copy of the input,
+    none of the taps put together before they are summed over the batch)."""
     (pad,), (stride,), (kernel,) = layer.padding, layer.stride, layer.kernel_size
-    padded = F.pad(a, (pad, pad))
-    span = stride * (g.shape[-1] - 1) + 1
-    inputs = [padded[:, :, tap:tap + span:stride] for tap in range(kernel)]  # [B, C, T'] each
-    if stride > 1:  # a strided view is not a matrix BLAS reads: copy it
-        inputs = [tap.contiguous() for tap in inputs]
-    grads = {layer.weight: PerExampleGrad([torch.bmm(g, tap.transpose(1, 2)) for tap in inputs],
-                                          stack_taps)}
+    grads: PerExampleGrads = {}
+    if ghost and ghost_is_cheaper(layer, g.shape[-1]):
+        grads[layer.weight] = GhostConv1dGrad(layer, a, g)
+    else:
+        padded = F.pad(a, (pad, pad))
+        span = stride * (g.shape[-1] - 1) + 1
+        taps = [padded[:, :, tap:tap + span:stride] for tap in range(kernel)]  # [B, C, T']
+        if stride > 1:  # a strided view is not a matrix BLAS reads: copy it
+            taps = [tap.contiguous() for tap in taps]
+        grads[layer.weight] = PerExampleGrad([torch.bmm(g, tap.transpose(1, 2))
+                                              for tap in taps], stack_taps)
     if layer.bias is not None:
         grads[layer.bias] = PerExampleGrad([g.sum(dim=-1)])
     return grads
@@ -155,11 +200,13 @@ def trainable_layers(model: nn.Module, where: str) -> dict[nn.Module, list[nn.Pa
 
 @dataclass
 class Call:
-    """One forward call of a trainable layer: its detached input and its output."""
+    """One forward call of a trainable layer: its detached input, its output, and the
+    output's version then (an in-place change after it would make its gradient another's)."""
 
     layer: nn.Module
     inputs: torch.Tensor
     output: torch.Tensor
+    version: int
 
 
 @contextmanager
@@ -169,7 +216,7 @@ def recording(layers: dict[nn.Module, list[nn.Parameter]]) -> Iterator[list[Call
 
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if output.requires_grad:
-            calls.append(Call(layer, inputs[0].detach(), output))
+            calls.append(Call(layer, inputs[0].detach(), output, output._version))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -184,13 +231,21 @@ def clipped_sum(per_example_loss: torch.Tensor, calls: list[Call],
     """``Σ_i clip(∇ℓ_i)`` per parameter of ``params`` (module doc, steps 2 and 3)."""
     if not calls or not len(per_example_loss):  # an empty Poisson batch: a sum of nothing
         return [torch.zeros_like(p) for p in params]
+    changed = [type(call.layer).__name__ for call in calls if call.output._version != call.version]
+    if changed:
+        raise PrivacyError(f"the output of {', '.join(changed)} was changed in place after the "
+                           "layer ran (e.g. ReLU(inplace=True)), so grad_sample_mode 'fast' "
+                           "cannot take its gradient; use layers that are not in place, or "
+                           "set privacy.sample.grad_sample_mode to 'hooks'")
     output_grads = torch.autograd.grad(per_example_loss.sum(), [call.output for call in calls])
     per_example: PerExampleGrads = {}
+    calls_of = Counter(call.layer for call in calls)
     for call, g in zip(calls, output_grads, strict=True):
-        for param, grad in GRADS[type(call.layer)](call.layer, call.inputs, g).items():
+        options = {"ghost": calls_of[call.layer] == 1} if isinstance(call.layer, nn.Conv1d) else {}
+        for param, grad in GRADS[type(call.layer)](call.layer, call.inputs, g, **options).items():
             if param.requires_grad:  # a layer called twice adds both calls' gradients
                 per_example[param] = per_example[param] + grad if param in per_example else grad
-    squares = torch.zeros(len(per_example_loss))
+    squares = torch.zeros(len(per_example_loss), device=per_example_loss.device)
     for grad in per_example.values():
         squares += grad.squared_norms()
     factor = (max_grad_norm / (squares.sqrt() + CLIP_NORM_EPS)).clamp(max=1.0)  # [B]

@@ -18,17 +18,26 @@ from fedecg.errors import PrivacyError
 from fedecg.privacy.accounting import PrivacyPlan, plan_stage
 from fedecg.privacy.grouped import NoisySumOptimizer
 from fedecg.privacy.objectives import private_stage
-from fedecg.privacy.per_example import PerExampleClippedStage
+from fedecg.privacy.per_example import (
+    GhostConv1dGrad,
+    PerExampleClippedStage,
+    PerExampleGrad,
+    conv1d_grads,
+    ghost_is_cheaper,
+    recording,
+)
 from fedecg.privacy.sample_dp import SitePrivacy
+from fedecg.training.stages import LabHeadStage
 from fedecg.training.trainer import activate, make_optimizer
 
 torch.set_num_threads(1)
 CLIP = 0.05  # small enough that every example's gradient is clipped
 # (stage, pretrain objective, multimodal model): every per-example objective a DP run trains
 CASES = [(STAGES[0], "align", False), (STAGES[0], "features", False), (STAGES[1], "align", False),
-         (STAGES[2], "align", False), (STAGES[1], "align", True), (STAGES[2], "align", True)]
+         (STAGES[2], "align", False), (STAGES[1], "align", True), (STAGES[2], "align", True),
+         (LabHeadStage(freeze_encoder=True), "align", False)]
 IDS = ["pretrain-align", "pretrain-features", "lab", "diagnosis", "lab-multimodal",
-       "diagnosis-multimodal"]
+       "diagnosis-multimodal", "lab-frozen-encoder"]
 
 
 def clipped(stage, model, clip: float = CLIP) -> tuple[PerExampleClippedStage, list]:
@@ -117,3 +126,43 @@ def test_a_layer_it_cannot_handle_is_refused_naming_it():
     message = str(error.value)
     assert "classifier.encoder.stem.0" in message and "dilation" in message
     assert "grad_sample_mode to 'hooks'" in message and "\n" not in message
+
+
+def test_a_layer_output_changed_in_place_is_refused():
+    """An in-place ReLU after a GroupNorm would make the recorded output's gradient the
+    ReLU's: refused rather than clipped wrongly."""
+    model = tiny_joint_model()
+    model.classifier.encoder.stages[0].act = nn.ReLU(inplace=True)
+    fast, _ = clipped(STAGES[1], model)
+    with pytest.raises(PrivacyError, match="GroupNorm was changed in place"):
+        fast.loss(model, next(iter(fixed_batches())))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_ghost_clipping_of_a_convolution_matches_its_built_per_example_gradients(stride):
+    """The Gram-matrix norms and the reweighted weight gradient of ``GhostConv1dGrad`` equal
+    the norms and weighted sum of the per-example gradients built tap by tap."""
+    torch.manual_seed(0)
+    layer = nn.Conv1d(16, 16, 5, stride=stride, padding=2, bias=False)  # short: ghost pays
+    a = torch.randn(4, 16, 8)
+    g = torch.randn(4, 16, layer(a).shape[-1])
+    weights = torch.rand(4)
+    ghost, = conv1d_grads(layer, a, g, ghost=True).values()
+    built, = conv1d_grads(layer, a, g, ghost=False).values()
+    assert isinstance(ghost, GhostConv1dGrad) and isinstance(built, PerExampleGrad)
+    torch.testing.assert_close(ghost.squared_norms(), built.squared_norms(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(ghost.weighted_sum(weights), built.weighted_sum(weights))
+    explicit = torch.stack([torch.autograd.grad((layer(a[i:i + 1]) * g[i:i + 1]).sum(),
+                                                layer.weight)[0] for i in range(4)])
+    torch.testing.assert_close(built.squared_norms(), explicit.flatten(1).pow(2).sum(1))
+
+
+def test_the_tiny_encoder_clips_some_convolutions_by_ghost_and_some_built():
+    """So the clipped-sum tests above cover both ways (the default encoder: its last stages)."""
+    model = tiny_joint_model()
+    fast, _ = clipped(STAGES[1], model)
+    with recording(fast.layers) as calls:
+        fast.per_example_loss(model, next(iter(fixed_batches())))
+    ghost = [ghost_is_cheaper(c.layer, c.output.shape[-1]) for c in calls
+             if isinstance(c.layer, nn.Conv1d)]
+    assert any(ghost) and not all(ghost)
