@@ -188,11 +188,11 @@ class SitePrivacy:
                 max_grad_norm=settings.max_grad_norm,
                 expected_count=max(1, round(rate * n)), generator=noise_generator)
         else:
-            hooks = prepare_module(model, self.config.sample.grad_sample_mode,
+            hooks = prepare_module(model, settings.grad_sample_mode,
                                    wrap_model=False, batch_first=True, loss_reduction="mean")
             dp_optimizer = DPOptimizer(
                 optimizer, noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.config.sample.max_grad_norm,
+                max_grad_norm=settings.max_grad_norm,
                 expected_batch_size=max(1, round(rate * n)), loss_reduction="mean",
                 generator=noise_generator)
         dp_optimizer.attach_step_hook(self._step_hook(model, rate, extra_loss))
