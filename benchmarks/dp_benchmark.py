@@ -1,14 +1,16 @@
 """Cost of sample-level DP-SGD on the default encoder: epoch time ratio and peak memory.
 
-For each stage (pretraining and diagnosis) and each mode, the default ``TrainConfig`` model
-(``EncoderConfig`` defaults, ``crop_samples`` crops, ``batch_size`` batches) trains on random
-in-memory records, on ``--threads`` threads. Epochs of all modes are timed round-robin in one
-process (``--epochs`` rounds after a warm-up round), so a change in machine load hits every
-mode alike; peak memory is measured per mode in its own child process:
+For each stage (pretraining, lab and diagnosis) and each mode, the default ``TrainConfig``
+model (``EncoderConfig`` defaults, ``crop_samples`` crops, ``batch_size`` batches) trains on
+random in-memory records, on ``--threads`` threads. Epochs of all modes are timed round-robin
+in one process (``--epochs`` rounds after a warm-up round), so a change in machine load hits
+every mode alike; peak memory is measured per mode in its own child process:
 
 * ``plain``: fedecg's own stage and loop (``train_epoch``), no DP;
-* ``hooks`` / ``functorch``: ``SitePrivacy.private_round`` (what a DP site runs: Poisson
-  batches, per-example clipping, noise, accounting) with that Opacus ``grad_sample_mode``;
+* ``fast`` / ``hooks`` / ``functorch``: ``SitePrivacy.private_round`` (what a DP site runs:
+  Poisson batches, per-example clipping, noise, accounting) with that
+  ``privacy.sample.grad_sample_mode``: ``fast`` (the default) is fedecg's own per-example
+  clipping (``fedecg.privacy.per_example``), ``hooks`` and ``functorch`` are Opacus's;
 * ``grouped`` (pretraining only): ``private_round`` with ``pretrain_objective: grouped``
   (``fedecg.privacy.grouped``: InfoNCE within groups of about ``contrastive_group`` records,
   each group's gradient clipped by a loop over groups, no Opacus hooks);
@@ -16,13 +18,15 @@ mode alike; peak memory is measured per mode in its own child process:
   (its loss object is not a tensor, so it cannot go through ``train_epoch``); measured to
   decide whether fedecg should support it.
 
-Reported per stage and mode: seconds per epoch (median), the ratio to ``plain`` (target at
-most 2.5), and the peak resident set growth over one epoch (VmHWM reset after a warm-up).
-Speeds depend on the machine and its load: read them only as ratios from one run. Example::
+The per-example modes of pretraining train the default ``align`` objective. Reported per stage
+and mode: seconds per epoch (median), the ratio to ``plain`` (target: at most 2 for the
+default mode), and the peak resident set growth over one epoch (VmHWM reset after a
+warm-up). Speeds depend on the machine and its load: read them only as ratios from one run.
+Example::
 
     python benchmarks/dp_benchmark.py --threads 1 --out benchmarks/dp_benchmark.json
-    python benchmarks/dp_benchmark.py --stages pretrain --modes plain grouped --steps 4 \
-        --out benchmarks/dp_grouped_benchmark.json
+    python benchmarks/dp_benchmark.py --stages lab diagnosis --modes plain fast hooks \
+        --steps 4 --out benchmarks/dp_heads_benchmark.json
 """
 
 from __future__ import annotations
@@ -50,12 +54,13 @@ from fedecg.models.joint import JointModel
 from fedecg.privacy.accounting import PrivacyPlan, plan_stage
 from fedecg.privacy.objectives import private_stage
 from fedecg.privacy.sample_dp import SitePrivacy
-from fedecg.training.stages import DiagnosisStage, PretrainStage, Stage
+from fedecg.training.stages import DiagnosisStage, LabHeadStage, PretrainStage, Stage
 from fedecg.training.trainer import activate, make_optimizer, train_epoch
 
-MODES = ("plain", "hooks", "functorch", "grouped", "ghost")
+MODES = ("plain", "fast", "hooks", "functorch", "grouped", "ghost")
 PRETRAIN_ONLY = ("grouped",)
-STAGES: dict[str, Stage] = {"pretrain": PretrainStage(), "diagnosis": DiagnosisStage()}
+STAGES: dict[str, Stage] = {"pretrain": PretrainStage(), "lab": LabHeadStage(),
+                             "diagnosis": DiagnosisStage()}
 
 
 class RandomRecords(Dataset):
@@ -121,7 +126,7 @@ def make_epoch(mode: str, stage_name: str, steps: int, epochs: int) -> Callable[
                          model.classifier.dx_head.out_features, model.clinical.n_features)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
     plan = PrivacyPlan((plan_stage(stage_name, n, config.batch_size, epochs + 1),), n)
-    sample = {"grad_sample_mode": mode if mode in ("hooks", "functorch") else "hooks",
+    sample = {"grad_sample_mode": mode if mode in ("fast", "hooks", "functorch") else "hooks",
               "pretrain_objective": "grouped" if mode == "grouped" else "align"}
     site = SitePrivacy.start(DPConfig(mode="sample", target_epsilon=8.0, sample=sample), plan)
     seeds = iter(range(10**6))

@@ -23,7 +23,7 @@ from fedecg.config.base import StrictModel
 
 PrivacyMode = Literal["none", "sample", "client"]
 AccountantName = Literal["rdp", "prv"]
-GradSampleMode = Literal["hooks", "functorch"]
+GradSampleMode = Literal["fast", "hooks", "functorch"]
 ClippingSide = Literal["server", "client"]
 PretrainObjective = Literal["align", "features", "grouped"]
 
@@ -40,7 +40,10 @@ class SampleDPConfig(StrictModel):
 
     max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm C")
     poisson_sampling: bool = Field(True, description="required: the accounting assumes it")
-    grad_sample_mode: GradSampleMode = "hooks"
+    grad_sample_mode: GradSampleMode = Field(
+        "fast", description="how per-example gradients are computed: fast = fedecg's own "
+        "(fedecg.privacy.per_example: Conv1d, Linear, GroupNorm, LayerNorm layers), hooks or "
+        "functorch = Opacus's (any layer Opacus supports)")
     max_noise_multiplier: float = Field(
         10.0, gt=0, description="largest noise multiplier calibration may choose")
     pretrain_objective: PretrainObjective = Field(

@@ -44,7 +44,7 @@ Per-group gradients are computed by a plain loop over groups (``torch.autograd.g
 group's loss; no Opacus hooks, since groups differ in size). The training loop then calls
 ``loss.backward()`` and ``optimizer.step()`` as for any stage: ``GroupedContrastiveStage.loss``
 returns a tensor whose value is the mean group loss and whose gradient is the clipped sum
-``Σ_k u_k``, and ``GroupNoiseOptimizer`` adds the noise, divides by ``M``, runs the step hook
+``Σ_k u_k``, and ``NoisySumOptimizer`` adds the noise, divides by ``M``, runs the step hook
 (the ledger, FedProx) and steps. The ECG encoder, both projections, the clinical encoder and the
 temperature train, as in non-private ``PretrainStage``, which shares the same keys.
 """
@@ -59,7 +59,7 @@ from torch import nn
 
 from fedecg.config.privacy import SampleDPConfig
 from fedecg.models.joint import JointModel
-from fedecg.training.stages import Batch, PretrainStage
+from fedecg.training.stages import Batch, PretrainStage, WrappedStage
 
 MIN_GROUP = 2  # a smaller group has no negative: its term is 0
 CLIP_NORM_EPS = 1e-6  # as Opacus: C / (norm + eps), so a zero gradient stays finite
@@ -79,7 +79,7 @@ def with_gradient(value: torch.Tensor, params: list[nn.Parameter],
 
 
 @dataclass
-class GroupedContrastiveStage:
+class GroupedContrastiveStage(WrappedStage):
     """Pretraining under DP by groups: ``inner``'s loss within each group, each group's
     gradient clipped to ``group_clip`` (``max_grad_norm / 2``; see the module docstring)."""
 
@@ -104,20 +104,6 @@ class GroupedContrastiveStage:
         """This stage with ``M`` groups for ``expected_batch`` and labels drawn from ``seed``."""
         return GroupedContrastiveStage(self.inner, self.group_size, self.group_clip,
                                        expected_groups(expected_batch, self.group_size), seed)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self.inner.targets
-
-    def trainable(self, model: JointModel) -> list[nn.Parameter]:
-        return self.inner.trainable(model)
-
-    def shared_keys(self, model: JointModel) -> list[str]:
-        return self.inner.shared_keys(model)
 
     def groups(self, batch_size: int) -> list[torch.Tensor]:
         """Row indices of each of the ``M`` groups (labels: one uniform draw per row)."""
@@ -151,20 +137,21 @@ class GroupedContrastiveStage:
         return with_gradient(value, self.trainable(model), total), {"loss": float(value)}
 
 
-StepHook = Callable[["GroupNoiseOptimizer"], None]
+StepHook = Callable[["NoisySumOptimizer"], None]
 
 
-class GroupNoiseOptimizer:
-    """Wraps the stage's optimizer: ``step`` noises the clipped group sum that ``backward``
-    left in ``p.grad`` (std ``noise_multiplier · max_grad_norm``), divides it by the
-    expected number of groups, runs the step hook (the ledger), then steps."""
+class NoisySumOptimizer:
+    """Wraps the stage's optimizer: ``step`` noises the clipped sum that ``backward`` left in
+    ``p.grad`` (std ``noise_multiplier · max_grad_norm``), divides it by ``expected_count``
+    (the expected number of groups here, of examples in ``fedecg.privacy.per_example``), runs
+    the step hook (the ledger), then steps."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-                 max_grad_norm: float, expected_groups: int, generator: torch.Generator) -> None:
+                 max_grad_norm: float, expected_count: int, generator: torch.Generator) -> None:
         self.original_optimizer = optimizer
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
-        self.expected_groups = expected_groups
+        self.expected_count = expected_count
         self.generator = generator
         self.step_hook: StepHook | None = None
 
@@ -185,12 +172,13 @@ class GroupNoiseOptimizer:
         self.original_optimizer.zero_grad(set_to_none)
 
     def add_noise(self) -> None:
-        """``p.grad ← (p.grad + N(0, (σC)²)) / M`` for every parameter (a missing grad is 0)."""
+        """``p.grad ← (p.grad + N(0, (σC)²)) / expected_count`` for every parameter (a missing
+        grad is 0)."""
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
             summed = p.grad if p.grad is not None else torch.zeros_like(p)
             noise = torch.normal(0.0, std, size=p.shape, generator=self.generator)
-            p.grad = (summed + noise.to(p.device)) / self.expected_groups
+            p.grad = (summed + noise.to(p.device)) / self.expected_count
 
     def step(self) -> None:
         """Noise, scale, step hook, then the wrapped optimizer's step."""

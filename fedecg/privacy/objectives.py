@@ -55,6 +55,7 @@ from fedecg.training.stages import (
     LabHeadStage,
     PretrainStage,
     Stage,
+    WrappedStage,
     params_with_prefix,
 )
 
@@ -143,24 +144,10 @@ class PrivateFeatureStage(PrivatePretrainStage):
 
 
 @dataclass
-class PrivateHeadStage(PerExampleStage):
+class PrivateHeadStage(WrappedStage, PerExampleStage):
     """Stages 2 and 3 under DP: the wrapped head stage with per-example masked BCE."""
 
     inner: HeadStage
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.inner.name
-
-    @property
-    def targets(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.inner.targets
-
-    def trainable(self, model: JointModel) -> list[nn.Parameter]:
-        return self.inner.trainable(model)
-
-    def shared_keys(self, model: JointModel) -> list[str]:
-        return self.inner.shared_keys(model)
 
     def per_example_loss(self, model: JointModel, batch: Batch) -> torch.Tensor:
         logits = self.inner.logits(model, batch)

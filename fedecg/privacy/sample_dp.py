@@ -12,11 +12,14 @@ hook (``fedecg.training.trainer``)::
     # metrics |= site.metrics(); state[STATE_PRIVACY] = ConfigRecord(site.to_record())
 
 Inside, the stage becomes its per-example version (``fedecg.privacy.objectives``) and is
-re-activated, Opacus's per-example gradient hooks are attached to the model in place (no
-``_module.`` wrapper), the loader draws Poisson batches at rate ``batch_size / n`` and the
-optimizer clips each example's gradient to ``max_grad_norm`` and adds Gaussian noise. Under
+re-activated, and the loader draws Poisson batches at rate ``batch_size / n``. With
+``grad_sample_mode: fast`` (the default) the stage's loss carries the sum of each example's
+gradient clipped to ``max_grad_norm`` (``fedecg.privacy.per_example``, no Opacus hooks) and a
+``NoisySumOptimizer`` adds Gaussian noise; with ``hooks`` or ``functorch`` Opacus's
+per-example gradient hooks are attached to the model in place (no ``_module.`` wrapper) and
+its ``DPOptimizer`` clips and adds the noise. Under
 ``pretrain_objective: grouped`` the pretraining stage instead clips each contrastive group's
-gradient itself and a ``GroupNoiseOptimizer`` adds the noise (``fedecg.privacy.grouped``; no
+gradient itself and a ``NoisySumOptimizer`` adds the noise (``fedecg.privacy.grouped``; no
 Opacus hooks, the same loader and ledger). Every noised step is recorded in the ledger. A
 data-independent ``extra_loss`` (FedProx's proximal term) is added to the gradient after
 noising, as post-processing: passed to ``train_window`` it would be dropped silently, since
@@ -50,8 +53,9 @@ from fedecg.privacy.accounting import (
     check_delta,
     sample_rate,
 )
-from fedecg.privacy.grouped import GroupedContrastiveStage, GroupNoiseOptimizer
+from fedecg.privacy.grouped import GroupedContrastiveStage, NoisySumOptimizer
 from fedecg.privacy.objectives import PerExampleStage, private_stage
+from fedecg.privacy.per_example import PerExampleClippedStage
 from fedecg.privacy.validation import validate_model
 from fedecg.training.stages import Stage
 from fedecg.training.trainer import ExtraLoss, activate
@@ -77,9 +81,9 @@ class PrivateTraining:
     """What the training loop uses instead of its plain objects during one private round."""
 
     model: nn.Module
-    stage: PerExampleStage | GroupedContrastiveStage
+    stage: PerExampleStage | PerExampleClippedStage | GroupedContrastiveStage
     loader: DataLoader
-    optimizer: DPOptimizer | GroupNoiseOptimizer
+    optimizer: DPOptimizer | NoisySumOptimizer
 
 
 @dataclass
@@ -170,18 +174,25 @@ class SitePrivacy:
         seed = secret_seed(self.secret, seed)  # the server knows ``seed``, not the secret
         noise_generator = torch.Generator().manual_seed(seed + 1)
         hooks = None
+        settings = self.config.sample
         if isinstance(private, GroupedContrastiveStage):  # no Opacus hooks: it clips groups
             private = private.for_round(rate * n, seed + 2)
-            dp_optimizer: DPOptimizer | GroupNoiseOptimizer = GroupNoiseOptimizer(
+            dp_optimizer: DPOptimizer | NoisySumOptimizer = NoisySumOptimizer(
                 optimizer, noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.config.sample.max_grad_norm,
-                expected_groups=private.n_groups, generator=noise_generator)
+                max_grad_norm=settings.max_grad_norm,
+                expected_count=private.n_groups, generator=noise_generator)
+        elif settings.grad_sample_mode == "fast":  # no Opacus hooks: it clips each example
+            private = PerExampleClippedStage.for_model(private, model, settings.max_grad_norm)
+            dp_optimizer = NoisySumOptimizer(
+                optimizer, noise_multiplier=self.noise_multiplier,
+                max_grad_norm=settings.max_grad_norm,
+                expected_count=max(1, round(rate * n)), generator=noise_generator)
         else:
-            hooks = prepare_module(model, self.config.sample.grad_sample_mode,
+            hooks = prepare_module(model, settings.grad_sample_mode,
                                    wrap_model=False, batch_first=True, loss_reduction="mean")
             dp_optimizer = DPOptimizer(
                 optimizer, noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.config.sample.max_grad_norm,
+                max_grad_norm=settings.max_grad_norm,
                 expected_batch_size=max(1, round(rate * n)), loss_reduction="mean",
                 generator=noise_generator)
         dp_optimizer.attach_step_hook(self._step_hook(model, rate, extra_loss))
@@ -201,8 +212,8 @@ class SitePrivacy:
                 hooks.cleanup()
 
     def _step_hook(self, model: nn.Module, rate: float, extra_loss: ExtraLoss | None
-                   ) -> Callable[[DPOptimizer | GroupNoiseOptimizer], None]:
-        def hook(optimizer: DPOptimizer | GroupNoiseOptimizer) -> None:
+                   ) -> Callable[[DPOptimizer | NoisySumOptimizer], None]:
+        def hook(optimizer: DPOptimizer | NoisySumOptimizer) -> None:
             self.ledger.step(optimizer.noise_multiplier, rate)
             if extra_loss is not None:
                 params = optimizer.params

@@ -61,6 +61,27 @@ def params_with_prefix(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.P
     return [param for name, param in model.named_parameters() if name.startswith(prefixes)]
 
 
+class WrappedStage:
+    """A stage built around ``self.inner``: its name, targets, trainable parameters and shared
+    keys are the inner stage's (the private stages of ``fedecg.privacy`` change only the loss)."""
+
+    inner: Stage
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.inner.targets
+
+    def trainable(self, model: JointModel) -> list[nn.Parameter]:
+        return self.inner.trainable(model)
+
+    def shared_keys(self, model: JointModel) -> list[str]:
+        return self.inner.shared_keys(model)
+
+
 @dataclass
 class PretrainStage:
     """Stage 1: align ECG and clinical embeddings (symmetric InfoNCE or SigLIP).

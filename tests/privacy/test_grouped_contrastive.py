@@ -139,7 +139,7 @@ def test_noise_has_std_sigma_c_over_the_expected_groups():
     loader = DataLoader(TinyRecords(), batch_size=BATCH)
     draws = []
     with site.private_round(model, STAGES[0], loader, optimizer, seed=3) as dp:
-        assert dp.optimizer.expected_groups == dp.stage.n_groups == 2  # round(6 / 3)
+        assert dp.optimizer.expected_count == dp.stage.n_groups == 2  # round(6 / 3)
         while sum(len(d) for d in draws) < 40_000:
             for param in dp.optimizer.params:
                 param.grad = torch.full_like(param, 0.3)  # a clipped sum of 0.3 everywhere

@@ -30,9 +30,11 @@ torch.set_num_threads(1)
 
 
 def site_privacy(noise: float | None = None, clip: float = 1.0, rounds: int = 2,
-                 target: float = 3.0, objective: str = "align") -> SitePrivacy:
+                 target: float = 3.0, objective: str = "align",
+                 mode: str = "fast") -> SitePrivacy:
     config = DPConfig(mode="sample", target_epsilon=target,
-                      sample={"max_grad_norm": clip, "pretrain_objective": objective})
+                      sample={"max_grad_norm": clip, "pretrain_objective": objective,
+                              "grad_sample_mode": mode})
     plan = PrivacyPlan(tuple(plan_stage(s.name, N, BATCH, rounds) for s in STAGES), N, "s0")
     if noise is None:
         return SitePrivacy.start(config, plan)  # calibrated for the plan
@@ -48,16 +50,18 @@ def proximal(anchor: JointModel, mu: float = 0.5):
     return term
 
 
+@pytest.mark.parametrize("mode", ["fast", "hooks"])
 @pytest.mark.parametrize(("stage", "objective"),
                          [(STAGES[0], "align"), (STAGES[0], "features"), (STAGES[1], "align"),
                           (STAGES[2], "align")],
                          ids=["pretrain-align", "pretrain-features", "lab", "diagnosis"])
-def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
+def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective, mode):
     """With σ = 0 and C = ∞, DP-SGD on the same batches is plain SGD on the same objective
-    (here with a FedProx term, which the DP path adds after noising)."""
+    (here with a FedProx term, which the DP path adds after noising), with fedecg's own
+    per-example clipping and with Opacus's hooks alike."""
     plain, private = tiny_joint_model(), tiny_joint_model()
     extra = proximal(tiny_joint_model(seed=1))
-    site = site_privacy(noise=0.0, clip=1e9, objective=objective)
+    site = site_privacy(noise=0.0, clip=1e9, objective=objective, mode=mode)
     objective = private_stage(stage, site.config.sample)
     optimizer = make_optimizer(activate(plain, objective), lr=1e-2)
     train_window(plain, objective, lambda _: fixed_batches(), optimizer, range(1),
@@ -76,11 +80,13 @@ def test_zero_noise_and_infinite_clip_equals_plain_training(stage, objective):
     assert site.ledger.history == [(0.0, BATCH / N, N // BATCH)]
 
 
-@pytest.mark.parametrize("objective", ["align", "grouped"])
-def test_private_rounds_account_every_noised_step_cumulatively(objective):
-    """Opacus's DP-SGD and grouped pretraining alike: every noised step in the ledger, whose
-    ε is the independent replay's with Opacus's RDP accountant."""
-    model, site = tiny_joint_model(), site_privacy(rounds=2, objective=objective)
+@pytest.mark.parametrize(("objective", "mode"),
+                         [("align", "fast"), ("align", "hooks"), ("grouped", "fast")])
+def test_private_rounds_account_every_noised_step_cumulatively(objective, mode):
+    """fedecg's per-example clipping, Opacus's DP-SGD and grouped pretraining alike: every
+    noised step in the ledger, whose ε is the independent replay's with Opacus's RDP
+    accountant, and never above the target."""
+    model, site = tiny_joint_model(), site_privacy(rounds=2, objective=objective, mode=mode)
     spent, independent = [], RDPAccountant()
     for round_index, stage in enumerate(s for s in STAGES for _ in range(2)):
         optimizer = make_optimizer(activate(model, stage), lr=1e-3)
