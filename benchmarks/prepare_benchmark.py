@@ -5,7 +5,11 @@ Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 lay
 * prepare throughput: end to end and for the waveform stage alone, in ECG/s on one core;
 * peak memory of prepare at two dataset sizes, each in its own subprocess: the peak resident
   set during prepare above the resident set just before it (the kernel's peak mark is reset
-  after imports), and the ``tracemalloc`` peak of the prepare call; it must stay flat;
+  after imports), and the ``tracemalloc`` peak of the prepare call; it must stay flat:
+  ``peak_memory`` gives both sizes and their ratio (≈ 1.0 when flat, the ECG ratio if it
+  grew in proportion);
+* ``labevents`` read speed on one core (pyarrow held to one thread), in rows of the file per
+  second: keeping the cohort's subjects (every row, on a twin) and keeping none (the scan);
 * store read throughput for random training batches versus one training step of the default
   ECG encoder (``EncoderConfig`` defaults) with a linear head, as a ratio.
 
@@ -27,16 +31,20 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow
 import torch
 from benchmark_json import emit
 from torch.utils.data import DataLoader
 
 from fedecg.config.data import PrepareConfig
 from fedecg.config.train import EncoderConfig
+from fedecg.data.labs import DEFAULT_LAB_PANEL
+from fedecg.data.mimic import read_mimic_labs, read_record_list
 from fedecg.data.prepare import MimicInput, load_input, prepare_store, stream_records
 from fedecg.data.store import EcgDataset, SiteStore, StoreWriter
 from fedecg.data.synth import generate_twin
-from fedecg.data.tables import Rejects
+from fedecg.data.tables import Rejects, find_table
 from fedecg.models.encoders import EcgEncoder
 
 
@@ -119,6 +127,23 @@ def child_waveforms(twin: Path, out: Path) -> dict:
             "anon_growth_mib": anon.peak - anon_before}
 
 
+def child_labevents(twin: Path) -> dict:
+    """Rows per second of reading ``twin``'s ``labevents`` as prepare does, on one core:
+    keeping the subjects of the record list, and keeping none (the scan alone)."""
+    pyarrow.set_cpu_count(1)
+    pyarrow.set_io_thread_count(1)
+    path = find_table(twin / "hosp", "labevents")
+    rows = len(pd.read_csv(path, usecols=["itemid"]))
+    subjects = read_record_list(twin, Rejects("skip"))["subject_id"].unique()
+    result: dict = {"rows": rows}
+    for name, wanted in (("cohort_subjects", subjects), ("no_subjects", [])):
+        start = time.perf_counter()
+        kept = len(read_mimic_labs(path, wanted, DEFAULT_LAB_PANEL, Rejects("skip")))
+        seconds = time.perf_counter() - start
+        result[name] = {"kept_rows": kept, "seconds": seconds, "rows_per_s": rows / seconds}
+    return result
+
+
 def _run_child(*args: str) -> dict:
     command = [sys.executable, __file__, "--child", *args]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -168,6 +193,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         result = (child_waveforms(Path(rest[0]), Path(rest[1])) if kind == "waveforms" else
+                  child_labevents(Path(rest[0])) if kind == "labevents" else
                   child_prepare(Path(rest[0]), Path(rest[1]), trace=kind == "trace"))
         print(json.dumps(result))
         return
@@ -179,9 +205,17 @@ def main() -> None:
             report["sizes"][str(patients)] = {
                 "prepare": _run_child("time", str(twin), str(out)),
                 "prepare_tracemalloc": _run_child("trace", str(twin), str(out)),
-                "waveform_stage": _run_child("waveforms", str(twin), str(out) + "-w")}
+                "waveform_stage": _run_child("waveforms", str(twin), str(out) + "-w"),
+                "labevents": _run_child("labevents", str(twin))}
         report["store_read"] = read_versus_step(Path(tmp) / f"store{args.patients[-1]}")
     small, large = (report["sizes"][str(p)] for p in args.patients)
+    report["peak_memory"] = {
+        "ecgs": [small["prepare"]["ecgs"], large["prepare"]["ecgs"]],
+        "rss_growth_mib": [small["prepare"]["rss_growth_mib"], large["prepare"]["rss_growth_mib"]],
+        "ratio_large_to_small": (large["prepare"]["rss_growth_mib"]
+                                 / small["prepare"]["rss_growth_mib"])}
+    report["labevents_rows_per_s"] = {
+        kept: large["labevents"][kept]["rows_per_s"] for kept in ("cohort_subjects", "no_subjects")}
     report["memory_ratio_large_to_small"] = {
         "ecgs": large["prepare"]["ecgs"] / small["prepare"]["ecgs"],
         "rss_growth": large["prepare"]["rss_growth_mib"] / small["prepare"]["rss_growth_mib"],

@@ -96,7 +96,7 @@ def read_mimic_tables(mimic_root: Path, subjects: Collection[int],
         diagnoses = pd.concat([diagnoses, ed_dx], ignore_index=True)
         measurements = pd.concat([measurements, ed_vitals], ignore_index=True)
         sources["ed"] = str(ed)
-    labs = _labs(find_table(hosp, "labevents"), wanted, panel, rejects, chunk_rows)
+    labs = read_mimic_labs(find_table(hosp, "labevents"), wanted, panel, rejects, chunk_rows)
     return ClinicalTables(
         patients=_patients(hosp, rejects), labs=labs,
         stays=stays[stays["subject_id"].isin(wanted)].reset_index(drop=True),
@@ -164,8 +164,10 @@ def _omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
                         "value": bp[name]}) for name in ("sbp", "dbp"))], ignore_index=True)
 
 
-def _labs(path: Path, subjects: Collection[int], panel: Sequence[LabDefinition],
-          rejects: Rejects, chunk_rows: int) -> pd.DataFrame:
+def read_mimic_labs(path: Path, subjects: Collection[int], panel: Sequence[LabDefinition],
+                    rejects: Rejects, chunk_rows: int = 100_000) -> pd.DataFrame:
+    """``labevents`` rows of ``subjects`` and the ``panel``'s itemids as
+    ``ClinicalTables.labs``, streamed in blocks of ``chunk_rows``."""
     lab_of = itemid_to_lab(panel)
     convert = functools.partial(_lab_rows, path=path, lab_of=lab_of, rejects=rejects)
     labs = read_labevents(path, lab_of, subjects, rejects, chunk_rows, convert=convert)

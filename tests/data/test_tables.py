@@ -112,3 +112,16 @@ def test_real_labevents_chunked_read_equals_a_plain_filter(shared_data: Path) ->
                    & raw["valuenum"].notna()]
     assert len(frame) == len(expected) > 1000
     assert frame["valuenum"].sum() == pytest.approx(expected["valuenum"].sum())
+
+
+def test_labevents_name_the_line_of_an_empty_id_or_an_infinite_value(tmp_path: Path) -> None:
+    path = write_table(tmp_path, "labevents", LABS.replace("11:00:00,140,", "11:00:00,inf,"))
+    rejects = Rejects("skip")
+    frame = read_labevents(path, {50971, 50983}, {1}, rejects)
+    assert frame["_line"].tolist() == [2] and frame["valuenum"].tolist() == [4.0]
+    assert rejects.frame()[["line", "reason"]].values.tolist() == [
+        [5, "column 'valuenum': 'inf' is not a numeric lab value (a lab without a numeric value)"]]
+    empty_id = write_table(tmp_path, "empty_id", LABS.replace("\n2,50971", "\n,50971"))
+    with pytest.raises(TableError, match=r"empty_id\.csv: line 3, column 'subject_id': empty; "
+                                         "expected an integer id in every row"):
+        read_labevents(empty_id, {50971}, {1}, Rejects("skip"))
