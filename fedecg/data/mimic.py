@@ -81,7 +81,7 @@ def _machine(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
 
 def read_mimic_tables(mimic_root: Path, subjects: Collection[int],
                       panel: Sequence[LabDefinition], rejects: Rejects,
-                      chunk_rows: int = 100_000) -> ClinicalTables:
+                      chunk_rows: int = 10_000) -> ClinicalTables:
     """hosp/ (and ed/ when present) as ``ClinicalTables``, restricted to ``subjects``."""
     hosp = hosp_dir(mimic_root)
     wanted = set(int(s) for s in subjects)
@@ -165,7 +165,7 @@ def _omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
 
 
 def read_mimic_labs(path: Path, subjects: Collection[int], panel: Sequence[LabDefinition],
-                    rejects: Rejects, chunk_rows: int = 100_000) -> pd.DataFrame:
+                    rejects: Rejects, chunk_rows: int = 10_000) -> pd.DataFrame:
     """``labevents`` rows of ``subjects`` and the ``panel``'s itemids as
     ``ClinicalTables.labs``, streamed in blocks of ``chunk_rows``."""
     lab_of = itemid_to_lab(panel)

@@ -178,7 +178,7 @@ LabRows = Callable[[pd.DataFrame], pd.DataFrame]
 
 
 def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[int],
-                   rejects: Rejects, chunk_rows: int = 100_000,
+                   rejects: Rejects, chunk_rows: int = 10_000,
                    convert: LabRows | None = None) -> pd.DataFrame:
     """MIMIC ``labevents`` rows of panel ``itemids`` and ``subjects``, streamed in blocks.
 
