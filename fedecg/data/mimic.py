@@ -169,13 +169,13 @@ def read_mimic_labs(path: Path, subjects: Collection[int], panel: Sequence[LabDe
     """``labevents`` rows of ``subjects`` and the ``panel``'s itemids as
     ``ClinicalTables.labs``, streamed in blocks of ``chunk_rows``."""
     lab_of = itemid_to_lab(panel)
-    convert = functools.partial(_lab_rows, path=path, lab_of=lab_of, rejects=rejects)
+    convert = functools.partial(_lab_rows, path=path, lab_of=lab_of)
     labs = read_labevents(path, lab_of, subjects, rejects, chunk_rows, convert=convert)
     return labs.assign(lab=labs["lab"].astype("category"))
 
 
-def _lab_rows(frame: pd.DataFrame, path: Path, lab_of: dict[int, str],
-              rejects: Rejects) -> pd.DataFrame:
+def _lab_rows(frame: pd.DataFrame, rejects: Rejects, path: Path,
+              lab_of: dict[int, str]) -> pd.DataFrame:
     """Checked ``labevents`` rows as ``ClinicalTables.labs`` rows (``lab`` not yet a category)."""
     for column in ("ref_range_lower", "ref_range_upper"):
         frame = (parse_numbers(frame, column, path, rejects, required=False)

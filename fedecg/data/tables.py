@@ -174,7 +174,9 @@ LABEVENT_OPTIONAL = ("ref_range_lower", "ref_range_upper", "flag")  # what the l
 LABEVENT_NUMBERS = ("valuenum", "ref_range_lower", "ref_range_upper")
 LABEVENT_ROW_BYTES = 128
 """About the bytes of one MIMIC-IV ``labevents`` row: ``chunk_rows`` rows make one read block."""
-LabRows = Callable[[pd.DataFrame], pd.DataFrame]
+LabRows = Callable[[pd.DataFrame, Rejects], pd.DataFrame]
+LABEVENT_CHECKS = ("charttime", *LABEVENT_NUMBERS)
+"""Columns checked on kept rows, in the order their bad rows are reported."""
 
 
 def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[int],
@@ -185,7 +187,8 @@ def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[in
     pyarrow reads only the needed columns, block by block, and keeps the rows of ``subjects``
     and ``itemids``; their times and values are checked and then ``convert`` (when given)
     makes them the caller's compact frame, so memory follows the kept rows in their final
-    form, not the 118M rows of the full table nor their text.
+    form, not the 118M rows of the full table nor their text. Bad rows are reported after the
+    last block, column by column as if the table were checked whole.
     """
     header = _header(path)
     _check_columns(path, header, LABEVENT_COLUMNS)
@@ -193,7 +196,7 @@ def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[in
     wanted = {"itemid": pa.array(sorted(itemids), pa.int64()),
               "subject_id": pa.array(sorted(subjects), pa.int64())}
     types = {c: pa.string() for c in usecols} | {c: pa.int64() for c in wanted}
-    parts, line = [], 2
+    parts, line, found = [], 2, Rejects("skip")
     try:
         with pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(
                 block_size=max(chunk_rows, 1) * LABEVENT_ROW_BYTES),
@@ -207,15 +210,32 @@ def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[in
                 line += batch.num_rows
                 keep = mask.to_numpy(zero_copy_only=False)
                 if keep.any():
-                    parts.append(_labevent_rows(batch.filter(mask), lines[keep], path, rejects,
+                    parts.append(_labevent_rows(batch.filter(mask), lines[keep], path, found,
                                                 convert))
             schema = reader.schema
     except pa.ArrowInvalid as exc:
         raise TableError(f"{path}: cannot be read near line {line}: {exc}; expected integer "
                          "subject_id and itemid columns") from None
     if not parts:
-        parts.append(_labevent_rows(schema.empty_table(), np.arange(0), path, rejects, convert))
+        parts.append(_labevent_rows(schema.empty_table(), np.arange(0), path, found, convert))
+    _report_bad_rows(found, path, rejects)
     return pd.concat(parts, ignore_index=True)
+
+
+def _report_bad_rows(found: Rejects, path: Path, rejects: Rejects) -> None:
+    """Hand the rows of ``found`` to ``rejects`` ordered by ``LABEVENT_CHECKS`` then line:
+    the first raises, naming how many more rows the same check found."""
+    bad = found.frame()
+    if bad.empty:
+        return
+    bad["column"] = bad["reason"].str.extract(r"^column '([^']+)'", expand=False)
+    bad["check"] = bad["column"].map({c: i for i, c in enumerate(LABEVENT_CHECKS)})
+    bad = bad.sort_values(["check", "line"], kind="stable")
+    for row in bad.itertuples():
+        more = int((bad["column"] == row.column).sum()) - 1
+        extra = f" ({more} more such row(s))" if more else ""
+        error = TableError(f"{path}: line {row.line}, {row.reason}{extra}; {SKIP_HINT}")
+        rejects.handle(error, path, int(row.line), None, reason=row.reason)
 
 
 def _check_integers(batch: pa.RecordBatch, columns: Collection[str], path: Path,
@@ -236,7 +256,7 @@ def _labevent_rows(rows: pa.RecordBatch | pa.Table, lines: np.ndarray, path: Pat
     frame = parse_times(frame, "charttime", path, rejects)
     frame = parse_numbers(frame, "valuenum", path, rejects, required=True,
                           what="a numeric lab value (a lab without a numeric value)")
-    return convert(frame) if convert else frame
+    return convert(frame, rejects) if convert else frame
 
 
 def _as_finite_floats(rows: pa.RecordBatch | pa.Table, column: str) -> pa.RecordBatch | pa.Table:

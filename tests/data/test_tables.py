@@ -125,3 +125,19 @@ def test_labevents_name_the_line_of_an_empty_id_or_an_infinite_value(tmp_path: P
     with pytest.raises(TableError, match=r"empty_id\.csv: line 3, column 'subject_id': empty; "
                                          "expected an integer id in every row"):
         read_labevents(empty_id, {50971}, {1}, Rejects("skip"))
+
+
+def test_labevents_bad_rows_of_every_block_are_reported_as_for_the_whole_table(
+        tmp_path: Path) -> None:
+    empty_twice = LABS + "1,50971,2100-01-02 10:00:00,,3.3,5.1,\n"
+    path = write_table(tmp_path, "labevents", empty_twice)
+    with pytest.raises(TableError, match=r"line 6, column 'valuenum': empty is not a numeric "
+                                         r"lab value .*\(1 more such row\(s\)\)"):
+        read_labevents(path, {50971, 50912}, {1}, Rejects("raise"), chunk_rows=1)
+    path = write_table(tmp_path, "labevents", empty_twice + "1,50971,yesterday,4.1,3.3,5.1,\n")
+    with pytest.raises(TableError, match=r"line 8, column 'charttime': 'yesterday' is not a "
+                                         r"date-time"):
+        read_labevents(path, {50971, 50912}, {1}, Rejects("raise"), chunk_rows=1)
+    rejects = Rejects("skip")
+    frame = read_labevents(path, {50971, 50912}, {1}, rejects, chunk_rows=1)
+    assert frame["_line"].tolist() == [2] and rejects.frame()["line"].tolist() == [8, 6, 7]
