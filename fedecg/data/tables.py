@@ -200,6 +200,7 @@ def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[in
     try:
         with pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(
                 block_size=max(chunk_rows, 1) * LABEVENT_ROW_BYTES),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True),  # quoted comments
                 convert_options=pa_csv.ConvertOptions(
                     include_columns=usecols, column_types=types, null_values=[""],
                     strings_can_be_null=True)) as reader:

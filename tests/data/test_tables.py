@@ -141,3 +141,12 @@ def test_labevents_bad_rows_of_every_block_are_reported_as_for_the_whole_table(
     rejects = Rejects("skip")
     frame = read_labevents(path, {50971, 50912}, {1}, rejects, chunk_rows=1)
     assert frame["_line"].tolist() == [2] and rejects.frame()["line"].tolist() == [8, 6, 7]
+
+
+def test_labevents_quoted_comments_may_hold_commas_and_line_breaks(tmp_path: Path) -> None:
+    text = ("subject_id,itemid,charttime,valuenum,comments\n"
+            f'1,50971,2100-01-01 10:00:00,4.0,"hemolyzed, {"x" * 70}\n{"y" * 70}"\n'
+            "1,50983,2100-01-01 11:00:00,140,\n")
+    frame = read_labevents(write_table(tmp_path, "labevents", text), {50971, 50983}, {1},
+                           Rejects("raise"), chunk_rows=1)  # a block of 128 bytes
+    assert frame["valuenum"].tolist() == [4.0, 140.0]
