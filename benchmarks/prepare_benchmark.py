@@ -5,7 +5,12 @@ Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 lay
 * prepare throughput: end to end and for the waveform stage alone, in ECG/s on one core;
 * peak memory of prepare at two dataset sizes, each in its own subprocess: the peak resident
   set during prepare above the resident set just before it (the kernel's peak mark is reset
-  after imports), and the ``tracemalloc`` peak of the prepare call; it must stay flat;
+  after imports), and the ``tracemalloc`` peak of the prepare call; it must stay flat:
+  ``peak_memory`` gives both sizes and their ratio (≈ 1.0 when flat, the ECG ratio if it
+  grew in proportion);
+* ``labevents`` read speed on one core (pyarrow held to one thread), in rows of the file per
+  second, on the larger twin's rows repeated to ``--lab-rows`` (.csv.gz): keeping the twin's
+  subjects (every row) and keeping none (the scan alone);
 * store read throughput for random training batches versus one training step of the default
   ECG encoder (``EncoderConfig`` defaults) with a linear head, as a ratio.
 
@@ -16,6 +21,7 @@ Speeds depend on the machine; read them as ratios. Example:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import resource
 import subprocess
@@ -27,16 +33,20 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow
 import torch
 from benchmark_json import emit
 from torch.utils.data import DataLoader
 
 from fedecg.config.data import PrepareConfig
 from fedecg.config.train import EncoderConfig
+from fedecg.data.labs import DEFAULT_LAB_PANEL
+from fedecg.data.mimic import read_mimic_labs, read_record_list
 from fedecg.data.prepare import MimicInput, load_input, prepare_store, stream_records
 from fedecg.data.store import EcgDataset, SiteStore, StoreWriter
 from fedecg.data.synth import generate_twin
-from fedecg.data.tables import Rejects
+from fedecg.data.tables import Rejects, find_table
 from fedecg.models.encoders import EcgEncoder
 
 
@@ -119,6 +129,34 @@ def child_waveforms(twin: Path, out: Path) -> dict:
             "anon_growth_mib": anon.peak - anon_before}
 
 
+def child_labevents(path: Path, twin: Path) -> dict:
+    """Rows per second of reading the ``labevents`` table at ``path`` as prepare does, on one
+    core: keeping the subjects of ``twin``'s record list, and keeping none (the scan alone)."""
+    pyarrow.set_cpu_count(1)
+    pyarrow.set_io_thread_count(1)
+    rows = sum(len(b) for b in pd.read_csv(path, usecols=["itemid"], chunksize=1_000_000))
+    subjects = read_record_list(twin, Rejects("skip"))["subject_id"].unique()
+    result: dict = {"rows": rows}
+    for name, wanted in (("cohort_subjects", subjects), ("no_subjects", [])):
+        start = time.perf_counter()
+        kept = len(read_mimic_labs(path, wanted, DEFAULT_LAB_PANEL, Rejects("skip")))
+        seconds = time.perf_counter() - start
+        result[name] = {"kept_rows": kept, "seconds": seconds, "rows_per_s": rows / seconds}
+    return result
+
+
+def repeated_labevents(twin: Path, out: Path, rows: int) -> Path:
+    """``twin``'s ``labevents`` rows repeated to at least ``rows`` rows, as ``out`` (.csv.gz,
+    MIMIC's own form), for a read speed not dominated by fixed costs."""
+    with gzip.open(find_table(twin / "hosp", "labevents"), "rb") as source:
+        header, *body = source.read().splitlines(keepends=True)
+    with gzip.open(out, "wb", compresslevel=1) as target:
+        target.write(header)
+        for _ in range(-(-rows // len(body))):
+            target.writelines(body)
+    return out
+
+
 def _run_child(*args: str) -> dict:
     command = [sys.executable, __file__, "--child", *args]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -162,12 +200,15 @@ def main() -> None:
     """Generate twins, run the measurements, write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, nargs=2, default=[60, 240])
+    parser.add_argument("--lab-rows", type=int, default=2_000_000,
+                        help="rows of the labevents table read for its speed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/prepare_benchmark.json"))
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         result = (child_waveforms(Path(rest[0]), Path(rest[1])) if kind == "waveforms" else
+                  child_labevents(Path(rest[0]), Path(rest[1])) if kind == "labevents" else
                   child_prepare(Path(rest[0]), Path(rest[1]), trace=kind == "trace"))
         print(json.dumps(result))
         return
@@ -180,8 +221,17 @@ def main() -> None:
                 "prepare": _run_child("time", str(twin), str(out)),
                 "prepare_tracemalloc": _run_child("trace", str(twin), str(out)),
                 "waveform_stage": _run_child("waveforms", str(twin), str(out) + "-w")}
+        labevents = repeated_labevents(twin, Path(tmp) / "labevents.csv.gz", args.lab_rows)
+        report["labevents"] = _run_child("labevents", str(labevents), str(twin))
         report["store_read"] = read_versus_step(Path(tmp) / f"store{args.patients[-1]}")
     small, large = (report["sizes"][str(p)] for p in args.patients)
+    report["peak_memory"] = {
+        "ecgs": [small["prepare"]["ecgs"], large["prepare"]["ecgs"]],
+        "rss_growth_mib": [small["prepare"]["rss_growth_mib"], large["prepare"]["rss_growth_mib"]],
+        "ratio_large_to_small": (large["prepare"]["rss_growth_mib"]
+                                 / small["prepare"]["rss_growth_mib"])}
+    report["labevents_rows_per_s"] = {kept: report["labevents"][kept]["rows_per_s"]
+                                      for kept in ("cohort_subjects", "no_subjects")}
     report["memory_ratio_large_to_small"] = {
         "ecgs": large["prepare"]["ecgs"] / small["prepare"]["ecgs"],
         "rss_growth": large["prepare"]["rss_growth_mib"] / small["prepare"]["rss_growth_mib"],

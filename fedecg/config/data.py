@@ -94,4 +94,4 @@ class PrepareConfig(StrictModel):
     on_error: OnError = Field("raise", description="bad record or row: raise, or skip + rejects")
     workers: int = Field(1, ge=1, description="waveform processes")
     chunk_size: int = Field(64, ge=1, description="records per worker task")
-    table_chunk_rows: int = Field(1_000_000, ge=1000, description="labevents rows per read")
+    table_chunk_rows: int = Field(10_000, ge=1000, description="labevents rows per read block")

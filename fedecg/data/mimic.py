@@ -6,6 +6,7 @@ Both MIMIC-IV-ECG v1.0 paths (``files/pNNNN/pSUBJECT/sSTUDY/STUDY``) and demo v0
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _machine(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
 
 def read_mimic_tables(mimic_root: Path, subjects: Collection[int],
                       panel: Sequence[LabDefinition], rejects: Rejects,
-                      chunk_rows: int = 1_000_000) -> ClinicalTables:
+                      chunk_rows: int = 10_000) -> ClinicalTables:
     """hosp/ (and ed/ when present) as ``ClinicalTables``, restricted to ``subjects``."""
     hosp = hosp_dir(mimic_root)
     wanted = set(int(s) for s in subjects)
@@ -95,7 +96,7 @@ def read_mimic_tables(mimic_root: Path, subjects: Collection[int],
         diagnoses = pd.concat([diagnoses, ed_dx], ignore_index=True)
         measurements = pd.concat([measurements, ed_vitals], ignore_index=True)
         sources["ed"] = str(ed)
-    labs = _labs(find_table(hosp, "labevents"), wanted, panel, rejects, chunk_rows)
+    labs = read_mimic_labs(find_table(hosp, "labevents"), wanted, panel, rejects, chunk_rows)
     return ClinicalTables(
         patients=_patients(hosp, rejects), labs=labs,
         stays=stays[stays["subject_id"].isin(wanted)].reset_index(drop=True),
@@ -163,17 +164,26 @@ def _omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
                         "value": bp[name]}) for name in ("sbp", "dbp"))], ignore_index=True)
 
 
-def _labs(path: Path, subjects: Collection[int], panel: Sequence[LabDefinition],
-          rejects: Rejects, chunk_rows: int) -> pd.DataFrame:
+def read_mimic_labs(path: Path, subjects: Collection[int], panel: Sequence[LabDefinition],
+                    rejects: Rejects, chunk_rows: int = 10_000) -> pd.DataFrame:
+    """``labevents`` rows of ``subjects`` and the ``panel``'s itemids as
+    ``ClinicalTables.labs``, streamed in blocks of ``chunk_rows``."""
     lab_of = itemid_to_lab(panel)
-    frame = read_labevents(path, lab_of, subjects, rejects, chunk_rows)
+    convert = functools.partial(_lab_rows, path=path, lab_of=lab_of)
+    labs = read_labevents(path, lab_of, subjects, rejects, chunk_rows, convert=convert)
+    return labs.assign(lab=labs["lab"].astype("category"))
+
+
+def _lab_rows(frame: pd.DataFrame, rejects: Rejects, path: Path,
+              lab_of: dict[int, str]) -> pd.DataFrame:
+    """Checked ``labevents`` rows as ``ClinicalTables.labs`` rows (``lab`` not yet a category)."""
     for column in ("ref_range_lower", "ref_range_upper"):
         frame = (parse_numbers(frame, column, path, rejects, required=False)
                  if column in frame else frame.assign(**{column: np.nan}))
     flag = frame["flag"] if "flag" in frame else pd.Series(pd.NA, index=frame.index)
     return pd.DataFrame({
         "subject_id": frame["subject_id"].astype("int64"), "time": frame["charttime"],
-        "lab": frame["itemid"].map(lab_of).astype("category"), "value": frame["valuenum"],
+        "lab": frame["itemid"].map(lab_of), "value": frame["valuenum"],
         "ref_low": frame["ref_range_lower"], "ref_high": frame["ref_range_upper"],
         "flag": np.where(flag.str.strip().str.lower() == "abnormal", 1.0, np.nan)})
 

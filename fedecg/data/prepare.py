@@ -1,9 +1,10 @@
 """``fedecg prepare``: a site's inputs (MIMIC or generic layout) → a site store.
 
 The cohort is built first (tables only); waveforms are then streamed record by record into the
-store's memory-mapped array, in chunks over a process pool, so memory stays flat in the number
-of ECGs. A bad record raises a ``RecordError`` (and the atomic writer leaves no store), or with
-``on_error='skip'`` is dropped and listed in ``rejects.csv``.
+store's waveform file (positioned writes, no memory map), in chunks over a process pool, so
+memory stays flat in the number of ECGs. A bad record raises a ``RecordError`` (and the
+atomic writer leaves no store), or with ``on_error='skip'`` is dropped and listed in
+``rejects.csv``.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def stream_records(paths: list[str], config: PrepareConfig
                    ) -> Iterator[tuple[int, np.ndarray | None, float, str | None]]:
     """Yield ``(index, signal or None, source fs, error or None)`` for each path, in order."""
     work = functools.partial(_process, waveform=config.waveform)
-    tasks = list(enumerate(paths))
+    tasks = enumerate(paths)  # lazy: no list of tasks as long as the cohort
     if config.workers == 1:
         yield from map(work, tasks)
         return

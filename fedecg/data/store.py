@@ -2,7 +2,7 @@
 
 A store is a folder holding
 
-* ``waveforms.npy``: one memory-mapped array ``[records, 12, samples]`` in mV, leads in
+* ``waveforms.npy``: one array (memory-mapped when read) ``[records, 12, samples]`` in mV, leads in
   ``CANONICAL_LEADS`` order, at the manifest's ``fs``;
 * ``cohort.parquet``: one row per record, in the same order (ids, time, features, labels, fold);
 * ``manifest.json``: schema version, leads, rate, names of features and labels, lab panel,
@@ -14,12 +14,14 @@ It is written into a temporary sibling folder and renamed into place only when c
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
@@ -146,6 +148,8 @@ class StoreWriter:
 
     ``write(i, signal)`` fills record ``i``; ``finish(...)`` writes the cohort and manifest and
     drops records not in ``keep``. Leaving the block with an exception leaves no store behind.
+    Records go to ``waveforms.npy`` by positioned writes, not through a memory map, so the
+    writer's memory does not grow with the number of records.
     """
 
     def __init__(self, out: Path, n_records: int, n_samples: int, dtype: str = "float16",
@@ -153,59 +157,81 @@ class StoreWriter:
         self.out = Path(out)
         self.inputs = list(inputs)
         self.shape = (n_records, len(CANONICAL_LEADS), n_samples)
-        self.dtype = dtype
+        self.dtype = np.dtype(dtype)
         self.overwrite = overwrite
         self._stack = ExitStack()
         self._finished = False
         self.staging: Path | None = None
-        self.waveforms: np.memmap | None = None
+        self._file: BinaryIO | None = None
+        self._header = _npy_header(self.shape, self.dtype)
+        self._row_bytes = self.shape[1] * n_samples * self.dtype.itemsize
 
     def __enter__(self) -> StoreWriter:
         self.staging = self._stack.enter_context(atomic_directory(
             self.out, OutputKind.STORE, overwrite=self.overwrite, inputs=self.inputs))
-        self.waveforms = np.lib.format.open_memmap(
-            self.staging / WAVEFORMS_FILE, mode="w+", dtype=self.dtype, shape=self.shape)
+        self._file = self._stack.enter_context(open(self.staging / WAVEFORMS_FILE, "w+b"))
+        self._file.write(self._header)
+        self._file.truncate(len(self._header) + self.shape[0] * self._row_bytes)  # zeros
         return self
 
     def write(self, index: int, signal: np.ndarray) -> None:
         """Store one preprocessed ``[12, samples]`` signal at row ``index``."""
-        assert self.waveforms is not None, "use StoreWriter as a context manager"
-        self.waveforms[index] = signal
+        assert self._file is not None, "use StoreWriter as a context manager"
+        row = np.ascontiguousarray(signal, dtype=self.dtype)
+        if row.shape != self.shape[1:] or not 0 <= index < self.shape[0]:
+            raise ValueError(f"record {index} of shape {row.shape}: expected a row below "
+                             f"{self.shape[0]} of shape {self.shape[1:]}")
+        os.pwrite(self._file.fileno(), row.data, len(self._header) + index * self._row_bytes)
 
     def finish(self, cohort: pd.DataFrame, manifest: StoreManifest,
                keep: np.ndarray | None = None, rejects: pd.DataFrame | None = None) -> None:
         """Compact to the ``keep`` rows, then write cohort, manifest and rejects."""
-        assert self.staging is not None and self.waveforms is not None
+        assert self.staging is not None and self._file is not None
         if keep is not None and not bool(np.all(keep)):
             self._compact(np.flatnonzero(keep))
-        self.waveforms.flush()
-        self.waveforms = None
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
         cohort.reset_index(drop=True).to_parquet(self.staging / COHORT_FILE, index=False)
         if rejects is not None and len(rejects):
             rejects.to_csv(self.staging / REJECTS_FILE, index=False)
         atomic_write_json(self.staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
         self._finished = True
 
-    def _compact(self, rows: np.ndarray, chunk: int = 4096) -> None:
-        assert self.staging is not None and self.waveforms is not None
-        source = self.waveforms
-        target = np.lib.format.open_memmap(
-            self.staging / (WAVEFORMS_FILE + ".compact"), mode="w+", dtype=self.dtype,
-            shape=(len(rows), *self.shape[1:]))
-        for start in range(0, len(rows), chunk):
-            target[start:start + chunk] = source[rows[start:start + chunk]]
-        target.flush()
-        del source
-        (self.staging / (WAVEFORMS_FILE + ".compact")).replace(self.staging / WAVEFORMS_FILE)
-        self.waveforms = target
+    def _compact(self, rows: np.ndarray, chunk: int = 256) -> None:
+        """Move the ``rows`` (ascending) to the front in place and rewrite the header.
+
+        Safe in place: row ``j`` moves from ``rows[j] >= j`` and the new header is never
+        longer, so nothing is overwritten before it is read.
+        """
+        assert self._file is not None
+        fd, size = self._file.fileno(), self._row_bytes
+        header = _npy_header((len(rows), *self.shape[1:]), self.dtype)
+        moved = rows != np.arange(len(rows))
+        first = int(np.argmax(moved)) if moved.any() else len(rows)  # rows before stay
+        if len(header) != len(self._header):
+            first = 0
+        for start in range(first, len(rows), chunk):
+            block = b"".join(os.pread(fd, size, len(self._header) + int(row) * size)
+                             for row in rows[start:start + chunk])
+            os.pwrite(fd, block, len(header) + start * size)
+        os.pwrite(fd, header, 0)
+        os.ftruncate(fd, len(header) + len(rows) * size)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.waveforms = None
         if exc_type is None and not self._finished:
             exc = StoreError(f"{self.out}: store writer closed before finish(); nothing written")
             self._stack.__exit__(type(exc), exc, None)
             raise exc
         return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The ``.npy`` header numpy writes for a C-ordered array of ``shape`` and ``dtype``."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {
+        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
 
 
 class SiteStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from fedecg.cli import app
 from fedecg.config.data import PrepareConfig
 from fedecg.data.leads import CANONICAL_LEADS, MIMIC_LEADS
 from fedecg.data.prepare import MimicInput, SiteInput, prepare_store, schema_manifest
-from fedecg.data.store import REJECTS_FILE, SiteStore
+from fedecg.data.store import REJECTS_FILE, SiteStore, StoreWriter
 from fedecg.data.waveform import preprocess, read_ecg
 from fedecg.errors import FedecgError, InputFileError, RecordError, TableError
 
@@ -323,6 +324,31 @@ def test_synthetic_twin_round_trip(tmp_path: Path) -> None:
     assert store.cohort["dx_atrial_fibrillation"].notna().any()
     wave = np.asarray(store.waveforms, dtype=np.float32)
     assert np.isfinite(wave).all() and np.abs(wave).max() <= 3.0 and wave.std() > 0.01
+    # the store's waveforms.npy is, byte for byte, numpy's own file of the preprocessed records
+    expected = np.stack([preprocess(read_ecg(Path(path)), 100, 3.0, 1000).astype(np.float16)
+                         for path in store.cohort["record_path"]])
+    assert (tmp_path / "store" / "waveforms.npy").read_bytes() == _npy_bytes(expected)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_store_writer_keeps_rows_in_any_order_and_compacts_to_numpys_file(
+        tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).normal(size=(9, 12, 50)).astype(np.float32)
+    keep = np.array([1, 1, 0, 1, 0, 0, 1, 1, 0], dtype=bool)
+    with StoreWriter(tmp_path / "store", 9, 50) as writer:
+        for index in np.random.default_rng(1).permutation(9):
+            writer.write(int(index), rows[index])
+        with pytest.raises(ValueError, match=r"record 9 of shape \(12, 50\): expected a row"):
+            writer.write(9, rows[0])
+        writer.finish(pd.DataFrame({"row": np.flatnonzero(keep)}), schema_manifest(
+            PrepareConfig(waveform={"fs": 5}), "site", n_records=int(keep.sum())), keep=keep)
+    written = (tmp_path / "store" / "waveforms.npy").read_bytes()
+    assert written == _npy_bytes(rows[keep].astype(np.float16))
 
 
 def test_documented_preset_equals_the_defaults() -> None:

@@ -112,3 +112,41 @@ def test_real_labevents_chunked_read_equals_a_plain_filter(shared_data: Path) ->
                    & raw["valuenum"].notna()]
     assert len(frame) == len(expected) > 1000
     assert frame["valuenum"].sum() == pytest.approx(expected["valuenum"].sum())
+
+
+def test_labevents_name_the_line_of_an_empty_id_or_an_infinite_value(tmp_path: Path) -> None:
+    path = write_table(tmp_path, "labevents", LABS.replace("11:00:00,140,", "11:00:00,inf,"))
+    rejects = Rejects("skip")
+    frame = read_labevents(path, {50971, 50983}, {1}, rejects)
+    assert frame["_line"].tolist() == [2] and frame["valuenum"].tolist() == [4.0]
+    assert rejects.frame()[["line", "reason"]].values.tolist() == [
+        [5, "column 'valuenum': 'inf' is not a numeric lab value (a lab without a numeric value)"]]
+    empty_id = write_table(tmp_path, "empty_id", LABS.replace("\n2,50971", "\n,50971"))
+    with pytest.raises(TableError, match=r"empty_id\.csv: line 3, column 'subject_id': empty; "
+                                         "expected an integer id in every row"):
+        read_labevents(empty_id, {50971}, {1}, Rejects("skip"))
+
+
+def test_labevents_bad_rows_of_every_block_are_reported_as_for_the_whole_table(
+        tmp_path: Path) -> None:
+    empty_twice = LABS + "1,50971,2100-01-02 10:00:00,,3.3,5.1,\n"
+    path = write_table(tmp_path, "labevents", empty_twice)
+    with pytest.raises(TableError, match=r"line 6, column 'valuenum': empty is not a numeric "
+                                         r"lab value .*\(1 more such row\(s\)\)"):
+        read_labevents(path, {50971, 50912}, {1}, Rejects("raise"), chunk_rows=1)
+    path = write_table(tmp_path, "labevents", empty_twice + "1,50971,yesterday,4.1,3.3,5.1,\n")
+    with pytest.raises(TableError, match=r"line 8, column 'charttime': 'yesterday' is not a "
+                                         r"date-time"):
+        read_labevents(path, {50971, 50912}, {1}, Rejects("raise"), chunk_rows=1)
+    rejects = Rejects("skip")
+    frame = read_labevents(path, {50971, 50912}, {1}, rejects, chunk_rows=1)
+    assert frame["_line"].tolist() == [2] and rejects.frame()["line"].tolist() == [8, 6, 7]
+
+
+def test_labevents_quoted_comments_may_hold_commas_and_line_breaks(tmp_path: Path) -> None:
+    text = ("subject_id,itemid,charttime,valuenum,comments\n"
+            f'1,50971,2100-01-01 10:00:00,4.0,"hemolyzed, {"x" * 70}\n{"y" * 70}"\n'
+            "1,50983,2100-01-01 11:00:00,140,\n")
+    frame = read_labevents(write_table(tmp_path, "labevents", text), {50971, 50983}, {1},
+                           Rejects("raise"), chunk_rows=1)  # a block of 128 bytes
+    assert frame["valuenum"].tolist() == [4.0, 140.0]
