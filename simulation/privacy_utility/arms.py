@@ -19,11 +19,16 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from run import seed_values
 
 from fedecg.io import atomic_write_text
 from fedecg.privacy.sweep import kept_share
+from fedecg.report.plots import plot_curves
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _label_order(label: str) -> float:
@@ -60,11 +65,35 @@ def arms_table(arms: dict[str, tuple[Path, str]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def arms_figure(arms: dict[str, tuple[Path, str]]) -> Figure:
+    """Each arm's dx macro AUROC (mean ± SD over seeds) against ε; ∞ drawn at 2 × the
+    largest finite ε."""
+    labels = finished_epsilons([folder for folder, _ in arms.values()])
+    finite = [float(label) for label in labels if label != "inf"]
+    at_inf = 2 * max(finite) if finite else 1.0
+    records = []
+    for name, (folder, model) in arms.items():
+        for label in labels:
+            values = seed_values(folder, label, model)
+            mean = statistics.mean(values)
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            records.append({"epsilon": at_inf if label == "inf" else float(label), "arm": name,
+                            "auroc": mean, "low": mean - spread, "high": mean + spread})
+    figure = plot_curves(records, "epsilon", "auroc", group="arm", band=("low", "high"),
+                         title="federated dx macro AUROC against ε (mean ± SD over seeds)",
+                         xlabel="ε (log scale; ∞ = no DP)", ylabel="dx macro AUROC", log_x=True)
+    ticks = sorted({r["epsilon"] for r in records})
+    figure.axes[0].set_xticks(ticks, ["∞" if t == at_inf else f"{t:g}" for t in ticks])
+    figure.axes[0].minorticks_off()
+    return figure
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arm", action="append", required=True, metavar="LABEL=FOLDER:MODEL")
     parser.add_argument("--baseline", required=True, help="the arm others are compared with")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the table (markdown)")
+    parser.add_argument("--figure", type=Path, default=None, help="also draw the plot here")
     args = parser.parse_args()
     arms = {}
     for item in args.arm:
@@ -74,6 +103,8 @@ def main() -> None:
     if args.baseline not in arms:
         parser.error(f"--baseline {args.baseline!r} is not one of the arms {list(arms)}")
     atomic_write_text(args.out, arms_table(arms, args.baseline) + "\n")
+    if args.figure is not None:
+        arms_figure(arms).savefig(args.figure, dpi=90)
     print(args.out.read_text())
 
 
