@@ -178,7 +178,18 @@ def initialization_words(entry: dict[str, Any] | None) -> str:
     stages = ", ".join(entry.get("stages_trained_after") or []) or "none"
     return (f"ECG encoder from the public model {entry.get('encoder_from')} (sha256 "
             f"{str(entry.get('sha256'))[:16]}…, {entry.get('public_model')} trained on "
-            f"{_fmt(entry.get('public_data'))}); then trained here in stages: {stages}.")
+            f"{_data_words(entry.get('public_data'))}); then trained here in stages: {stages}.")
+
+
+def _data_words(summary: Any) -> str:
+    """``{"stores": [...], "records": n, "train_records": m}`` as words; anything else as is."""
+    if not isinstance(summary, dict) or "stores" not in summary:
+        return _fmt(summary)
+    words = ", ".join(str(store) for store in summary["stores"])
+    counts = [f"{summary[key]:,} {name}" for key, name in
+              (("records", "ECGs"), ("train_records", "in its training split"))
+              if isinstance(summary.get(key), int)]
+    return f"{words} ({', '.join(counts)})" if counts else words
 
 
 def _output_names(card: ModelCard, task: str) -> str:

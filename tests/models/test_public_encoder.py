@@ -117,3 +117,16 @@ def test_fedecg_train_refuses_a_mismatched_public_encoder_in_one_line_before_tra
     assert len(lines) == 1 and "Traceback" not in result.output
     assert f"{public}/model/model.pt" in lines[0] and "encoder.widths is [8, 32]" in lines[0]
     assert not (tmp_path / "run").exists()  # refused before signal-only trained
+
+
+def test_the_card_says_in_words_which_public_data_the_encoder_came_from():
+    from fedecg.models.io import initialization_words
+
+    words = initialization_words({
+        "encoder_from": "runs/public", "sha256": "f7d11dd57eb4bb59aa", "public_model": "transfer",
+        "public_data": {"stores": ["twin-seed1"], "records": 2757, "train_records": 2112},
+        "stages_trained_after": ["lab", "diagnosis"]})
+    assert words == ("ECG encoder from the public model runs/public (sha256 f7d11dd57eb4bb59…, "
+                     "transfer trained on twin-seed1 (2,757 ECGs, 2,112 in its training split)); "
+                     "then trained here in stages: lab, diagnosis.")
+    assert initialization_words(None) == "ECG encoder from a random (seeded) start."
