@@ -44,7 +44,7 @@ def finished_epsilons(folders: list[Path]) -> list[str]:
 
 def arms_table(arms: dict[str, tuple[Path, str]], baseline: str) -> str:
     """The markdown table described in the module docstring."""
-    lines = ["| ε | arm | dx mean ± SD | dx per seed | kept per seed | kept (mean) | "
+    lines = ["| ε | arm | dx mean ± SD | dx per seed | kept per seed | kept (mean over seeds) | "
              f"beats {baseline} |", "|---|---|---|---|---|---|---|"]
     for label in finished_epsilons([folder for folder, _ in arms.values()]):
         reference = {name: seed_values(folder, label, model)
