@@ -21,6 +21,8 @@ NOT_COVERED = ("validation/test records and the metrics computed on them; each s
                "of training records; the training losses a site reports")
 
 
+SAMPLE_MECHANISM = ("DP-SGD at each site (Opacus): per-example gradient clipping, Gaussian noise, "
+                    "Poisson sampling, one accountant across all rounds and stages.")
 PRETRAIN_OBJECTIVE_WORDS = {
     "align": "each ECG aligns with a frozen embedding of its own clinical row",
     "features": "each ECG regresses its own standardized clinical values"}
@@ -44,9 +46,7 @@ def pretraining_words(config: DPConfig) -> str:
 def mechanism(config: DPConfig) -> dict[str, str]:
     """The mechanism and the unit it protects, in words, for ``config.mode``."""
     if config.mode == "sample":
-        return {"mechanism": "DP-SGD at each site (Opacus): per-example gradient clipping, "
-                             "Gaussian noise, Poisson sampling, one accountant across all rounds "
-                             f"and stages. {pretraining_words(config)}",
+        return {"mechanism": f"{SAMPLE_MECHANISM} {pretraining_words(config)}",
                 "unit_protected": "one ECG record of a site's training split; a patient with k "
                                   "records is protected as a group, at about k times epsilon"}
     side = config.client.clipping
@@ -87,5 +87,8 @@ def annotate_model(model_dir: Path, privacy: dict[str, Any] | None) -> dict[str,
     model, card = load_inference_model(Path(model_dir))
     if privacy is not None and card.initialization:
         privacy = {**privacy, "public_encoder": public_encoder_words(card.initialization)}
+        no_pretraining = "pretrain" not in (card.initialization.get("stages_trained_after") or [])
+        if no_pretraining and privacy["mechanism"].startswith(SAMPLE_MECHANISM):
+            privacy["mechanism"] = SAMPLE_MECHANISM  # no sentence on a stage that did not run
     save_inference_model(Path(model_dir), model, card.model_copy(update={"privacy": privacy}))
     return privacy

@@ -54,5 +54,7 @@ def test_public_encoder_with_no_pretraining_rounds_under_sample_dp(tmp_path, mon
     statement = card.privacy["public_encoder"]
     assert str(tmp_path / "public") in statement and "outside this guarantee" in statement
     assert "(lab, diagnosis)" in statement
+    assert "Pretraining" not in card.privacy["mechanism"]  # no pretraining ran here
+    assert card.privacy["mechanism"].startswith("DP-SGD at each site")
     assert "## Initialization\nECG encoder from the public model" in (
         folder.model / "model_card.md").read_text()
