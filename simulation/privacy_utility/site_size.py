@@ -23,6 +23,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from run import seed_values
+
 from fedecg.config.privacy import default_delta
 from fedecg.io import atomic_write_text
 from fedecg.privacy.accounting import PrivacyPlan, calibrate_noise, plan_stage
@@ -31,12 +33,6 @@ from fedecg.report.plots import plot_curves
 from fedecg.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
-
-
-def _per_seed_dx(study: Path, model: str) -> list[float | None]:
-    summary = RunFolder(study).read_summary()
-    by_seed = summary.by_seed or {str(summary.seeds[0]): summary}
-    return [entry.federated[model].diagnosis_macro_auroc for entry in by_seed.values()]
 
 
 def _train_ecgs_per_site(study: Path) -> float:
@@ -49,12 +45,13 @@ def site_size_rows(runs: dict[int, Path], epsilon: float) -> list[dict[str, Any]
     label = epsilon_label(epsilon)
     rows = []
     for num_sites, folder in sorted(runs.items()):
-        private, reference = folder / f"epsilon-{label}", folder / "epsilon-inf"
+        train_ecgs = _train_ecgs_per_site(folder / f"epsilon-{label}")
         for model in SWEEP_MODELS:
-            values, references = _per_seed_dx(private, model), _per_seed_dx(reference, model)
+            values = seed_values(folder, label, model)
+            references = seed_values(folder, "inf", model)
             kept = [kept_share(v, r) for v, r in zip(values, references, strict=True)]
             known = [k for k in kept if k is not None]
-            rows.append({"sites": num_sites, "train_ecgs": _train_ecgs_per_site(private),
+            rows.append({"sites": num_sites, "train_ecgs": train_ecgs,
                          "model": model, "dx": values, "dx_inf": references, "kept": kept,
                          "kept_mean": statistics.mean(known) if known else None,
                          "kept_sd": statistics.stdev(known) if len(known) > 1 else None})
