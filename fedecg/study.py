@@ -140,7 +140,7 @@ class Simulated:
 
     def run_seed(self, config: StudyConfig, out: Path, say: Say,
                  progress: Progress | None) -> tuple[dict[str, Any], Export]:
-        """Every model federated, scored everywhere; with ``baselines`` pooled and local-only."""
+        """Every model federated, scored everywhere; with ``baselines`` pooled (and local-only)."""
         folder, seed = RunFolder(out), config.train.seed
         sites, pooled_data = sites_of(self.store, self.partition)
         check_crop(sites, config.train)  # the partition warned of small splits per site
@@ -159,8 +159,11 @@ class Simulated:
             exports[name] = consensus_model(plan, models, weights)
             if config.baselines:
                 pooled, local = run_baselines(name, config, sites, pooled_data,
-                                              folder.seed(seed) / name, say)
-                result["pooled"][name], result["local_only"][name] = pooled, local
+                                              folder.seed(seed) / name, say,
+                                              local_only=config.baselines is True)
+                result["pooled"][name] = pooled
+                if local is not None:
+                    result["local_only"][name] = local
         result["naive"] = naive_results(sites, config.train)
 
         def export(out: Path) -> None:

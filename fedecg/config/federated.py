@@ -151,7 +151,8 @@ class StudyConfig(StrictModel):
     (``data.deployed``, ``fedecg server submit``).
 
     Each model of ``train.models`` is trained federated through its stages; with
-    ``baselines`` also pooled and local-only; the whole study repeats for each of ``seeds``.
+    ``baselines`` also pooled and local-only (``pooled``: pooled alone); the whole study
+    repeats for each of ``seeds``.
     """
 
     data: DataSourceConfig = Field(
@@ -161,7 +162,9 @@ class StudyConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     privacy: DPConfig = Field(default_factory=DPConfig)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    baselines: bool = False
+    baselines: bool | Literal["pooled"] = Field(
+        default=False, description="true: pooled and local-only beside federated; pooled: "
+        "pooled alone (local-only costs as much again); false: federated alone")
 
     @property
     def num_sites(self) -> int:

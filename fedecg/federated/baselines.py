@@ -34,15 +34,18 @@ def baseline_config(config: StudyConfig) -> TrainConfig:
 
 
 def run_baselines(name: str, config: StudyConfig, sites: TrainingData,
-                  pooled_data: TrainingData, folder: Path,
-                  say: Say) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pooled and local-only training of ``name``, each tested everywhere."""
+                  pooled_data: TrainingData, folder: Path, say: Say,
+                  local_only: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Pooled and (with ``local_only``; else None) local-only training of ``name``, each
+    tested everywhere."""
     train = baseline_config(config)
     stores = sites.stores
     say(f"{name}: pooled baseline")
     pooled_model = fit_model(name, pooled_data, train, folder / "pooled.pt",
                              MetricsLog(folder / "pooled.jsonl"))
     pooled = score_everywhere([pooled_model] * len(stores), sites, train, train.seed)
+    if not local_only:
+        return pooled, None
     local: dict[str, Any] = {}
     for store in stores:
         site = store.manifest.site_name

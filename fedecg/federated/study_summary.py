@@ -43,6 +43,7 @@ def report_models(summary: dict[str, Any]) -> dict[str, Any]:
         entries[f"{name} · federated"] = {**entry, "per_store": summary["sites"][name]}
         if name in summary["pooled"]:
             entries[f"{name} · pooled"] = summary["pooled"][name]
+        if name in summary["local_only"]:
             entries[f"{name} · local-only (mean)"] = {
                 k: v for k, v in summary["local_only"][name].items() if k != "sites"}
     entries["naive"] = summary["naive"]

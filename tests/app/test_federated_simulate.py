@@ -85,6 +85,29 @@ def test_simulate_end_to_end_with_ray(store, tmp_path):
         assert f"<h2>{section}</h2>" in page
 
 
+def test_pooled_baseline_alone(store, tmp_path, monkeypatch):
+    """``baselines: pooled`` trains the pooled baseline and not the local-only ones (which cost
+    as much again); the summary, the CLI table and the report show pooled beside federated."""
+    _fake_simulation(monkeypatch)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["simulate", "--config",
+                                 str(_study(tmp_path, store, baselines="pooled")),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(RunFolder(out).summary.read_text())
+    assert 0 <= summary["pooled"]["transfer"]["diagnosis_macro_auroc"] <= 1
+    assert summary["local_only"] == {}
+    assert not list(out.glob("seed-0/transfer/local-*"))
+    assert list(out.glob("seed-0/transfer/pooled*"))
+    pooled = summary["pooled"]["transfer"]["diagnosis_macro_auroc"]
+    row = re.search(r"<tr><td>transfer</td>(.*?)</tr>", RunFolder(out).report.read_text())
+    pooled_cell, local_cell = re.findall(r"<td[^>]*>([^<]*)</td>", row[1])[1:3]
+    assert pooled_cell.startswith(f"{pooled:.3f}") and local_cell == "—"
+    bad = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)),
+                              "--out", str(tmp_path / "bad"), "--set", "baselines=local"])
+    assert bad.exit_code == 1 and "baselines" in bad.output
+
+
 def test_failed_site_makes_simulate_exit_1_with_the_reason(store, tmp_path, monkeypatch):
     _fake_simulation(monkeypatch)
 
