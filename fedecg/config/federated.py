@@ -181,6 +181,16 @@ class StudyConfig(StrictModel):
         return self.train.model_copy(update={"batch_size": self.federation.batch_size})
 
     @model_validator(mode="after")
+    def _plain_steps_under_sample_dp(self) -> StudyConfig:
+        plain = self.train.precision == "fp32" and not self.train.compile
+        if self.privacy.enabled and self.privacy.mode == "sample" and not plain:
+            raise ValueError(f"train.precision {self.train.precision!r} / train.compile "
+                             f"{self.train.compile}: sample-level DP clips per-example "
+                             "gradients in fp32 without compilation; set train.precision "
+                             "fp32 and train.compile false")
+        return self
+
+    @model_validator(mode="after")
     def _enough_sites(self) -> StudyConfig:
         if self.federation.min_sites > self.num_sites:
             where = "data.deployed.sites" if self.data.deployed else "partition.num_sites"

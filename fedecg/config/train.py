@@ -19,6 +19,7 @@ MODEL_NAMES: tuple[ModelName, ...] = ("signal-only", "transfer", "multimodal")
 STAGE_NAMES: tuple[str, ...] = ("pretrain", "lab", "diagnosis")  # in training order
 LossName = Literal["infonce", "siglip"]
 Monitor = Literal["loss", "auroc"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class EncoderConfig(StrictModel):
@@ -141,6 +142,11 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="auto: cuda when available, else cpu")
     max_grad_norm: float | None = Field(5.0, gt=0.0)
+    precision: Precision = Field("fp32", description="training forward passes under autocast: "
+                                 "bf16 (recent GPUs, or CPU), fp16 (CUDA only, with loss "
+                                 "scaling); fp32 off")
+    compile: bool = Field(False, description="torch.compile the ECG encoder in place (pays "
+                          "off on a GPU over long runs; the first steps wait for compilation)")
     warn_below_steps: int = Field(100, ge=0, description="warn when a stage takes fewer "
                                   "optimizer steps")
     warn_below_test_positives: int = Field(10, ge=0, description="warn when a label has fewer "

@@ -144,7 +144,8 @@ def _epochs(model: JointModel, stage: Stage, train: Any, optimizer: torch.optim.
     history = train_window(model, stage, loader_for, optimizer,
                            range(first, first + federation.local_epochs), scheduler=scheduler,
                            extra_loss=extra, max_steps=budget, seed=seed,
-                           max_grad_norm=config.max_grad_norm if dp_loader is None else None)
+                           max_grad_norm=config.max_grad_norm if dp_loader is None else None,
+                           precision=config.precision)
     steps = sum(int(logs["steps"]) for logs in history)
     examples = sum(int(logs["examples"]) for logs in history)
     loss = sum(float(logs.get("loss", 0.0)) * logs["steps"] for logs in history)

@@ -35,6 +35,10 @@ def build_model(name: str, config: TrainConfig, manifest: StoreManifest,
     if train_clinical is None:
         train_clinical = np.zeros((0, len(manifest.clinical_features)), dtype=np.float32)
     model.clinical.fit_normalization(train_clinical)
+    if config.compile:  # in place: the modules and their state-dict keys stay as they are
+        encoder = model.classifier.encoder  # its layers: the stages call forward_features
+        for layers in (encoder.stem, encoder.stages):
+            layers.compile()
     return model.to(resolve_device(config.device))
 
 

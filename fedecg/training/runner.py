@@ -185,7 +185,7 @@ def _run_stage(name: str, index: int, stage: Stage, model: JointModel, data: Tra
 
     train_window(model, stage, loader_for, optimizer, range(first, epochs),
                  scheduler=scheduler, max_grad_norm=config.max_grad_norm, seed=seed,
-                 on_step=on_step_of, on_epoch=on_epoch)
+                 on_step=on_step_of, on_epoch=on_epoch, precision=config.precision)
     _end_stage(name, index, stage, model, best, last, epochs, checkpoint, log)
 
 

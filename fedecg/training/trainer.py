@@ -20,6 +20,7 @@ last good ones.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from fedecg.errors import TrainingError
+from fedecg.config.train import Precision
+from fedecg.errors import ConfigError, TrainingError
 from fedecg.models.build import derive_seed
 from fedecg.training.stages import Batch, Stage
 
@@ -85,19 +87,34 @@ def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """The forward pass's mixed-precision context (``fp32``: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision 'fp16' needs a CUDA device (training on "
+                          f"{device.type}); use bf16 there, or fp32")
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
 def train_epoch(model: nn.Module, stage: Stage, loader: Iterable[Batch],
                 optimizer: torch.optim.Optimizer, *, scheduler: LambdaLR | None = None,
                 extra_loss: ExtraLoss | None = None, max_grad_norm: float | None = None,
-                max_steps: int | None = None,
-                on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+                max_steps: int | None = None, on_step: Callable[[int], None] | None = None,
+                precision: Precision = "fp32") -> dict[str, float]:
     """One pass of ``stage`` over ``loader``; returns mean logs plus timing and counts.
 
-    Batches are moved to the device of ``model``'s parameters.
-    Logs: the stage's logs averaged over steps, ``steps``, ``examples``, ``data_seconds``
-    (waiting for batches) and ``step_seconds`` (forward, backward, update).
+    Batches are moved to the device of ``model``'s parameters; forward passes run at
+    ``precision`` (fp16 with a loss scaler). Logs: the stage's logs averaged over steps,
+    ``steps``, ``examples``, ``data_seconds`` (waiting for batches) and ``step_seconds``
+    (forward, backward, update).
     """
     model.train()
     device = model_device(model)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     totals: dict[str, float] = {}
     steps = examples = 0
     data_seconds = step_seconds = 0.0
@@ -106,7 +123,9 @@ def train_epoch(model: nn.Module, stage: Stage, loader: Iterable[Batch],
         start = time.perf_counter()
         data_seconds += start - tick
         batch = to_device(batch, device)
-        loss, logs = stage.loss(model, batch)
+        with autocast(device, precision):
+            loss, logs = stage.loss(model, batch)
+        loss = loss.float()
         if extra_loss is not None:
             loss = loss + extra_loss(model)
         if not torch.isfinite(loss):
@@ -116,11 +135,13 @@ def train_epoch(model: nn.Module, stage: Stage, loader: Iterable[Batch],
                 "training diverged. Lower this stage's lr or set max_grad_norm, then resume; "
                 "the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if max_grad_norm is not None:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
                                      max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         if scheduler is not None:
             scheduler.step()
         for key, value in logs.items():
@@ -144,7 +165,8 @@ def train_window(model: nn.Module, stage: Stage, loader_for: LoaderFor,
                  scheduler: LambdaLR | None = None, extra_loss: ExtraLoss | None = None,
                  max_grad_norm: float | None = None, max_steps: int | None = None,
                  seed: int | None = None, on_step: OnStepOf | None = None,
-                 on_epoch: OnEpoch | None = None) -> list[dict[str, float]]:
+                 on_epoch: OnEpoch | None = None,
+                 precision: Precision = "fp32") -> list[dict[str, float]]:
     """Train ``stage`` over a window of its epochs: the one stage loop of fedecg.
 
     Centralized training runs a whole stage (``fedecg.training.runner``), a federated site
@@ -153,7 +175,7 @@ def train_window(model: nn.Module, stage: Stage, loader_for: LoaderFor,
     given), ``loader_for(epoch)`` (a privacy engine's Poisson loader under DP), one
     ``train_epoch`` capped so that the window takes at most ``max_steps`` steps, then
     ``on_epoch(epoch, logs, seconds)``, which ends the window by returning True (early
-    stopping). Returns each epoch's logs.
+    stopping). Forward passes run at ``precision``. Returns each epoch's logs.
     """
     history: list[dict[str, float]] = []
     done = 0
@@ -167,7 +189,8 @@ def train_window(model: nn.Module, stage: Stage, loader_for: LoaderFor,
         logs = train_epoch(model, stage, loader, optimizer, scheduler=scheduler,
                            extra_loss=extra_loss, max_grad_norm=max_grad_norm,
                            max_steps=None if max_steps is None else max_steps - done,
-                           on_step=on_step(epoch) if on_step is not None else None)
+                           on_step=on_step(epoch) if on_step is not None else None,
+                           precision=precision)
         done += int(logs["steps"])
         history.append(logs)
         if on_epoch is not None and on_epoch(epoch, logs, time.perf_counter() - start):
