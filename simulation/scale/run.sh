@@ -1,34 +1,43 @@
 #!/bin/bash
-# The study at scale (simulation/scale/README.md): seeds 0-2 on 4 IID sites with the pooled
-# baseline (and local-only at seed 0: it costs as much again), the pretraining ablation (transfer
-# with no pretraining rounds, with its pooled baseline) and natural sites (one per ECG cart,
-# seed 0, federated), then the tables and the figure.
-#   bash simulation/scale/run.sh RUNS [SEEDS]         (SEEDS default "0 1 2")
-# The 20,000-patient twin is synthesized and prepared once into $FEDECG_CACHE (~5 min).
-# A finished study is skipped; an interrupted one is resumed from its last round.
+# The study at scale (simulation/scale/README.md), one `fedecg simulate` per study folder:
+#   iid-s0            4 IID sites, seed 0: signal-only, transfer, multimodal; pooled, local-only
+#   iid-s1, iid-s2    seeds 1 and 2: signal-only and transfer; pooled (local-only and
+#                     multimodal cost as much again each, which 2 CPU cores could not afford)
+#   no-pretraining-s0 the ablation: transfer without its pretraining rounds, seed 0, pooled
+#   natural-s0        natural sites (one per ECG cart, 11), seed 0, federated
+# then the tables and the figure (RUNS/results.md, RUNS/scale.png).
+#   bash simulation/scale/run.sh RUNS [STUDY ...]     (default: all of the above, in order)
+# The 20,000-patient twin is synthesized and prepared once into $FEDECG_CACHE (~5 min). A
+# finished study is skipped; an interrupted one is resumed from its last round.
 set -euo pipefail
-runs=${1:?usage: run.sh RUNS [SEEDS]}
-seeds=${2:-0 1 2}
+runs=${1:?usage: run.sh RUNS [STUDY ...]}
+shift
+studies=("$@")
+[ ${#studies[@]} -gt 0 ] || studies=(iid-s0 iid-s1 iid-s2 no-pretraining-s0 natural-s0)
 config=simulation/scale/config.yaml
 mkdir -p "$runs"
-no_pretraining=(--set federation.rounds.pretrain=0 --set 'train.models=[transfer]')
-natural=(--set partition.method=natural --set partition.column=cart_id
-         --set partition.num_sites=11)
-study() {  # name, then fedecg simulate arguments
-    local name=$1; shift
-    [ -f "$runs/$name/summary.json" ] && return 0
-    local start; start=$(date +%s)
+two_models=(--set baselines=pooled --set 'train.models=[signal-only,transfer]')
+arguments() {  # the fedecg simulate settings of one study
+    case $1 in
+        iid-s0) echo --seeds 0 ;;
+        iid-s1|iid-s2) echo --seeds "${1#iid-s}" "${two_models[@]}" ;;
+        no-pretraining-s0) echo --seeds 0 --set baselines=pooled \
+            --set federation.rounds.pretrain=0 --set 'train.models=[transfer]' ;;
+        natural-s0) echo --seeds 0 --set baselines=false --set partition.method=natural \
+            --set partition.column=cart_id --set partition.num_sites=11 ;;
+        *) echo "unknown study $1" >&2; return 1 ;;
+    esac
+}
+for name in "${studies[@]}"; do
+    [ -f "$runs/$name/summary.json" ] && continue
+    read -r -a settings <<< "$(arguments "$name")"
+    start=$(date +%s)
     if [ -d "$runs/$name" ]; then
         fedecg simulate --resume "$runs/$name" --quiet >> "$runs/$name.log" 2>&1
     else
-        fedecg simulate --config "$config" --out "$runs/$name" --quiet "$@" > "$runs/$name.log" 2>&1
+        fedecg simulate --config "$config" --out "$runs/$name" --quiet "${settings[@]}" \
+            > "$runs/$name.log" 2>&1
     fi
     echo "wall $(( $(date +%s) - start )) s" >> "$runs/$name.log"
-}
-for seed in $seeds; do
-    baselines=pooled; [ "$seed" = 0 ] && baselines=true
-    study "iid-s$seed" --seeds "$seed" --set "baselines=$baselines"
-    study "no-pretraining-s$seed" --seeds "$seed" --set baselines=pooled "${no_pretraining[@]}"
 done
-study "natural-s0" --seeds 0 --set baselines=false "${natural[@]}"
 python simulation/scale/tables.py "$runs" --figure "$runs/scale.png" | tee "$runs/results.md"
