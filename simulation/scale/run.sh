@@ -4,7 +4,8 @@
 #   iid-s1, iid-s2    seeds 1 and 2: signal-only and transfer; pooled (local-only and
 #                     multimodal cost as much again each, which 2 CPU cores could not afford)
 #   no-pretraining-s0 the ablation: transfer without its pretraining rounds, seed 0, pooled
-#   natural-s0        natural sites (one per ECG cart, 11), seed 0, federated
+#   natural-s0        natural sites (one per ECG cart, 11), seed 0, signal-only and transfer,
+#                     federated (pooled is the same model as iid-s0's: the same rows)
 # then the tables and the figure (RUNS/results.md, RUNS/scale.png).
 #   bash simulation/scale/run.sh RUNS [STUDY ...]     (default: all of the above, in order)
 # The 20,000-patient twin is synthesized and prepared once into $FEDECG_CACHE (~5 min). A
@@ -24,7 +25,8 @@ arguments() {  # the fedecg simulate settings of one study
         no-pretraining-s0) echo --seeds 0 --set baselines=pooled \
             --set federation.rounds.pretrain=0 --set 'train.models=[transfer]' ;;
         natural-s0) echo --seeds 0 --set baselines=false --set partition.method=natural \
-            --set partition.column=cart_id --set partition.num_sites=11 ;;
+            --set partition.column=cart_id --set partition.num_sites=11 \
+            --set 'train.models=[signal-only,transfer]' ;;
         *) echo "unknown study $1" >&2; return 1 ;;
     esac
 }
