@@ -132,12 +132,13 @@ def cost_rows(runs: Path, setting: str) -> list[str]:
 
 def figure(by_seed: dict[int, dict[str, Any]], path: Path) -> None:
     """Bars of dx and lab macro AUROC per model and arm (mean over seeds, each seed a dot)."""
+    models = [m for m in MODELS if arm_values(by_seed, "federated", m, DX)]
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2)
     width = 0.8 / len(ARMS)
     for axis, key, title in ((axes[0], DX, "diagnosis"), (axes[1], LAB, "lab abnormality")):
         for k, arm in enumerate(ARMS):
-            for i, model in enumerate(MODELS):
+            for i, model in enumerate(models):
                 values = list(arm_values(by_seed, arm, model, key).values())
                 if not values:
                     continue
@@ -145,7 +146,7 @@ def figure(by_seed: dict[int, dict[str, Any]], path: Path) -> None:
                 axis.bar(x, statistics.mean(values), width, color=f"C{k}",
                          label=arm.replace("_", "-") if i == 0 else None)
                 axis.plot([x] * len(values), values, "k.", markersize=4)
-        axis.set_xticks(range(len(MODELS)), MODELS)
+        axis.set_xticks(range(len(models)), models)
         axis.set_ylim(0.5, 1.0)
         axis.set_ylabel(f"{title} macro AUROC")
         axis.set_title(f"{title} (seeds as dots)", fontsize=10)
