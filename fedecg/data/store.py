@@ -25,6 +25,8 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field, ValidationError
 from torch.utils.data import Dataset
@@ -234,8 +236,75 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buffer.getvalue()
 
 
+class RowView:
+    """Rows of a memory-mapped waveform array, addressed 0..len(rows)-1, without copying."""
+
+    def __init__(self, waveforms: np.ndarray, rows: np.ndarray) -> None:
+        self.base = waveforms
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), *waveforms.shape[1:])
+        self.dtype = waveforms.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: Any) -> np.ndarray:
+        if isinstance(item, tuple):
+            return self.base[(self.rows[item[0]], *item[1:])]
+        return self.base[self.rows[item]]
+
+
+def _view_rows(rows: np.ndarray, n_records: int, path: Path) -> np.ndarray:
+    """``rows`` sorted as int64, checked to lie within the store's ``n_records``."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    if len(rows) and (rows[0] < 0 or rows[-1] >= n_records):
+        raise StoreError(f"{path}: rows {int(rows[0])}..{int(rows[-1])} asked for, the store "
+                         f"has rows 0..{n_records - 1}; partition this store again")
+    return rows
+
+
+def _read_rows(path: Path, rows: np.ndarray, batch_rows: int = 4096) -> pd.DataFrame:
+    """Rows ``rows`` (sorted) of a Parquet file, read one batch at a time, so memory holds one
+    batch and the rows kept rather than the whole file.
+
+    Arrow's default pool (mimalloc) keeps what a read freed (50 MiB after a 56k-row cohort),
+    so the read allocates from the system pool, which returns it.
+    """
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        parquet = pq.ParquetFile(path)
+        kept, start = [], 0
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            low, high = np.searchsorted(rows, [start, start + batch.num_rows])
+            if high > low:
+                kept.append(batch.take(pa.array(rows[low:high] - start)))
+            start += batch.num_rows
+        return pa.Table.from_batches(kept, schema=parquet.schema_arrow).to_pandas()
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def read_manifest(path: Path) -> StoreManifest:
+    """The manifest of the store at ``path``, checking that the store's files exist."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"{path}: not a site store folder (run `fedecg prepare` to make one)")
+    for file in (MANIFEST_FILE, COHORT_FILE, WAVEFORMS_FILE):
+        if not (path / file).is_file():
+            raise StoreError(f"{path}: missing {file}; the store is incomplete, prepare again")
+    try:
+        manifest = StoreManifest.model_validate(json.loads((path / MANIFEST_FILE).read_text()))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path / MANIFEST_FILE}: not a valid manifest: {exc}") from None
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: store schema {manifest.schema_version}, this fedecg reads "
+                         f"{SCHEMA_VERSION}; prepare the store again")
+    return manifest
+
+
 class SiteStore:
-    """A prepared site store, opened read-only."""
+    """A prepared site store (or a view of some of its rows), opened read-only."""
 
     def __init__(self, path: Path, manifest: StoreManifest, cohort: pd.DataFrame,
                  waveforms: np.ndarray) -> None:
@@ -246,28 +315,50 @@ class SiteStore:
         self._matrices: dict[tuple[str, ...], np.ndarray] = {}  # read-only cohort: cached
 
     @classmethod
-    def open(cls, path: Path) -> SiteStore:
-        """Open a store, checking that its files exist and agree with each other."""
+    def open(cls, path: Path, rows: np.ndarray | None = None,
+             name: str | None = None) -> SiteStore:
+        """Open a store, checking that its files exist and agree with each other.
+
+        With ``rows`` only those rows are opened (a virtual site, see ``view``): the cohort is
+        read batch by batch keeping only them, so memory follows the rows, not the store.
+        """
         path = Path(path)
-        if not path.is_dir():
-            raise StoreError(f"{path}: not a site store folder (run `fedecg prepare` to make one)")
-        for name in (MANIFEST_FILE, COHORT_FILE, WAVEFORMS_FILE):
-            if not (path / name).is_file():
-                raise StoreError(f"{path}: missing {name}; the store is incomplete, prepare again")
-        try:
-            manifest = StoreManifest.model_validate(json.loads((path / MANIFEST_FILE).read_text()))
-        except (ValidationError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path / MANIFEST_FILE}: not a valid manifest: {exc}") from None
-        if manifest.schema_version != SCHEMA_VERSION:
-            raise StoreError(f"{path}: store schema {manifest.schema_version}, this fedecg reads "
-                             f"{SCHEMA_VERSION}; prepare the store again")
-        cohort = pd.read_parquet(path / COHORT_FILE)
+        manifest = read_manifest(path)
+        cohort_rows = pq.ParquetFile(path / COHORT_FILE).metadata.num_rows
         waveforms = np.load(path / WAVEFORMS_FILE, mmap_mode="r")
         expected = (manifest.n_records, len(manifest.lead_order), manifest.n_samples)
-        if waveforms.shape != expected or len(cohort) != manifest.n_records:
-            raise StoreError(f"{path}: waveforms {waveforms.shape} and cohort rows {len(cohort)} "
+        if waveforms.shape != expected or cohort_rows != manifest.n_records:
+            raise StoreError(f"{path}: waveforms {waveforms.shape} and cohort rows {cohort_rows} "
                              f"do not match the manifest {expected}; prepare the store again")
+        if rows is None:
+            return cls(path, manifest, pd.read_parquet(path / COHORT_FILE), waveforms)
+        rows = _view_rows(rows, manifest.n_records, path)
+        return cls._of_rows(path, manifest, _read_rows(path / COHORT_FILE, rows),
+                            RowView(waveforms, rows), name)
+
+    def view(self, rows: np.ndarray, name: str | None = None) -> SiteStore:
+        """A store holding only ``rows`` (sorted), waveforms not copied: its manifest keeps
+        this store's labels and rate with the view's ``site_name`` and ``n_records``, so
+        training reads it exactly like a prepared store."""
+        rows = _view_rows(rows, len(self), self.path)
+        cohort = self.cohort.iloc[rows].reset_index(drop=True)
+        base, mapped = self.mapped(rows)
+        return self._of_rows(self.path, self.manifest, cohort, RowView(base, mapped), name)
+
+    @classmethod
+    def _of_rows(cls, path: Path, manifest: StoreManifest, cohort: pd.DataFrame,
+                 waveforms: RowView, name: str | None) -> SiteStore:
+        manifest = manifest.model_copy(update={
+            "site_name": name or manifest.site_name, "n_records": len(waveforms)})
         return cls(path, manifest, cohort, waveforms)
+
+    def mapped(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(array, indices)``: the memory-mapped waveforms these ``rows`` live in and their
+        rows there (a view maps into its parent's map; nothing is read or copied)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if isinstance(self.waveforms, RowView):
+            return np.asarray(self.waveforms.base), self.waveforms.rows[rows]
+        return np.asarray(self.waveforms), rows  # a plain view of the map: faster indexing
 
     def __len__(self) -> int:
         return self.manifest.n_records
