@@ -10,7 +10,9 @@ is written to a temporary folder first. For each stage (pretrain, lab, diagnosis
 loader worker count of ``--num-workers`` it trains the default ``TrainConfig`` model for
 ``--steps`` steps after ``--warmup`` steps and reports ECG/s (training examples over
 forward+backward+update time) and the share of step time spent waiting for the loader
-(target < 5% with a worker), then evaluation throughput with crop aggregation.
+(target < 5% with a worker; on a busy machine waiting includes the worker's wait for a core),
+then per stage the data path's CPU cost per batch and its share of a step's CPU (what a worker
+must hide), then evaluation throughput with crop aggregation.
 Peak memory is the process's maximum resident set (and CUDA peak when on a GPU).
 
 ``--site-memory`` names stores (``--store`` is added) each split into IID sites of about
@@ -79,7 +81,7 @@ def bench_stage(stage, model, data, config: TrainConfig, steps: int, warmup: int
     loader = epoch_loader(dataset, config.batch_size, 0, True, 0, workers)
     train_epoch(model, stage, loader, optimizer, max_steps=warmup)
     logs: dict[str, float] = {"steps": 0, "examples": 0, "data_seconds": 0, "step_seconds": 0}
-    epoch = 1
+    epoch, cpu = 1, time.process_time()
     while logs["steps"] < steps:
         loader = epoch_loader(dataset, config.batch_size, epoch, True, 0, workers)
         part = train_epoch(model, stage, loader, optimizer, max_steps=steps - logs["steps"])
@@ -89,7 +91,24 @@ def bench_stage(stage, model, data, config: TrainConfig, steps: int, warmup: int
     total = logs["data_seconds"] + logs["step_seconds"]
     return {"ecg_per_second": logs["examples"] / logs["step_seconds"],
             "data_wait_share": logs["data_seconds"] / total, "steps": int(logs["steps"]),
-            "batch_size": config.batch_size}
+            "batch_size": config.batch_size,
+            "main_cpu_seconds_per_step": (time.process_time() - cpu) / logs["steps"]}
+
+
+def data_cpu(stage, data, config: TrainConfig, batches: int, model_cpu: float) -> dict:
+    """CPU seconds the data path spends on one training batch of ``stage`` (the loader alone,
+    in this process), and its share of a step's CPU beside ``model_cpu`` (forward, backward,
+    update): what a loader worker must hide. CPU time, unlike waiting, does not depend on
+    what else the machine runs."""
+    dataset = data.dataset("train", stage.targets, config.crop_samples, True, config, seed=0)
+    start, count = time.process_time(), 0
+    for _batch in epoch_loader(dataset, config.batch_size, 0, True):
+        count += 1
+        if count == batches:
+            break
+    per_batch = (time.process_time() - start) / count
+    return {"data_cpu_seconds_per_batch": per_batch,
+            "data_cpu_share": per_batch / (per_batch + model_cpu)}
 
 
 def site_memory(stores: list[Path], site_ecgs: int) -> dict:
@@ -132,9 +151,11 @@ def main() -> None:
                         "parameters": sum(p.numel() for p in model.classifier.parameters()),
                         "stages": {}}
         for stage in build_stages(config, pretrained=True):
-            result["stages"][stage.name] = {
-                f"workers_{w}": bench_stage(stage, model, data, config, args.steps,
-                                            args.warmup, w) for w in args.num_workers}
+            runs = {f"workers_{w}": bench_stage(stage, model, data, config, args.steps,
+                                                args.warmup, w) for w in args.num_workers}
+            cost = data_cpu(stage, data, config, args.steps, min(
+                run["main_cpu_seconds_per_step"] for run in runs.values()))
+            result["stages"][stage.name] = {**runs, **cost}
         test = data.dataset("test", ("dx", "lab"), None, False, config)
         start = time.perf_counter()
         predict(model, test, config.crop_samples, config.eval.crops, config.eval.batch_size)
