@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,9 +32,9 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure(store: Path, site_ecgs: int) -> dict[str, Any]:
+def measure(store: Path, site_ecgs: int, source: Path | None = None) -> dict[str, Any]:
     """Site 0's memory growth (MiB) over an IID partition of ``store`` into sites of about
-    ``site_ecgs`` ECGs."""
+    ``site_ecgs`` ECGs; with ``source`` (a fedecg checkout) the site runs that fedecg."""
     from fedecg.config.federated import PartitionConfig
     from fedecg.data.store import SiteStore
     from fedecg.federated.partition import partition_store, write_partition
@@ -44,8 +45,9 @@ def measure(store: Path, site_ecgs: int) -> dict[str, Any]:
     partition = partition_store(opened, PartitionConfig(method="iid", num_sites=sites))
     with tempfile.TemporaryDirectory() as tmp:
         write_partition(partition, Path(tmp))
+        env = {**os.environ, "PYTHONPATH": str(source)} if source else None
         child = subprocess.run([sys.executable, __file__, "--child", str(store), tmp],
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True, check=True, env=env)
     return {"store_records": len(opened), "sites": sites,
             **json.loads(child.stdout.splitlines()[-1])}
 
@@ -70,9 +72,8 @@ def _child(store: Path, partition: Path) -> dict[str, Any]:
     anon, peak = _status_mib("RssAnon"), _status_mib("VmHWM")
     site = open_site(plan, {"partition-id": 0})
     site.data.train_clinical()
-    datasets = [site.data.dataset("train", stage.targets, config.crop_samples, True, config)
-                for stage in build_stages(config, pretrained=True)]
-    for dataset in datasets:
+    for stage in build_stages(config, pretrained=True):  # one round each, in turn
+        dataset = site.data.dataset("train", stage.targets, config.crop_samples, True, config)
         for _, _batch in zip(range(BATCHES), epoch_loader(dataset, config.batch_size, 0, True),
                              strict=False):
             pass

@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/train_benchmark.py --store STORE [--steps 30] [--threads 1]
-        [--num-workers 0 1 2] [--site-memory SMALL_STORE ... --site-ecgs 2500] [--out B.json]
+        [--num-workers 0 1 2] [--site-memory SMALL_STORE ... --site-ecgs 2500]
+        [--baseline-src OTHER_CHECKOUT] [--out B.json]
 
 Without ``--store`` a store of random signals (512 records, 100 Hz, 10 s, the default panel)
 is written to a temporary folder first. For each stage (pretrain, lab, diagnosis) and each
@@ -19,8 +20,10 @@ Peak memory is the process's maximum resident set (and CUDA peak when on a GPU).
 ``--site-ecgs`` ECGs; site 0 is opened in a fresh process as a simulation's ClientApp opens it
 (``site_memory.py``) and its memory beyond the page cache measured: the ratio of the largest
 store's site to the smallest's (about 1 when a site's memory follows its own ECGs, not the
-store's size) and the memory per 1,000 of a site's ECGs. Speeds depend on the machine and its
-load: compare them only as ratios taken on the same machine.
+store's size) and the memory per 1,000 of a site's ECGs; ``--baseline-src`` measures the same
+sites with another checkout's fedecg (e.g. the commit before a change) and gives the ratios.
+Speeds depend on the machine and its load: compare them only as ratios taken on the same
+machine.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from site_memory import measure
 from fedecg.config.train import TrainConfig
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
 from fedecg.data.labs import DEFAULT_LAB_PANEL, panel_label_names
-from fedecg.data.store import StoreManifest, StoreWriter
+from fedecg.data.store import StoreManifest, StoreWriter, read_manifest
 from fedecg.models.build import build_model
 from fedecg.training.data import epoch_loader
 from fedecg.training.evaluate import predict
@@ -111,22 +114,30 @@ def data_cpu(stage, data, config: TrainConfig, batches: int, model_cpu: float) -
             "data_cpu_share": per_batch / (per_batch + model_cpu)}
 
 
-def site_memory(stores: list[Path], site_ecgs: int) -> dict:
+def site_memory(stores: list[Path], site_ecgs: int, baseline: Path | None) -> dict:
     """A site of about ``site_ecgs`` ECGs in each store (``site_memory.measure``), its memory
-    per 1,000 of its ECGs (fixed costs included: an upper bound), and the ratio of the largest
-    store's site's memory to the smallest's (about 1: independent of the store's size)."""
-    measured = sorted((measure(path, site_ecgs) for path in stores),
-                      key=lambda m: m["store_records"])
+    per 1,000 of its ECGs (fixed costs included: an upper bound), the ratio of the largest
+    store's site's memory to the smallest's (about 1: independent of the store's size) and,
+    with a ``baseline`` checkout, each store's site memory here over there."""
+    stores = sorted(stores, key=lambda path: read_manifest(path).n_records)
+    measured = [measure(path, site_ecgs) for path in stores]
     for entry in measured:
         for kind in ("anon", "peak"):
             entry[f"{kind}_mib_per_1000_site_ecgs"] = (entry[f"{kind}_growth_mib"] * 1000
                                                        / entry["site_records"])
     small, large = measured[0], measured[-1]
-    return {"stores": measured,
-            "store_size_ratio": large["store_records"] / small["store_records"],
-            "site_size_ratio": large["site_records"] / small["site_records"],
-            **{f"{kind}_growth_ratio": large[f"{kind}_growth_mib"] / small[f"{kind}_growth_mib"]
-               for kind in ("anon", "peak")}}
+    result = {"stores": measured,
+              "store_size_ratio": large["store_records"] / small["store_records"],
+              "site_size_ratio": large["site_records"] / small["site_records"],
+              **{f"{kind}_growth_ratio": large[f"{kind}_growth_mib"] / small[f"{kind}_growth_mib"]
+                 for kind in ("anon", "peak")}}
+    if baseline is not None:
+        before = [measure(path, site_ecgs, baseline) for path in stores]
+        result["baseline"] = {"source": str(baseline), "stores": before, **{
+            f"{kind}_growth_over_baseline": [now[f"{kind}_growth_mib"] / then[f"{kind}_growth_mib"]
+                                             for now, then in zip(measured, before, strict=True)]
+            for kind in ("anon", "peak")}}
+    return result
 
 
 def main() -> None:
@@ -138,6 +149,8 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0])
     parser.add_argument("--site-memory", type=Path, nargs="*", default=[])
     parser.add_argument("--site-ecgs", type=int, default=2500)
+    parser.add_argument("--baseline-src", type=Path, help="a fedecg checkout whose sites' "
+                        "memory to measure too (before/after ratios)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,7 +175,8 @@ def main() -> None:
         result["eval_ecg_per_second"] = len(test) / (time.perf_counter() - start)
         result["eval_crops"] = config.eval.crops
         if args.site_memory:
-            result["site_memory"] = site_memory([*args.site_memory, store], args.site_ecgs)
+            result["site_memory"] = site_memory([*args.site_memory, store], args.site_ecgs,
+                                                 args.baseline_src)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
