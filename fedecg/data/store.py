@@ -268,14 +268,15 @@ def _read_rows(path: Path, rows: np.ndarray, batch_rows: int = 4096) -> pd.DataF
     batch and the rows kept rather than the whole file.
 
     Arrow's default pool (mimalloc) keeps what a read freed (50 MiB after a 56k-row cohort),
-    so the read allocates from the system pool, which returns it.
+    so the read allocates from the system pool, which returns most of it, and decodes in this
+    thread (decoding threads leave freed memory in malloc arenas of their own).
     """
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
         parquet = pq.ParquetFile(path)
         kept, start = [], 0
-        for batch in parquet.iter_batches(batch_size=batch_rows):
+        for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
             low, high = np.searchsorted(rows, [start, start + batch.num_rows])
             if high > low:
                 kept.append(batch.take(pa.array(rows[low:high] - start)))
