@@ -72,7 +72,7 @@ def site_peak_rss(out: Path) -> dict[str, float]:
     for line in (json.loads(text) for text in lines if text.startswith("{")):
         value = line.get(keys.PEAK_RSS_MB)
         if line.get("kind") == "train" and value is not None:
-            peaks[line["site"]] = max(peaks.get(line["site"], 0.0), float(value))
+            peaks[line["site"]] = max(peaks.get(line["site"], 0.0), round(float(value), 1))
     return peaks
 
 
