@@ -25,7 +25,6 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from pydantic import Field, ValidationError
@@ -36,6 +35,7 @@ from fedecg.config.base import StrictModel
 from fedecg.data.diagnoses import DiagnosisLabel
 from fedecg.data.labs import LabDefinition
 from fedecg.data.leads import CANONICAL_LEADS
+from fedecg.data.store_rows import RowView, checked_rows, read_cohort_rows
 from fedecg.errors import StoreError
 from fedecg.io import OutputKind, atomic_directory, atomic_write_json
 
@@ -236,56 +236,6 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buffer.getvalue()
 
 
-class RowView:
-    """Rows of a memory-mapped waveform array, addressed 0..len(rows)-1, without copying."""
-
-    def __init__(self, waveforms: np.ndarray, rows: np.ndarray) -> None:
-        self.base = waveforms
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.shape = (len(self.rows), *waveforms.shape[1:])
-        self.dtype = waveforms.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, item: Any) -> np.ndarray:
-        if isinstance(item, tuple):
-            return self.base[(self.rows[item[0]], *item[1:])]
-        return self.base[self.rows[item]]
-
-
-def _view_rows(rows: np.ndarray, n_records: int, path: Path) -> np.ndarray:
-    """``rows`` sorted as int64, checked to lie within the store's ``n_records``."""
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
-    if len(rows) and (rows[0] < 0 or rows[-1] >= n_records):
-        raise StoreError(f"{path}: rows {int(rows[0])}..{int(rows[-1])} asked for, the store "
-                         f"has rows 0..{n_records - 1}; partition this store again")
-    return rows
-
-
-def _read_rows(path: Path, rows: np.ndarray, batch_rows: int = 4096) -> pd.DataFrame:
-    """Rows ``rows`` (sorted) of a Parquet file, read one batch at a time, so memory holds one
-    batch and the rows kept rather than the whole file.
-
-    Arrow's default pool (mimalloc) keeps what a read freed (50 MiB after a 56k-row cohort),
-    so the read allocates from the system pool, which returns most of it, and decodes in this
-    thread (decoding threads leave freed memory in malloc arenas of their own).
-    """
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        parquet = pq.ParquetFile(path)
-        kept, start = [], 0
-        for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
-            low, high = np.searchsorted(rows, [start, start + batch.num_rows])
-            if high > low:
-                kept.append(batch.take(pa.array(rows[low:high] - start)))
-            start += batch.num_rows
-        return pa.Table.from_batches(kept, schema=parquet.schema_arrow).to_pandas()
-    finally:
-        pa.set_memory_pool(previous)
-
-
 def read_manifest(path: Path) -> StoreManifest:
     """The manifest of the store at ``path``, checking that the store's files exist."""
     path = Path(path)
@@ -333,15 +283,15 @@ class SiteStore:
                              f"do not match the manifest {expected}; prepare the store again")
         if rows is None:
             return cls(path, manifest, pd.read_parquet(path / COHORT_FILE), waveforms)
-        rows = _view_rows(rows, manifest.n_records, path)
-        return cls._of_rows(path, manifest, _read_rows(path / COHORT_FILE, rows),
+        rows = checked_rows(rows, manifest.n_records, path)
+        return cls._of_rows(path, manifest, read_cohort_rows(path / COHORT_FILE, rows),
                             RowView(waveforms, rows), name)
 
     def view(self, rows: np.ndarray, name: str | None = None) -> SiteStore:
         """A store holding only ``rows`` (sorted), waveforms not copied: its manifest keeps
         this store's labels and rate with the view's ``site_name`` and ``n_records``, so
         training reads it exactly like a prepared store."""
-        rows = _view_rows(rows, len(self), self.path)
+        rows = checked_rows(rows, len(self), self.path)
         cohort = self.cohort.iloc[rows].reset_index(drop=True)
         base, mapped = self.mapped(rows)
         return self._of_rows(self.path, self.manifest, cohort, RowView(base, mapped), name)

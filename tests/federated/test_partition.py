@@ -189,7 +189,7 @@ def test_natural_groups_more_values_than_sites_keeping_each_value_whole(tmp_path
 
 
 def test_a_site_opened_alone_reads_only_its_rows_and_copies_no_waveform(store, tmp_path):
-    from fedecg.data.store import _read_rows
+    from fedecg.data.store_rows import read_cohort_rows
     from fedecg.federated.partition import open_site_rows
     from fedecg.training.data import CropDataset
 
@@ -203,7 +203,7 @@ def test_a_site_opened_alone_reads_only_its_rows_and_copies_no_waveform(store, t
     for opened in (alone, view):
         assert opened.cohort.equals(expected)
         np.testing.assert_array_equal(opened.waveforms[3], store.waveforms[rows[3]])
-    batched = _read_rows(store.path / "cohort.parquet", rows, batch_rows=7)
+    batched = read_cohort_rows(store.path / "cohort.parquet", rows, batch_rows=7)
     assert batched.equals(expected)  # rows kept across many batches
     for opened in (alone, view):
         dataset = CropDataset([(opened, np.array([4, 0]))], crop=None, train=False)
