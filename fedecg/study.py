@@ -177,8 +177,8 @@ class Simulated:
 
     def finish(self, out: Path, config: StudyConfig, summary: dict[str, Any],
                first: dict[str, Any]) -> None:
-        """The partition: each site's patients, records and split counts."""
-        summary["partition"] = partition_summary(self.partition, self.store)
+        """The partition: each site's patients, records, split counts and peak memory."""
+        summary["partition"] = partition_summary(self.partition, self.store, out)
 
 
 @dataclass

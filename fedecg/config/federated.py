@@ -19,7 +19,11 @@ class PartitionConfig(StrictModel):
 
     ``iid``: patients shuffled and dealt evenly. ``dirichlet``: label skew, each class of the
     patients' representative label spread over sites by Dirichlet(``alpha``). ``quantity``: site
-    sizes drawn from Dirichlet(``alpha``). ``natural``: one site per value of ``column``.
+    sizes drawn from Dirichlet(``alpha``). ``natural``: each site takes whole values of
+    ``column`` (a patient goes with its most frequent value): one site per value, or, with more
+    values than ``num_sites`` (the twin's ``cart_id``: 2-6 carts per hospital), the values
+    grouped into ``num_sites`` sites of balanced patient counts; fewer values than
+    ``num_sites`` is an error.
     """
 
     method: PartitionMethod = "iid"
@@ -94,7 +98,10 @@ class FederationConfig(StrictModel):
                                    "more optimizer steps per epoch of its data")
     personal_heads: bool = Field(default=False, description="heads stay at each site")
     min_sites: int = Field(default=2, ge=1, description="usable updates a round needs")
-    client_cpus: float = Field(default=1.0, gt=0, description="CPUs per virtual client (Ray)")
+    client_cpus: float = Field(
+        default=1.0, ge=1, description="CPUs Ray reserves per virtual client; a private "
+        "session offers Ray this machine's usable cores, so at most cores / client_cpus sites "
+        "train at once, each on one thread (below 1 would oversubscribe the cores)")
     ray_address: str | None = Field(
         default=None, description="run the virtual sites on this existing Ray cluster ('auto', "
         "or the head's host:port); null: $RAY_ADDRESS if set, else a private Ray session on "

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field, ValidationError
 from torch.utils.data import Dataset
@@ -34,6 +35,7 @@ from fedecg.config.base import StrictModel
 from fedecg.data.diagnoses import DiagnosisLabel
 from fedecg.data.labs import LabDefinition
 from fedecg.data.leads import CANONICAL_LEADS
+from fedecg.data.store_rows import RowView, checked_rows, read_cohort_rows
 from fedecg.errors import StoreError
 from fedecg.io import OutputKind, atomic_directory, atomic_write_json
 
@@ -234,8 +236,26 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buffer.getvalue()
 
 
+def read_manifest(path: Path) -> StoreManifest:
+    """The manifest of the store at ``path``, checking that the store's files exist."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"{path}: not a site store folder (run `fedecg prepare` to make one)")
+    for file in (MANIFEST_FILE, COHORT_FILE, WAVEFORMS_FILE):
+        if not (path / file).is_file():
+            raise StoreError(f"{path}: missing {file}; the store is incomplete, prepare again")
+    try:
+        manifest = StoreManifest.model_validate(json.loads((path / MANIFEST_FILE).read_text()))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path / MANIFEST_FILE}: not a valid manifest: {exc}") from None
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: store schema {manifest.schema_version}, this fedecg reads "
+                         f"{SCHEMA_VERSION}; prepare the store again")
+    return manifest
+
+
 class SiteStore:
-    """A prepared site store, opened read-only."""
+    """A prepared site store (or a view of some of its rows), opened read-only."""
 
     def __init__(self, path: Path, manifest: StoreManifest, cohort: pd.DataFrame,
                  waveforms: np.ndarray) -> None:
@@ -246,28 +266,50 @@ class SiteStore:
         self._matrices: dict[tuple[str, ...], np.ndarray] = {}  # read-only cohort: cached
 
     @classmethod
-    def open(cls, path: Path) -> SiteStore:
-        """Open a store, checking that its files exist and agree with each other."""
+    def open(cls, path: Path, rows: np.ndarray | None = None,
+             name: str | None = None) -> SiteStore:
+        """Open a store, checking that its files exist and agree with each other.
+
+        With ``rows`` only those rows are opened (a virtual site, see ``view``): the cohort is
+        read batch by batch keeping only them, so memory follows the rows, not the store.
+        """
         path = Path(path)
-        if not path.is_dir():
-            raise StoreError(f"{path}: not a site store folder (run `fedecg prepare` to make one)")
-        for name in (MANIFEST_FILE, COHORT_FILE, WAVEFORMS_FILE):
-            if not (path / name).is_file():
-                raise StoreError(f"{path}: missing {name}; the store is incomplete, prepare again")
-        try:
-            manifest = StoreManifest.model_validate(json.loads((path / MANIFEST_FILE).read_text()))
-        except (ValidationError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path / MANIFEST_FILE}: not a valid manifest: {exc}") from None
-        if manifest.schema_version != SCHEMA_VERSION:
-            raise StoreError(f"{path}: store schema {manifest.schema_version}, this fedecg reads "
-                             f"{SCHEMA_VERSION}; prepare the store again")
-        cohort = pd.read_parquet(path / COHORT_FILE)
+        manifest = read_manifest(path)
+        cohort_rows = pq.ParquetFile(path / COHORT_FILE).metadata.num_rows
         waveforms = np.load(path / WAVEFORMS_FILE, mmap_mode="r")
         expected = (manifest.n_records, len(manifest.lead_order), manifest.n_samples)
-        if waveforms.shape != expected or len(cohort) != manifest.n_records:
-            raise StoreError(f"{path}: waveforms {waveforms.shape} and cohort rows {len(cohort)} "
+        if waveforms.shape != expected or cohort_rows != manifest.n_records:
+            raise StoreError(f"{path}: waveforms {waveforms.shape} and cohort rows {cohort_rows} "
                              f"do not match the manifest {expected}; prepare the store again")
+        if rows is None:
+            return cls(path, manifest, pd.read_parquet(path / COHORT_FILE), waveforms)
+        rows = checked_rows(rows, manifest.n_records, path)
+        return cls._of_rows(path, manifest, read_cohort_rows(path / COHORT_FILE, rows),
+                            RowView(waveforms, rows), name)
+
+    def view(self, rows: np.ndarray, name: str | None = None) -> SiteStore:
+        """A store holding only ``rows`` (sorted), waveforms not copied: its manifest keeps
+        this store's labels and rate with the view's ``site_name`` and ``n_records``, so
+        training reads it exactly like a prepared store."""
+        rows = checked_rows(rows, len(self), self.path)
+        cohort = self.cohort.iloc[rows].reset_index(drop=True)
+        base, mapped = self.mapped(rows)
+        return self._of_rows(self.path, self.manifest, cohort, RowView(base, mapped), name)
+
+    @classmethod
+    def _of_rows(cls, path: Path, manifest: StoreManifest, cohort: pd.DataFrame,
+                 waveforms: RowView, name: str | None) -> SiteStore:
+        manifest = manifest.model_copy(update={
+            "site_name": name or manifest.site_name, "n_records": len(waveforms)})
         return cls(path, manifest, cohort, waveforms)
+
+    def mapped(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(array, indices)``: the memory-mapped waveforms these ``rows`` live in and their
+        rows there (a view maps into its parent's map; nothing is read or copied)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if isinstance(self.waveforms, RowView):
+            return np.asarray(self.waveforms.base), self.waveforms.rows[rows]
+        return np.asarray(self.waveforms), rows  # a plain view of the map: faster indexing
 
     def __len__(self) -> int:
         return self.manifest.n_records

@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,14 @@ from pydantic import Field, ValidationError
 
 from fedecg.config.base import StrictModel
 from fedecg.config.federated import PartitionConfig
-from fedecg.data.store import SPLITS, SiteStore, label_prevalence, split_problems
+from fedecg.data.store import (
+    SPLITS,
+    SiteStore,
+    StoreManifest,
+    label_prevalence,
+    read_manifest,
+    split_problems,
+)
 from fedecg.errors import ConfigError, OutputExistsError, StoreError
 from fedecg.io import atomic_write_json
 
@@ -58,6 +65,16 @@ class Partition(StrictModel):
     config: PartitionConfig
     label_skew: float
     sites: list[SitePartition]
+
+    def check_fits(self, manifest: StoreManifest, path: Path, store: Path) -> None:
+        """Raise ``StoreError`` unless this partition (file ``path``) was made for the store
+        at ``store`` (its ``manifest``)."""
+        if (self.store_n_records != manifest.n_records
+                or self.store_site_name != manifest.site_name):
+            raise StoreError(
+                f"{path}: made for store {self.store_site_name!r} with "
+                f"{self.store_n_records} records, but {store} is {manifest.site_name!r} with "
+                f"{manifest.n_records}; partition that store again")
 
     def site_rows(self, index: int, split: str | None = None,
                   store: SiteStore | None = None) -> np.ndarray:
@@ -133,7 +150,25 @@ def _partitioner(config: PartitionConfig, table: pd.DataFrame) -> tuple[Partitio
             seed=config.seed), shuffled
     if config.method == "quantity":
         return SizePartitioner(_quantity_sizes(config, len(table), rng)), shuffled
-    return NaturalIdPartitioner(partition_by="natural"), table
+    return NaturalIdPartitioner(partition_by="natural"), group_values(table, k)
+
+
+def group_values(table: pd.DataFrame, sites: int) -> pd.DataFrame:
+    """``table`` with its ``natural`` values joined into ``sites`` groups (``a+b``), each value
+    whole: the values with most patients first, each to the group with fewest patients so far
+    (ties: value name, then group order). With as many values as sites, each keeps its own."""
+    counts = table["natural"].value_counts()
+    if len(counts) <= sites:
+        return table
+    order = sorted(counts.index, key=lambda value: (-counts[value], value))
+    groups: list[list[str]] = [[] for _ in range(sites)]
+    sizes = [0] * sites
+    for value in order:
+        smallest = sizes.index(min(sizes))
+        groups[smallest].append(value)
+        sizes[smallest] += int(counts[value])
+    name = {value: "+".join(sorted(group)) for group in groups for value in group}
+    return table.assign(natural=table["natural"].map(name))
 
 
 def _quantity_sizes(config: PartitionConfig, n_patients: int,
@@ -151,10 +186,12 @@ def _check_feasible(config: PartitionConfig, table: pd.DataFrame, source: str) -
     n_patients = len(table)
     if config.method == "natural":
         values = sorted(table["natural"].unique())
-        if config.num_sites != len(values):
+        if config.num_sites > len(values):
             raise ConfigError(
                 f"partition.num_sites {config.num_sites}: column {config.column!r} of {source} "
-                f"has {len(values)} values {values[:10]}; set num_sites to {len(values)}")
+                f"has {len(values)} values {values[:10]}, and a natural site takes whole "
+                f"values; set num_sites to at most {len(values)} or choose a column with more "
+                "values")
     elif n_patients < config.num_sites * config.min_patients_per_site:
         raise ConfigError(
             f"partition.num_sites {config.num_sites}: {source} has {n_patients} patients, "
@@ -245,41 +282,21 @@ def load_partition(path: Path, store: SiteStore | None = None) -> Partition:
         partition = Partition.model_validate(json.loads(path.read_text()))
     except (ValidationError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path}: not a valid partition file: {exc}") from None
-    if store is not None and (partition.store_n_records != len(store)
-                              or partition.store_site_name != store.manifest.site_name):
-        raise StoreError(
-            f"{path}: made for store {partition.store_site_name!r} with "
-            f"{partition.store_n_records} records, but {store.path} is "
-            f"{store.manifest.site_name!r} with {len(store)}; partition that store again")
+    if store is not None:
+        partition.check_fits(store.manifest, path, store.path)
     return partition
 
 
-class RowView:
-    """Rows of a memory-mapped waveform array, addressed 0..len(rows)-1, without copying."""
-
-    def __init__(self, waveforms: np.ndarray, rows: np.ndarray) -> None:
-        self.base = waveforms
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.shape = (len(self.rows), *waveforms.shape[1:])
-        self.dtype = waveforms.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, item: Any) -> np.ndarray:
-        if isinstance(item, tuple):
-            return self.base[(self.rows[item[0]], *item[1:])]
-        return self.base[self.rows[item]]
-
-
 def site_view(store: SiteStore, rows: np.ndarray, name: str | None = None) -> SiteStore:
-    """A ``SiteStore`` holding only ``rows`` of ``store`` (waveforms not copied).
+    """A ``SiteStore`` holding only ``rows`` of ``store`` (``SiteStore.view``)."""
+    return store.view(rows, name)
 
-    Its manifest keeps the parent's labels and rate, with ``site_name``/``n_records`` of the
-    view, so training code reads it exactly like a prepared store.
-    """
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
-    manifest = store.manifest.model_copy(update={
-        "site_name": name or store.manifest.site_name, "n_records": len(rows)})
-    cohort = store.cohort.iloc[rows].reset_index(drop=True)
-    return SiteStore(store.path, manifest, cohort, RowView(store.waveforms, rows))
+
+def open_site_rows(store: Path, partition: Path, index: int) -> SiteStore:
+    """Site ``index`` of the partition at ``partition`` over ``store``, opened alone: only its
+    cohort rows are read and its waveforms stay memory-mapped (what a virtual site's process
+    holds grows with its own ECGs, not with the store's)."""
+    loaded = load_partition(partition)
+    loaded.check_fits(read_manifest(store), partition, store)
+    rows = loaded.site_rows(index)  # checks the index
+    return SiteStore.open(store, rows=rows, name=loaded.sites[index].name)

@@ -57,13 +57,20 @@ def ray_session(address: str | None = None) -> Iterator[dict[str, Any]]:
     assert reaper.stdin is not None
     with _signals_stop(reaper.stdin):
         try:
-            yield {"_temp_dir": str(folder), "num_cpus": max(1, os.cpu_count() or 1),
+            yield {"_temp_dir": str(folder), "num_cpus": usable_cores(),
                    "num_gpus": 0, "object_store_memory": 128 * 1024 ** 2}
         finally:
             _shutdown_ray()
             reaper.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 reaper.wait(timeout=2 * GRACE_SECONDS + 10 * POLL_SECONDS)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or ``taskset``
+    narrows; ``os.cpu_count`` counts the machine's): what a private Ray session offers."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 def session_processes(folder: Path) -> list[psutil.Process]:

@@ -30,7 +30,7 @@ from fedecg.federated import keys
 from fedecg.federated.checkpoint import fingerprint, latest_site_state, save_site_state
 from fedecg.federated.orchestration import RunPlan, round_offsets, stages_for
 from fedecg.federated.params import load_arrays, plain_state, to_arrays
-from fedecg.federated.partition import load_partition, site_view
+from fedecg.federated.partition import open_site_rows
 from fedecg.federated.screening import redact_paths
 from fedecg.federated.site import RoundPlan, RoundPrivacy, local_evaluate, local_train
 from fedecg.federated.site_test_metrics import site_final_metrics
@@ -65,6 +65,7 @@ def open_site(plan: RunPlan, node_config: dict) -> Site:
         raise FederationError(f"node_config {dict(node_config)}: expected {keys.NODE_DATA_DIR!r}"
                               f" (a prepared store) or {keys.NODE_PARTITION_ID!r} (simulation)")
     if key not in _SITES:
+        _SITES.clear()  # a simulation's process serves its virtual sites in turn: hold one
         _SITES[key] = _open(plan, node_config)
     site = _SITES[key]
     problems = plan.manifest.incompatibilities(site.data.manifest)
@@ -86,11 +87,8 @@ def _open(plan: RunPlan, node_config: dict) -> Site:
     index = int(node_config[keys.NODE_PARTITION_ID])
     if plan.store is None or plan.partition is None:
         raise FederationError("simulation site: the run plan names no store/partition")
-    store = SiteStore.open(Path(plan.store))
-    partition = load_partition(Path(plan.partition), store)
-    name = partition.sites[index].name if index < len(partition.sites) else f"site{index}"
-    view = site_view(store, partition.site_rows(index), name=name)
-    return Site(name, index, TrainingData([view]), Path(plan.out))
+    view = open_site_rows(Path(plan.store), Path(plan.partition), index)
+    return Site(view.manifest.site_name, index, TrainingData([view]), Path(plan.out))
 
 
 def site_model(plan: RunPlan, site: Site, context: Context, global_round: int) -> JointModel:
@@ -127,7 +125,20 @@ def _reply(message: Message, site: Site, metrics: dict[str, float],
     return Message(content, reply_to=message)
 
 
-def _peak_rss_mb() -> float:
+def reset_peak_rss() -> None:
+    """Start a new peak of this process's resident set (Linux: ``/proc/self/clear_refs``),
+    so that ``peak_rss_mb`` reports this message's peak, not that of every virtual site the
+    process served before; elsewhere the process's lifetime peak stays."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set (MiB) since ``reset_peak_rss`` (``VmHWM``), else the process's."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -149,6 +160,7 @@ def handle_train(message: Message, context: Context,
                  privacy_for: PrivacyFor | None = None) -> Message:
     """One local round of the stage: load the shared keys, train, return the shared keys."""
     torch.set_num_threads(1)
+    reset_peak_rss()
     plan = RunPlan.from_json(str(message.content[keys.CONFIG][keys.RUN_PLAN]))
     site = open_site(plan, context.node_config)
     try:
@@ -176,7 +188,7 @@ def handle_train(message: Message, context: Context,
         if hook is not None:
             metrics.update(hook.metrics())
             hook.save(context.state, (site.state_dir, site.index, global_round))
-        metrics[keys.PEAK_RSS_MB] = _peak_rss_mb()
+        metrics[keys.PEAK_RSS_MB] = peak_rss_mb()
         _keep(model, plan, site, context, global_round)
         return _reply(message, site, metrics, to_arrays(model, shared))
     except FedecgError as exc:

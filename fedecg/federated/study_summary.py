@@ -4,6 +4,7 @@ averaged, the report's model entries, the partition's sites, every federated run
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from fedecg.config.federated import StudyConfig
 from fedecg.data.store import SiteStore
+from fedecg.federated import keys
 from fedecg.federated.partition import load_partition
 from fedecg.io import atomic_write_text
 from fedecg.run_folder import RunFolder
@@ -50,13 +52,29 @@ def report_models(summary: dict[str, Any]) -> dict[str, Any]:
     return entries
 
 
-def partition_summary(partition_dir: Path, store: Path) -> dict[str, Any]:
-    """Each site of the partition: its patients, records and split counts."""
+def partition_summary(partition_dir: Path, store: Path, out: Path) -> dict[str, Any]:
+    """Each site of the partition: its patients, records, split counts and the peak resident
+    memory of its process over the study's rounds (``site_peak_rss``)."""
     partition = load_partition(partition_dir, SiteStore.open(store))
+    peaks = site_peak_rss(out)
     return {"store": partition.store, "label_skew": partition.label_skew,
             **partition.config.model_dump(mode="json"),
             "sites": {s.name: {"patients": s.n_patients, "records": s.n_records,
-                               **s.split_counts} for s in partition.sites}}
+                               **s.split_counts, keys.PEAK_RSS_MB: peaks.get(s.name)}
+                      for s in partition.sites}}
+
+
+def site_peak_rss(out: Path) -> dict[str, float]:
+    """Each site's largest ``peak-rss-mb`` (MiB) over the train rounds in the study's
+    ``metrics.jsonl`` (a virtual site's process resets its peak each round)."""
+    path = RunFolder(out).metrics
+    peaks: dict[str, float] = {}
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in (json.loads(text) for text in lines if text.startswith("{")):
+        value = line.get(keys.PEAK_RSS_MB)
+        if line.get("kind") == "train" and value is not None:
+            peaks[line["site"]] = max(peaks.get(line["site"], 0.0), round(float(value), 1))
+    return peaks
 
 
 def collect_metrics(out: Path, config: StudyConfig) -> None:

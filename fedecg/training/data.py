@@ -32,13 +32,15 @@ class CropDataset(Dataset):
     def __init__(self, sources: Sequence[Source], crop: int | None, train: bool,
                  augment: AugmentConfig | None = None, seed: int = 0) -> None:
         self.sources = [(store, np.asarray(rows, dtype=np.int64)) for store, rows in sources]
-        self.waveforms = [np.asarray(store.waveforms) for store, _ in self.sources]  # plain views
+        mapped = [store.mapped(rows) for store, rows in self.sources]  # nothing copied
+        self.waveforms = [array for array, _ in mapped]  # memory-mapped
         self.crop, self.train, self.seed, self.epoch = crop, train, seed, 0
         self.augment = augment if train else None
         self.source_of = np.concatenate(
             [np.full(len(rows), k, dtype=np.int64) for k, (_, rows) in enumerate(self.sources)]
             or [np.zeros(0, dtype=np.int64)])
         self.row_of = np.concatenate([rows for _, rows in self.sources] or [np.zeros(0, int)])
+        self.record_of = np.concatenate([rows for _, rows in mapped] or [np.zeros(0, int)])
         self.clinical = _stack([s.clinical(r) for s, r in self.sources])
         self.lab = _stack([s.lab_labels(r) for s, r in self.sources])
         self.dx = _stack([s.diagnosis_labels(r) for s, r in self.sources])
@@ -53,7 +55,7 @@ class CropDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, self.epoch, item)) if self.train else None
         item = item % len(self.row_of)  # a later pass of the same epoch
-        record = self.waveforms[self.source_of[item]][self.row_of[item]]  # mapped [12, T]
+        record = self.waveforms[self.source_of[item]][self.record_of[item]]  # mapped [12, T]
         if self.crop is not None and self.crop < record.shape[-1]:
             span = record.shape[-1] - self.crop
             start = int(rng.integers(0, span + 1)) if rng is not None else span // 2

@@ -292,3 +292,42 @@ def test_a_server_without_client_level_dp_refuses_a_private_plan(store, tmp_path
     with pytest.raises(FederationError, match="without differential privacy"):
         run_server(grid, plan)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_eight_natural_sites_never_oversubscribe_the_cores_and_report_their_memory(tmp_path):
+    """The real engine over 8 natural sites (11 hospitals grouped), one round per stage: Ray
+    never runs more ClientApp actors (each one site at a time) than usable cores, and every
+    site's peak memory reaches summary.json."""
+    from fedecg.federated.ray_session import usable_cores
+
+    store = make_store(tmp_path / "store", n_patients=64, ecgs_per_patient=2, hospitals=11)
+    config = _study(tmp_path, store, partition={"method": "natural", "num_sites": 8,
+                                                "column": "hospital"})
+    log = tmp_path / "simulate.log"
+    with log.open("w") as sink:
+        run = subprocess.Popen([sys.executable, "-m", "fedecg.cli", "simulate", "--config",
+                                str(config), "--out", str(tmp_path / "run")],
+                               stdout=sink, stderr=subprocess.STDOUT)
+    most = 0
+    try:
+        while run.poll() is None:
+            actors = [p for p in psutil.Process(run.pid).children(recursive=True)
+                      if _names([p]) == {"ray::ClientAppActor"}]
+            most = max(most, len(actors))
+            time.sleep(0.3)
+    except psutil.NoSuchProcess:
+        pass
+    assert run.wait(timeout=300) == 0, log.read_text()[-2000:]
+    assert 1 <= most <= usable_cores()
+    sites = json.loads(RunFolder(tmp_path / "run").summary.read_text())["partition"]["sites"]
+    assert len(sites) == 8
+    memory = psutil.virtual_memory().total / 2**20
+    assert all(50 < site[keys.PEAK_RSS_MB] < memory for site in sites.values()), sites
+
+
+def test_a_fraction_of_a_cpu_per_site_is_refused_in_one_line(store, tmp_path):
+    result = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)), "--out",
+                                 str(tmp_path / "run"), "--set", "federation.client_cpus=0.5"])
+    assert result.exit_code == 1 and "client_cpus" in result.output
+    assert "Traceback" not in result.output

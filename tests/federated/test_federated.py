@@ -278,3 +278,16 @@ def test_without_keep_best_the_last_round_is_kept_and_said(store, tmp_path):
     assert set(selected) == {"lab", "diagnosis"}
     for line in selected.values():
         assert line["selected-stage-round"] == line["rounds-trained"] == line["rounds-planned"]
+
+
+def test_a_site_process_reports_the_peak_of_its_own_round():
+    """A Ray actor serves virtual sites in turn: the peak a round reports starts at that round
+    (VmHWM reset), so a big earlier site does not show in a small later one."""
+    client_module.reset_peak_rss()
+    start = client_module.peak_rss_mb()
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    grown = client_module.peak_rss_mb()
+    del block
+    client_module.reset_peak_rss()
+    assert grown > start + 250
+    assert client_module.peak_rss_mb() < grown - 250

@@ -165,3 +165,53 @@ def test_cli_partition_warns_of_a_site_without_test_ecgs_and_refuses_a_file_out(
     refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "file")])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1
     assert "exists and is a file; expected a folder" in refused.output
+
+
+def test_natural_groups_more_values_than_sites_keeping_each_value_whole(tmp_path):
+    """11 hospitals into 8 sites (the twin's carts into 8 or 16 sites): every value at one
+    site, patients disjoint, the largest values first to the emptiest site."""
+    opened = SiteStore.open(make_store(tmp_path / "store", n_patients=88, ecgs_per_patient=1,
+                                       n_samples=20, hospitals=11))
+    config = PartitionConfig(method="natural", num_sites=8, column="hospital")
+    partition = partition_store(opened, config)
+    assert len(partition.sites) == 8
+    owner = {}
+    for index, site in enumerate(partition.sites):
+        values = set(opened.cohort["hospital"].astype(str).iloc[site.rows])
+        assert values == set(site.natural_id.split("+"))
+        owner.update(dict.fromkeys(values, index))
+    assert len(owner) == 11 and sorted(np.concatenate(
+        [s.rows for s in partition.sites]).tolist()) == list(range(len(opened)))
+    patients = [s.n_patients for s in partition.sites]
+    assert max(patients) - min(patients) <= max(opened.cohort["hospital"].value_counts())
+    with pytest.raises(ConfigError, match=r"has 11 values .* set num_sites to at most 11"):
+        partition_store(opened, config.model_copy(update={"num_sites": 16}))
+
+
+def test_a_site_opened_alone_reads_only_its_rows_and_copies_no_waveform(store, tmp_path):
+    from fedecg.data.store_rows import read_cohort_rows
+    from fedecg.federated.partition import open_site_rows
+    from fedecg.training.data import CropDataset
+
+    partition = partition_store(store, PartitionConfig(method="iid", num_sites=3))
+    write_partition(partition, tmp_path)
+    alone = open_site_rows(store.path, tmp_path, 1)
+    rows = np.asarray(partition.sites[1].rows)
+    view = site_view(store, rows, name="site1")
+    assert alone.manifest == view.manifest and alone.manifest.site_name == "site1"
+    expected = store.cohort.iloc[rows].reset_index(drop=True)
+    for opened in (alone, view):
+        assert opened.cohort.equals(expected)
+        np.testing.assert_array_equal(opened.waveforms[3], store.waveforms[rows[3]])
+    batched = read_cohort_rows(store.path / "cohort.parquet", rows, batch_rows=7)
+    assert batched.equals(expected)  # rows kept across many batches
+    for opened in (alone, view):
+        dataset = CropDataset([(opened, np.array([4, 0]))], crop=None, train=False)
+        mapped = dataset.waveforms[0]  # the store's whole map, not a copy of the site's rows
+        assert mapped.shape == store.waveforms.shape and not mapped.flags.owndata
+        np.testing.assert_array_equal(dataset[0]["ecg"],
+                                      store.waveforms[rows[4]].astype(np.float32))
+    assert np.shares_memory(CropDataset([(view, np.arange(3))], None, False).waveforms[0],
+                            store.waveforms)
+    with pytest.raises(StoreError, match=r"rows 0\.\.239"):
+        SiteStore.open(store.path, rows=np.array([3, 240]))
