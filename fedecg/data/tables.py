@@ -294,9 +294,9 @@ def _read_kept(path: Path, columns: list[str], wanted: dict[str, pa.Array], chun
             raise _TextNeeded from None
         raise TableError(f"{path}: cannot be read near line {line}: {exc}; expected integer "
                          "subject_id and itemid columns") from None
-    except (OSError, EOFError) as exc:  # ISA-L on a damaged .gz
+    except (OSError, EOFError) as exc:  # ISA-L on a damaged .gz, or the disk
         raise TableError(f"{path}: cannot be read near line {line}: {exc}; expected a "
-                         "complete gzip file") from None
+                         "complete, readable .csv or .csv.gz file") from None
     return kept
 
 

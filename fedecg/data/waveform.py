@@ -9,6 +9,8 @@ padding); ``prepare`` rejects such records and ``predict`` warns.
 
 Single-file format-16 records (MIMIC-IV-ECG, PTB-XL) are read directly with numpy, which is
 ~40x faster than ``wfdb.rdrecord``; anything else (``.mat``, other formats) goes through wfdb.
+``resample`` computes scipy's ``resample_poly`` as block matrix products: reading, checking and
+preprocessing a record takes about an eighth of what ``wfdb.rdrecord`` takes to read it.
 """
 
 from __future__ import annotations
@@ -213,13 +215,6 @@ def quality_problem(record: EcgRecord, min_seconds: float) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=32)
-def _antialias_filter(up: int, down: int) -> np.ndarray:
-    """scipy's default ``resample_poly`` filter, designed once per rate pair."""
-    rate = max(up, down)
-    return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
-
-
 @dataclass(frozen=True)
 class BlockFilter:
     """``resample_poly``'s filter as one matrix per input chunk: output block ``b`` (``block``
@@ -235,7 +230,8 @@ def _block_filter(up: int, down: int) -> BlockFilter:
     """Output ``n`` is ``sum_j x[j] * taps[n * down - j * up + half]`` (what ``resample_poly``
     computes with zero padding); blocks of ``m * up`` outputs read chunks of ``m * down``
     inputs through the same matrix, ``m`` chosen so a chunk spans about half the filter."""
-    taps = up * _antialias_filter(up, down)
+    rate = max(up, down)  # resample_poly's default filter:
+    taps = up * firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
     half = (len(taps) - 1) // 2
     m = max(1, round(len(taps) / (2 * up * down)))
     chunk, block, pad = m * down, m * up, -(-half // up)
