@@ -157,9 +157,10 @@ def _read_fast(base: Path, header: Header, order: list[int]) -> np.ndarray:
     dat = base.parent / header.signals[0].file
     n_signals = len(header.signals)
     try:
-        digital = np.frombuffer(dat.read_bytes(), dtype="<i2")  # faster than np.fromfile
+        data = dat.read_bytes()  # with np.frombuffer, faster than np.fromfile
     except (FileNotFoundError, IsADirectoryError):
         raise RecordError(f"{dat}: signal file not found (named in {base}.hea)") from None
+    digital = np.frombuffer(data, dtype="<i2", count=len(data) // 2)  # an odd byte: truncated
     expected = header.sig_len * n_signals if header.sig_len is not None else None
     if digital.size % n_signals or (expected is not None and digital.size < expected):
         raise RecordError(f"{dat}: truncated or corrupt: {digital.size} samples for "

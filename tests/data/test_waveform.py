@@ -73,7 +73,7 @@ def test_header_without_rate_is_rejected(tmp_path: Path, shared_data: Path) -> N
         read_ecg(base)
 
 
-@pytest.mark.parametrize("keep_bytes", [10_000, 24 * 500])
+@pytest.mark.parametrize("keep_bytes", [10_000, 10_001, 24 * 500])  # odd: a half sample
 def test_truncated_dat_is_rejected(tmp_path: Path, shared_data: Path, keep_bytes: int) -> None:
     base = _copy(PTBXL, tmp_path / "r")
     dat = base.with_name("r.dat")
