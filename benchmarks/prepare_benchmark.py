@@ -3,6 +3,12 @@
 Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 layout):
 
 * prepare throughput: end to end and for the waveform stage alone, in ECG/s on one core;
+* per-record speed against ``wfdb.rdrecord`` on the same records (``--ratio-records`` of the
+  larger twin, one core, best of three rounds taken in turns): reading, checking and
+  preprocessing a record as prepare does (format-16 ``.dat`` read by numpy), over wfdb reading
+  it alone, as a ratio of ECG/s (> 1: prepare's whole path is faster than wfdb's read);
+* ``--workers 2`` over one worker: the waveform stage on every record of the larger twin,
+  best of two rounds taken in turns, as a speed-up (seconds with one over seconds with two);
 * peak memory of prepare at two dataset sizes, each in its own subprocess: the peak resident
   set during prepare above the resident set just before it (the kernel's peak mark is reset
   after imports), and the ``tracemalloc`` peak of the prepare call; it must stay flat:
@@ -10,11 +16,14 @@ Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 lay
   grew in proportion);
 * ``labevents`` read speed on one core (pyarrow held to one thread), in rows of the file per
   second, on the larger twin's rows repeated to ``--lab-rows`` (.csv.gz): keeping the twin's
-  subjects (every row) and keeping none (the scan alone);
+  subjects (every row) and keeping none (the scan alone), for ``read_mimic_labs`` (what
+  prepare calls) and for ``read_labevents`` alone (no conversion to the labs frame), best of
+  two rounds taken in turns;
 * store read throughput for random training batches versus one training step of the default
   ECG encoder (``EncoderConfig`` defaults) with a linear head, as a ratio.
 
-Speeds depend on the machine; read them as ratios. Example:
+Speeds depend on the machine and its load (``load_average`` is recorded at the start and the
+end); read them as ratios measured in one run. Example:
     python benchmarks/prepare_benchmark.py --patients 60 240 --out benchmarks/prepare.json
 """
 
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,23 +40,26 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow
 import torch
+import wfdb
 from benchmark_json import emit
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
 from fedecg.config.data import PrepareConfig
 from fedecg.config.train import EncoderConfig
-from fedecg.data.labs import DEFAULT_LAB_PANEL
+from fedecg.data.labs import DEFAULT_LAB_PANEL, itemid_to_lab
 from fedecg.data.mimic import read_mimic_labs, read_record_list
 from fedecg.data.prepare import MimicInput, load_input, prepare_store, stream_records
 from fedecg.data.store import EcgDataset, SiteStore, StoreWriter
 from fedecg.data.synth import generate_twin
-from fedecg.data.tables import Rejects, find_table
+from fedecg.data.tables import Rejects, find_table, read_labevents
 from fedecg.models.encoders import EcgEncoder
 
 
@@ -130,19 +143,97 @@ def child_waveforms(twin: Path, out: Path) -> dict:
 
 
 def child_labevents(path: Path, twin: Path) -> dict:
-    """Rows per second of reading the ``labevents`` table at ``path`` as prepare does, on one
-    core: keeping the subjects of ``twin``'s record list, and keeping none (the scan alone)."""
+    """Rows per second of reading the ``labevents`` table at ``path`` on one core, as prepare
+    does (``read_mimic_labs``) and by ``read_labevents`` alone: keeping the subjects of
+    ``twin``'s record list, and keeping none (the scan alone); wall and CPU time."""
     pyarrow.set_cpu_count(1)
     pyarrow.set_io_thread_count(1)
     rows = sum(len(b) for b in pd.read_csv(path, usecols=["itemid"], chunksize=1_000_000))
     subjects = read_record_list(twin, Rejects("skip"))["subject_id"].unique()
+    reads = {"cohort_subjects": lambda: read_mimic_labs(path, subjects, DEFAULT_LAB_PANEL,
+                                                         Rejects("skip")),
+             "no_subjects": lambda: read_mimic_labs(path, [], DEFAULT_LAB_PANEL, Rejects("skip")),
+             "read_labevents_cohort_subjects": lambda: read_labevents(
+                 path, itemid_to_lab(DEFAULT_LAB_PANEL), subjects, Rejects("skip"))}
     result: dict = {"rows": rows}
-    for name, wanted in (("cohort_subjects", subjects), ("no_subjects", [])):
-        start = time.perf_counter()
-        kept = len(read_mimic_labs(path, wanted, DEFAULT_LAB_PANEL, Rejects("skip")))
-        seconds = time.perf_counter() - start
-        result[name] = {"kept_rows": kept, "seconds": seconds, "rows_per_s": rows / seconds}
+    for name, timing in _best_in_turns(reads, rounds=2).items():
+        result[name] = {"kept_rows": len(timing.result), "seconds": timing.wall,
+                        "rows_per_s": rows / timing.wall, "cpu_rows_per_s": rows / timing.cpu}
     return result
+
+
+@dataclass
+class Timing:
+    """Least wall seconds, least CPU seconds (this process and its ended children) and least
+    CPU seconds of this process alone over the rounds, and the last result."""
+
+    wall: float
+    cpu: float
+    own_cpu: float
+    result: object
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process and its ended children, and of this process alone."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = time.process_time()
+    return own + children.ru_utime + children.ru_stime, own
+
+
+def _best_in_turns(runs: dict, rounds: int) -> dict:
+    """Run each of ``runs`` in turn, ``rounds`` times, and time it (taking turns spreads the
+    machine's load over all of them)."""
+    best: dict = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            wall, (cpu, own) = time.perf_counter(), _cpu_seconds()
+            result = run()
+            after = _cpu_seconds()
+            timing = Timing(time.perf_counter() - wall, after[0] - cpu, after[1] - own, result)
+            if name in best:
+                timing.wall, timing.cpu, timing.own_cpu = (
+                    min(timing.wall, best[name].wall), min(timing.cpu, best[name].cpu),
+                    min(timing.own_cpu, best[name].own_cpu))
+            best[name] = timing
+    return best
+
+
+def child_record_speed(twin: Path, n_records: int) -> dict:
+    """ECG/s on one core of prepare's per-record path (read, check, preprocess) and of
+    ``wfdb.rdrecord`` reading the same first ``n_records`` records of ``twin``, and their
+    ratio (wall and CPU time, best of three rounds taken in turns)."""
+    config = PrepareConfig(on_error="skip", workers=1)
+    paths = load_input(MimicInput(twin, twin), config, Rejects("skip")).ecgs["record_path"]
+    paths = paths.astype(str).tolist()[:n_records]
+    runs = {"fedecg": lambda: list(stream_records(paths, config)),
+            "wfdb_rdrecord": lambda: [wfdb.rdrecord(path) for path in paths]}
+    with threadpool_limits(limits=1):
+        best = _best_in_turns(runs, rounds=4)  # the first round warms the page cache
+    result: dict = {"records": len(paths)}
+    for name, timing in best.items():
+        result[name] = {"ecg_per_s": len(paths) / timing.wall,
+                        "cpu_ecg_per_s": len(paths) / timing.cpu}
+    result["fedecg_over_wfdb"] = best["wfdb_rdrecord"].wall / best["fedecg"].wall
+    result["fedecg_over_wfdb_cpu"] = best["wfdb_rdrecord"].cpu / best["fedecg"].cpu
+    return result
+
+
+def child_workers(twin: Path) -> dict:
+    """Seconds of the waveform stage on every record of ``twin`` with one and with two
+    workers (best of two rounds taken in turns), and the speed-up of two over one; and the
+    CPU seconds of all processes and of the parent alone (on a loaded machine the speed-up
+    understates; ``cpu_seconds`` of two near one's, and a small parent share, mean the pool
+    adds little work, so the speed-up on free cores nears two)."""
+    paths = load_input(MimicInput(twin, twin), PrepareConfig(on_error="skip"), Rejects("skip"))
+    paths = paths.ecgs["record_path"].astype(str).tolist()
+    runs = {workers: lambda workers=workers: sum(1 for _ in stream_records(
+        paths, PrepareConfig(on_error="skip", workers=workers))) for workers in (1, 2)}
+    best = _best_in_turns(runs, rounds=2)
+    return {"records": len(paths), "cpu_count": os.cpu_count(),
+            "seconds": {str(w): best[w].wall for w in runs},
+            "cpu_seconds": {str(w): best[w].cpu for w in runs},
+            "parent_cpu_seconds": {str(w): best[w].own_cpu for w in runs},
+            "speedup_2_over_1": best[1].wall / best[2].wall}
 
 
 def repeated_labevents(twin: Path, out: Path, rows: int) -> Path:
@@ -202,6 +293,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, nargs=2, default=[60, 240])
     parser.add_argument("--lab-rows", type=int, default=2_000_000,
                         help="rows of the labevents table read for its speed")
+    parser.add_argument("--ratio-records", type=int, default=500,
+                        help="records of the larger twin read against wfdb.rdrecord")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/prepare_benchmark.json"))
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,10 +302,12 @@ def main() -> None:
         kind, *rest = args.child
         result = (child_waveforms(Path(rest[0]), Path(rest[1])) if kind == "waveforms" else
                   child_labevents(Path(rest[0]), Path(rest[1])) if kind == "labevents" else
+                  child_record_speed(Path(rest[0]), int(rest[1])) if kind == "records" else
+                  child_workers(Path(rest[0])) if kind == "workers" else
                   child_prepare(Path(rest[0]), Path(rest[1]), trace=kind == "trace"))
         print(json.dumps(result))
         return
-    report: dict = {"sizes": {}}
+    report: dict = {"load_average": {"start": os.getloadavg()}, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for patients in args.patients:
             twin, out = Path(tmp) / f"twin{patients}", Path(tmp) / f"store{patients}"
@@ -221,6 +316,8 @@ def main() -> None:
                 "prepare": _run_child("time", str(twin), str(out)),
                 "prepare_tracemalloc": _run_child("trace", str(twin), str(out)),
                 "waveform_stage": _run_child("waveforms", str(twin), str(out) + "-w")}
+        report["record_speed"] = _run_child("records", str(twin), str(args.ratio_records))
+        report["workers"] = _run_child("workers", str(twin))
         labevents = repeated_labevents(twin, Path(tmp) / "labevents.csv.gz", args.lab_rows)
         report["labevents"] = _run_child("labevents", str(labevents), str(twin))
         report["store_read"] = read_versus_step(Path(tmp) / f"store{args.patients[-1]}")
@@ -230,8 +327,16 @@ def main() -> None:
         "rss_growth_mib": [small["prepare"]["rss_growth_mib"], large["prepare"]["rss_growth_mib"]],
         "ratio_large_to_small": (large["prepare"]["rss_growth_mib"]
                                  / small["prepare"]["rss_growth_mib"])}
+    reads = ("cohort_subjects", "no_subjects", "read_labevents_cohort_subjects")
     report["labevents_rows_per_s"] = {kept: report["labevents"][kept]["rows_per_s"]
-                                      for kept in ("cohort_subjects", "no_subjects")}
+                                      for kept in reads}
+    report["speed_ratios"] = {
+        "fedecg_record_path_over_wfdb_rdrecord": report["record_speed"]["fedecg_over_wfdb"],
+        "workers_2_over_1": report["workers"]["speedup_2_over_1"],
+        "labevents_keeping_every_row_over_scan": (
+            report["labevents"]["cohort_subjects"]["rows_per_s"]
+            / report["labevents"]["no_subjects"]["rows_per_s"])}
+    report["load_average"]["end"] = os.getloadavg()
     report["memory_ratio_large_to_small"] = {
         "ecgs": large["prepare"]["ecgs"] / small["prepare"]["ecgs"],
         "rss_growth": large["prepare"]["rss_growth_mib"] / small["prepare"]["rss_growth_mib"],

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from threadpoolctl import threadpool_limits
 
 from fedecg import __version__
 from fedecg.config.data import PrepareConfig, WaveformConfig
@@ -144,13 +145,20 @@ def _process(task: tuple[int, str], waveform: WaveformConfig
 
 def stream_records(paths: list[str], config: PrepareConfig
                    ) -> Iterator[tuple[int, np.ndarray | None, float, str | None]]:
-    """Yield ``(index, signal or None, source fs, error or None)`` for each path, in order."""
+    """Yield ``(index, signal or None, source fs, error or None)`` for each path, in order.
+
+    Workers get paths and send back signals in the store's dtype. numpy's BLAS runs on one
+    thread in each process: the resampling's small matrix products gain nothing from more,
+    and ``config.workers`` processes each spawning threads would oversubscribe the cores.
+    """
     work = functools.partial(_process, waveform=config.waveform)
     tasks = enumerate(paths)  # lazy: no list of tasks as long as the cohort
     if config.workers == 1:
-        yield from map(work, tasks)
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield from map(work, tasks)
         return
-    with multiprocessing.get_context("fork").Pool(config.workers) as pool:
+    with multiprocessing.get_context("fork").Pool(config.workers, initializer=threadpool_limits,
+                                                  initargs=(1, "blas")) as pool:
         yield from pool.imap(work, tasks, chunksize=config.chunk_size)
 
 

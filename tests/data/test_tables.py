@@ -150,3 +150,32 @@ def test_labevents_quoted_comments_may_hold_commas_and_line_breaks(tmp_path: Pat
     frame = read_labevents(write_table(tmp_path, "labevents", text), {50971, 50983}, {1},
                            Rejects("raise"), chunk_rows=1)  # a block of 128 bytes
     assert frame["valuenum"].tolist() == [4.0, 140.0]
+
+
+def test_labevents_text_read_of_a_bad_value_keeps_other_rows_as_the_parsed_read(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{s},{i},2100-01-{d:02d} 1{h}:0{h}:00,{v:.3f},{v - 1:.2f},{v + 1:.2f},{f}\n"
+                   for s, i, d, h, v, f in zip(
+                       rng.integers(1, 4, 300), rng.choice([50971, 50983, 99999], 300),
+                       rng.integers(1, 29, 300), rng.integers(0, 10, 300),
+                       rng.normal(5, 2, 300), rng.choice(["", "abnormal"], 300), strict=True))
+    header = LABS.splitlines(keepends=True)[0]
+    parsed = read_labevents(write_table(tmp_path, "labevents", header + rows),
+                            {50971, 50983}, {1, 2}, Rejects("raise"), chunk_rows=1000)
+    bad_time = header + rows + "1,50971,yesterday,4.1,3.3,5.1,\n"
+    rejects = Rejects("skip")
+    text = read_labevents(write_table(tmp_path, "labevents", bad_time), {50971, 50983}, {1, 2},
+                          rejects, chunk_rows=1000)
+    assert rejects.frame()["line"].tolist() == [302] and len(parsed) > 100
+    pd.testing.assert_frame_equal(text, parsed)
+
+
+def test_labevents_truncated_gzip_is_one_line(tmp_path: Path) -> None:
+    body = "".join(LABS.splitlines(keepends=True)[1:])
+    path = write_table(tmp_path, "labevents", LABS + body * 20_000, gz=True)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(TableError, match=r"labevents\.csv\.gz: cannot be read near line \d+: "
+                                         r".*expected a complete, readable \.csv or \.csv\.gz"):
+        read_labevents(path, {50971}, {1}, Rejects("skip"))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import wfdb
 from builders.raw_sites import fixture_signal, lead_offset, write_record
-from conftest import WFDB_SAMPLES
+from conftest import SHARED_DATA, WFDB_SAMPLES
+from scipy.signal import resample_poly
 
 from fedecg.data.leads import CANONICAL_LEADS, MIMIC_LEADS
-from fedecg.data.waveform import EcgRecord, interpolate_nan, preprocess, read_ecg
+from fedecg.data.waveform import EcgRecord, interpolate_nan, preprocess, read_ecg, resample
 from fedecg.errors import RecordError
 
 PTBXL = WFDB_SAMPLES / "ptb-xl" / "records100" / "00000" / "00001_lr"
@@ -71,7 +73,7 @@ def test_header_without_rate_is_rejected(tmp_path: Path, shared_data: Path) -> N
         read_ecg(base)
 
 
-@pytest.mark.parametrize("keep_bytes", [10_000, 24 * 500])
+@pytest.mark.parametrize("keep_bytes", [10_000, 10_001, 24 * 500])  # odd: a half sample
 def test_truncated_dat_is_rejected(tmp_path: Path, shared_data: Path, keep_bytes: int) -> None:
     base = _copy(PTBXL, tmp_path / "r")
     dat = base.with_name("r.dat")
@@ -148,9 +150,55 @@ def test_preprocess_resamples_clips_and_fits_length(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("fs_in", "fs_out", "up", "down"), [(500, 100, 1, 5), (360, 100, 5, 18)])
 def test_resampling_equals_scipy_default_resample_poly(tmp_path: Path, fs_in: float,
                                                        fs_out: float, up: int, down: int) -> None:
-    from scipy.signal import resample_poly
-
     signal = np.random.default_rng(0).normal(0, 0.5, (12, int(fs_in * 10))).astype(np.float32)
     out = preprocess(EcgRecord(signal, fs_in, tmp_path), fs_out, 3.0, int(fs_out * 10))
     expected = np.clip(resample_poly(signal, up, down, axis=-1), -3.0, 3.0)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("up", "down"), [(1, 5), (5, 18), (2, 5), (100, 257), (1, 10), (5, 2),
+                                          (3, 1)])
+@pytest.mark.parametrize("n_in", [1, 7, 999, 5000])
+def test_block_resampling_equals_resample_poly(up: int, down: int, n_in: int) -> None:
+    signal = np.random.default_rng(n_in).normal(0, 1, (12, n_in)).astype(np.float32)
+    expected = resample_poly(signal.astype(np.float64), up, down, axis=-1)  # zero padding
+    out = resample(signal, up, down)
+    assert out.shape == expected.shape and out.dtype == np.float64
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+
+
+def _scipy_preprocess(record: EcgRecord, fs_out: float, clip_mv: float,
+                      n_samples: int) -> np.ndarray:
+    """``preprocess`` as it was written on scipy's ``resample_poly`` (before block products)."""
+    ratio = Fraction(int(fs_out), int(record.fs))
+    signal = interpolate_nan(record.signal).astype(np.float64)
+    signal = resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    signal = np.clip(signal.astype(np.float32), -clip_mv, clip_mv)
+    out = np.zeros((12, n_samples), dtype=np.float32)
+    out[:, :min(n_samples, signal.shape[-1])] = signal[:, :n_samples]
+    return out
+
+
+def test_stored_float16_equals_the_scipy_path_byte_for_byte(tmp_path: Path,
+                                                            shared_data: Path) -> None:
+    """Real records (wfdb's path) and format-16 records at other rates with NaN runs (numpy's
+    path): the float16 a store holds is the very bytes that scipy's resample_poly gave."""
+    records = [read_ecg(path.with_suffix("")) for path in
+               sorted((SHARED_DATA / "physionet-challenge-2021-sample").glob("*.hea"))[:6]]
+    rng = np.random.default_rng(0)
+    for fs in (250, 360, 1000):
+        signal = fixture_signal(fs, 10, list(MIMIC_LEADS)) + rng.normal(0, 0.2, (fs * 10, 12))
+        signal[:7, 2], signal[fs:fs + 40, 5] = np.nan, np.nan
+        records.append(read_ecg(write_record(tmp_path / f"r{fs}", signal, fs, list(MIMIC_LEADS))))
+    for record in records:
+        ours = preprocess(record, 100.0, 3.0, 1000).astype(np.float16)
+        theirs = _scipy_preprocess(record, 100.0, 3.0, 1000).astype(np.float16)
+        assert ours.tobytes() == theirs.tobytes(), record.path
+
+
+def test_numpy_read_equals_wfdb_with_nan_runs_microvolts_and_mimic_order(tmp_path: Path) -> None:
+    signal = fixture_signal(500, 2, list(MIMIC_LEADS)) * 1000  # µV
+    signal[:5, 0], signal[100:130, 7] = np.nan, np.nan  # a NaN first sample is no dead lead
+    base = write_record(tmp_path / "r", signal, 500, list(MIMIC_LEADS), units="uV", gain=0.2)
+    np.testing.assert_allclose(read_ecg(base).signal, _wfdb_by_name(base) / 1000, atol=1e-6)
+    assert np.isnan(read_ecg(base).signal).sum() == 35
