@@ -61,6 +61,14 @@ class ClinicalTables:
     diagnoses: pd.DataFrame
     measurements: pd.DataFrame
     sources: dict[str, str] = field(default_factory=dict)
+    lab_rows_read: int | None = None
+    """Panel lab rows of the cohort's patients read, when ``labs`` keeps only those that can
+    link to an ECG (None: ``labs`` holds them all)."""
+
+    @property
+    def lab_rows(self) -> int:
+        """Panel lab rows of the cohort's patients in the input."""
+        return len(self.labs) if self.lab_rows_read is None else self.lab_rows_read
 
 
 def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:

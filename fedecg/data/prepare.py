@@ -35,6 +35,7 @@ from fedecg.data.cohort import (
     resolve_panel,
 )
 from fedecg.data.ecg_rows import drop_unlinkable_ecgs
+from fedecg.data.ecg_windows import EcgWindows
 from fedecg.data.generic import read_site_ecgs, read_site_tables, with_site_declaration
 from fedecg.data.labs import panel_label_names
 from fedecg.data.mimic import read_mimic_tables, read_record_list
@@ -117,8 +118,9 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         config = with_site_declaration(config, Path(inputs.site_dir))
     if isinstance(inputs, MimicInput):
         ecgs = read_record_list(Path(inputs.ecg_root), rejects)
+        window = max(config.cohort.feature_window_hours, config.cohort.label_window_hours)
         tables = read_mimic_tables(Path(inputs.mimic_root), ecgs["subject_id"].unique(), panel,
-                                   rejects, config.table_chunk_rows)
+                                   rejects, config.table_chunk_rows, EcgWindows(ecgs, window))
         layout, index, id_column = "mimic", find_table(inputs.ecg_root, "record_list"), "subject_id"
     else:
         ecgs = read_site_ecgs(Path(inputs.site_dir), rejects)
@@ -220,7 +222,7 @@ def _manifest(cohort: pd.DataFrame, config: PrepareConfig, inputs: PrepareInput,
               loaded: LoadedInput, source_fs: Counter, rejects: dict[str, int]) -> StoreManifest:
     counts = {"records": len(cohort), "patients": int(cohort["subject_id"].nunique()),
               "stays": int(cohort["stay_id"].nunique()), "ecgs_listed": len(loaded.ecgs),
-              "lab_rows": len(loaded.tables.labs),
+              "lab_rows": loaded.tables.lab_rows,
               "ecgs_with_time": int(cohort["ecg_time"].notna().sum()),
               **{f"split_{s}": int((cohort["split"] == s).sum()) for s in ("train", "val", "test")},
               **{f"rejected_{k}": v for k, v in rejects.items()}}
@@ -281,7 +283,7 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
             reasons = "; ".join(rejects.frame()["reason"].tail(3))
             raise RecordError(f"{inputs}: none of the {len(cohort)} records could be read, "
                               f"nothing written; last reasons: {reasons}")
-        kept = cohort.loc[keep].reset_index(drop=True)
+        kept = cohort if keep.all() else cohort.loc[keep].reset_index(drop=True)  # no copy
         counts = {"records": int((~keep).sum()), "rows": rejected_rows}
         manifest = _manifest(kept, config, inputs, loaded, source_fs, counts)
         writer.finish(kept, manifest, keep=keep, rejects=rejects.frame())
