@@ -224,23 +224,24 @@ def read_mimic_labs(path: Path, subjects: Collection[int], panel: Sequence[LabDe
     convert = functools.partial(_lab_rows, path=path, lab_of=lab_of, near=near,
                                 tally=Counter() if tally is None else tally)
     labs = read_labevents(path, lab_of, subjects, rejects, chunk_rows, convert=convert)
-    return labs.assign(lab=labs["lab"].astype("category"))
+    return labs.assign(lab=labs["lab"].cat.remove_unused_categories())
 
 
 def _lab_rows(frame: pd.DataFrame, rejects: Rejects, path: Path, lab_of: dict[int, str],
               near: EcgWindows | None, tally: Counter) -> pd.DataFrame:
     """Checked ``labevents`` rows (those in ``near`` when given) as ``ClinicalTables.labs``
-    rows (``lab`` not yet a category)."""
-    tally["rows"] += len(frame)
-    if near is not None:
-        frame = frame[near.contains(frame["subject_id"], frame["charttime"])]
+    rows (``lab`` a category of every panel name, one byte a row)."""
     for column in ("ref_range_lower", "ref_range_upper"):
         frame = (parse_numbers(frame, column, path, rejects, required=False)
                  if column in frame else frame.assign(**{column: np.nan}))
+    tally["rows"] += len(frame)
+    if near is not None:
+        frame = frame[near.contains(frame["subject_id"], frame["charttime"])]
     flag = frame["flag"] if "flag" in frame else pd.Series(pd.NA, index=frame.index)
+    names = pd.CategoricalDtype(sorted(set(lab_of.values())))
     return pd.DataFrame({
         "subject_id": frame["subject_id"].astype("int64"), "time": frame["charttime"],
-        "lab": frame["itemid"].map(lab_of), "value": frame["valuenum"],
+        "lab": frame["itemid"].map(lab_of).astype(names), "value": frame["valuenum"],
         "ref_low": frame["ref_range_lower"], "ref_high": frame["ref_range_upper"],
         "flag": np.where(flag.str.strip().str.lower() == "abnormal", 1.0, np.nan)})
 
