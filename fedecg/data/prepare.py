@@ -4,7 +4,8 @@ The cohort is built first (tables only); waveforms are then streamed record by r
 store's waveform file (positioned writes, no memory map), in chunks over a process pool, so
 memory stays flat in the number of ECGs. A bad record raises a ``RecordError`` (and the
 atomic writer leaves no store), or with ``on_error='skip'`` is dropped and listed in
-``rejects.csv``.
+``rejects.csv``. A killed prepare, run again, continues from its last checkpoint
+(``fedecg.data.resumable``).
 """
 
 from __future__ import annotations

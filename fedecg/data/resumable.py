@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from fedecg.io import (
     mark_output,
     move_into_place,
     private_dir,
+    remove_stale_staging,
 )
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class ResumableStoreWriter(StoreWriter):
 
     def __init__(self, out: Path, n_records: int, n_samples: int, dtype: str, *,
                  fingerprint: Mapping[str, Any], checkpoint_records: int,
-                 overwrite: bool = False, inputs: Any = (), resume: bool = True) -> None:
+                 overwrite: bool = False, inputs: Sequence[Path] = (),
+                 resume: bool = True) -> None:
         super().__init__(out, n_records, n_samples, dtype, overwrite=overwrite, inputs=inputs)
         self.journal = Journal({**fingerprint, "store": [n_samples, str(np.dtype(dtype))]},
                                n_records)
@@ -157,6 +159,7 @@ class ResumableStoreWriter(StoreWriter):
 
     def __enter__(self) -> ResumableStoreWriter:
         claim_output(self.out, OutputKind.STORE, inputs=self.inputs, overwrite=self.overwrite)
+        remove_stale_staging(self.out)
         self.staging = private_dir(partial_folder(self.out))
         self._stack.enter_context(hold_lock(self.staging / LOCK_FILE, self.out))
         previous = Journal.read(self.staging / JOURNAL_FILE)

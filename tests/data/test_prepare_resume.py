@@ -44,19 +44,25 @@ def _journal_done(out: Path) -> int:
         return 0
 
 
-def _killed_prepare(twin: Path, out: Path, timeout_s: float = 120.0) -> None:
-    """Run ``fedecg prepare`` and SIGKILL it once its journal counts ``KILL_AT`` records."""
+def _killed_prepare(twin: Path, out: Path, signum: int = signal.SIGKILL,
+                    timeout_s: float = 120.0) -> str:
+    """Run ``fedecg prepare``, send it ``signum`` once its journal counts ``KILL_AT`` records;
+    what it printed."""
     process = subprocess.Popen([sys.executable, "-m", "fedecg.cli", *_prepare_args(twin, out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout_s
     try:
         while _journal_done(out) < KILL_AT and process.poll() is None:
             assert time.monotonic() < deadline, "prepare wrote no journal in time"
             time.sleep(0.005)
+        os.kill(process.pid, signum)
+        printed = process.communicate(timeout=60)[0]
     finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    assert process.returncode != 0, printed[-2000:]
+    return printed
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +173,17 @@ def test_resume_can_be_refused_and_a_running_prepare_is_not_joined(
     result = prepare_store(MimicInput(twin, twin), out, config, resume=False)
     assert result.resumed == 0
     assert (out / WAVEFORMS_FILE).read_bytes() == (reference / WAVEFORMS_FILE).read_bytes()
+
+
+def test_ctrl_c_saves_what_was_written_and_the_rerun_continues(
+        tmp_path: Path, killed: tuple[Path, Path, Path]) -> None:
+    twin, _, reference = killed
+    out = tmp_path / "store"
+    printed = _killed_prepare(twin, out, signal.SIGINT)
+    saved = _journal_done(out)
+    assert f"interrupted after {saved} of" in " ".join(printed.split()), printed[-2000:]
+    assert not out.exists() and saved >= KILL_AT
+    result = prepare_store(MimicInput(twin, twin), out, PrepareConfig(on_error="skip"))
+    assert result.resumed == saved
+    assert (out / WAVEFORMS_FILE).read_bytes() == (reference / WAVEFORMS_FILE).read_bytes()
+    assert (out / REJECTS_FILE).read_bytes() == (reference / REJECTS_FILE).read_bytes()
