@@ -68,11 +68,22 @@ def read_record_list(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
     frame = _ids(frame, ["study_id", "subject_id"], path, rejects, study_column="study_id")
     frame = parse_times(frame, "ecg_time", path, rejects, study_column="study_id")
     frame = drop_duplicates(frame, "study_id", path, rejects)
-    frame["record_path"] = [str(Path(ecg_root) / p) for p in frame["path"]]
+    frame["record_path"] = joined_paths(Path(ecg_root), frame["path"])
     ecgs = frame[["study_id", "subject_id", "ecg_time", "record_path", LINE]]
     if has_table(ecg_root, "machine_measurements"):
         ecgs = ecgs.merge(_machine(ecg_root, rejects), on="study_id", how="left")
     return ecgs
+
+
+def joined_paths(root: Path, paths: pd.Series) -> pd.Series:
+    """``str(root / path)`` of each path: plain relative paths joined as text, with no Python
+    object per row; others (absolute, ``.`` parts, repeated or trailing ``/``) by ``pathlib``."""
+    plain = paths.str.fullmatch(r"[^/]+(/[^/]+)*") & ~paths.str.contains(r"(?:^|/)\.(?:/|$)")
+    joined = str(root / "_")[:-1] + paths
+    odd = ~plain.fillna(False).to_numpy(dtype=bool)
+    if odd.any():
+        joined[odd] = [str(root / path) for path in paths[odd]]
+    return joined
 
 
 def _machine(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from fedecg.config.data import CohortConfig
 from fedecg.data.cohort import build_cohort
 from fedecg.data.ecg_windows import EcgWindows
 from fedecg.data.labs import DEFAULT_LAB_PANEL
-from fedecg.data.mimic import read_mimic_tables, read_record_list
+from fedecg.data.mimic import joined_paths, read_mimic_tables, read_record_list
 from fedecg.data.tables import Rejects
 from fedecg.errors import TableError
 
@@ -99,3 +99,10 @@ def test_a_table_read_in_blocks_equals_it_read_whole(tmp_path: Path) -> None:
     odd = read_csv_checked(path, ["subject_id", "v"], chunk_rows=4,
                            keep=lambda b: (b["subject_id"].astype(int) % 2 == 1).to_numpy())
     pd.testing.assert_frame_equal(odd, whole.iloc[1::2].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("root", [Path("/data/ecg"), Path("rel"), Path("/"), Path(".")])
+def test_record_paths_joined_as_text_equal_pathlib(root: Path) -> None:
+    paths = pd.Series(["files/p1/s2/3", "a//b", "./x", "x/./y", "x/.", "/abs/p", "x/", ".", "..",
+                       "../up", "a/../b", ".hidden/x", "x..y/z", "a b/c"])
+    assert joined_paths(root, paths).tolist() == [str(root / p) for p in paths]
