@@ -204,6 +204,11 @@ def atomic_directory(final: Path, kind: OutputKind, *, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    move_into_place(staging, final)
+
+
+def move_into_place(staging: Path, final: Path) -> None:
+    """Rename the complete folder ``staging`` to ``final``, replacing a folder there."""
     if final.exists():
         retired = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, retired)

@@ -61,13 +61,17 @@ def prepare(
     workers: int | None = typer.Option(None, help="Waveform processes."),
     site_name: str | None = typer.Option(None, help="Site name in the manifest."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted "
+                                "prepare of the same inputs and settings, or start afresh."),
 ) -> None:
-    """Convert a site's ECGs and clinical tables into a site store."""
+    """Convert a site's ECGs and clinical tables into a site store.
+
+    A killed prepare continues where it stopped when the same command is run again."""
     settings = _config(config, overrides, study, on_error=on_error, workers=workers)
     if site_name is not None:
         settings.site_name = site_name
     result = prepare_store(_inputs(ecg_root, mimic_root, site_dir), out, settings,
-                           overwrite=overwrite, console=console)
+                           overwrite=overwrite, console=console, resume=resume)
     console.print(result.summary(), highlight=False, soft_wrap=True)
 
 

@@ -95,3 +95,11 @@ class PrepareConfig(StrictModel):
     workers: int = Field(1, ge=1, description="waveform processes")
     chunk_size: int = Field(64, ge=1, description="records per worker task")
     table_chunk_rows: int = Field(10_000, ge=1000, description="labevents rows per read block")
+    checkpoint_records: int = Field(
+        1000, ge=1, description="records between checkpoints: a killed prepare, run again, "
+        "continues from its last checkpoint")
+
+
+EXECUTION_SETTINGS = frozenset({"workers", "chunk_size", "table_chunk_rows", "checkpoint_records"})
+"""``PrepareConfig`` fields that change how fast a store is written, never what it holds: an
+interrupted prepare resumes even when they differ."""

@@ -61,6 +61,14 @@ class ClinicalTables:
     diagnoses: pd.DataFrame
     measurements: pd.DataFrame
     sources: dict[str, str] = field(default_factory=dict)
+    lab_rows_read: int | None = None
+    """Panel lab rows of the cohort's patients read, when ``labs`` keeps only those that can
+    link to an ECG (None: ``labs`` holds them all)."""
+
+    @property
+    def lab_rows(self) -> int:
+        """Panel lab rows of the cohort's patients in the input."""
+        return len(self.labs) if self.lab_rows_read is None else self.lab_rows_read
 
 
 def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:
@@ -272,19 +280,23 @@ def _measurements(ecgs: pd.DataFrame, measurements: pd.DataFrame,
 def _labs(ecgs: pd.DataFrame, labs: pd.DataFrame, panel: Sequence[LabDefinition],
           config: CohortConfig) -> pd.DataFrame:
     # The nearest event within the wider window is also the nearest within the narrower one
-    # whenever it lies inside it, so one search serves both windows.
+    # whenever it lies inside it, so one search serves both windows. One lab at a time, keeping
+    # only its float32 columns: memory holds one lab's nearest rows, not the panel's.
     feature, label = config.feature_window_hours, config.label_window_hours
-    nearest = nearest_lab_values(ecgs, labs, panel, max(feature, label),
-                                 ("value", "ref_low", "ref_high", "flag"))
-    hours = {name: near["offset_hours"].abs() for name, near in nearest.items()}
-    parts = [pd.DataFrame({LAB_FEATURE_PREFIX + name: near["value"].where(hours[name] <= feature)
-                           .astype("float32") for name, near in nearest.items()},
-                          index=ecgs.index)]
-    parts += [abnormality_labels(nearest[lab.name].where(hours[lab.name] <= label), lab)
-              for lab in panel]
-    within = pd.concat([h.where(h <= feature) for h in hours.values()], axis=1)
-    parts.append(within.min(axis=1).rename(NEAREST_LAB_HOURS).to_frame())
-    return pd.concat(parts, axis=1)
+    window = pd.Timedelta(hours=max(feature, label))
+    groups = dict(tuple(labs.groupby("lab", sort=False, observed=True)))
+    values, labels = {}, []
+    nearest_hours = np.full(len(ecgs), np.nan)
+    for lab in panel:
+        near = nearest_events(ecgs, groups.pop(lab.name, labs.iloc[:0]), window,
+                              ("value", "ref_low", "ref_high", "flag"))
+        hours = near["offset_hours"].abs()
+        values[LAB_FEATURE_PREFIX + lab.name] = near["value"].where(hours <= feature) \
+            .astype("float32")
+        labels.append(abnormality_labels(near.where(hours <= label), lab))
+        nearest_hours = np.fmin(nearest_hours, hours.where(hours <= feature).to_numpy())
+    return pd.concat([pd.DataFrame(values, index=ecgs.index), *labels,
+                      pd.DataFrame({NEAREST_LAB_HOURS: nearest_hours}, index=ecgs.index)], axis=1)
 
 
 def ecg_encounters(ecgs: pd.DataFrame, stays: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,7 @@ Both MIMIC-IV-ECG v1.0 paths (``files/pNNNN/pSUBJECT/sSTUDY/STUDY``) and demo v0
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from fedecg.data.cohort import VITALS, ClinicalTables
+from fedecg.data.ecg_windows import EcgWindows
 from fedecg.data.labs import LabDefinition, itemid_to_lab
 from fedecg.data.tables import (
     LINE,
     Rejects,
+    RowFilter,
     drop_bad_rows,
     drop_duplicates,
     drop_reversed_spans,
@@ -65,11 +68,22 @@ def read_record_list(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
     frame = _ids(frame, ["study_id", "subject_id"], path, rejects, study_column="study_id")
     frame = parse_times(frame, "ecg_time", path, rejects, study_column="study_id")
     frame = drop_duplicates(frame, "study_id", path, rejects)
-    frame["record_path"] = [str(Path(ecg_root) / p) for p in frame["path"]]
+    frame["record_path"] = joined_paths(Path(ecg_root), frame["path"])
     ecgs = frame[["study_id", "subject_id", "ecg_time", "record_path", LINE]]
     if has_table(ecg_root, "machine_measurements"):
         ecgs = ecgs.merge(_machine(ecg_root, rejects), on="study_id", how="left")
     return ecgs
+
+
+def joined_paths(root: Path, paths: pd.Series) -> pd.Series:
+    """``str(root / path)`` of each path: plain relative paths joined as text, with no Python
+    object per row; others (absolute, ``.`` parts, repeated or trailing ``/``) by ``pathlib``."""
+    plain = paths.str.fullmatch(r"[^/]+(/[^/]+)*") & ~paths.str.contains(r"(?:^|/)\.(?:/|$)")
+    joined = str(root / "_")[:-1] + paths
+    odd = ~plain.fillna(False).to_numpy(dtype=bool)
+    if odd.any():
+        joined[odd] = [str(root / path) for path in paths[odd]]
+    return joined
 
 
 def _machine(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
@@ -81,12 +95,22 @@ def _machine(ecg_root: Path, rejects: Rejects) -> pd.DataFrame:
 
 def read_mimic_tables(mimic_root: Path, subjects: Collection[int],
                       panel: Sequence[LabDefinition], rejects: Rejects,
-                      chunk_rows: int = 10_000) -> ClinicalTables:
-    """hosp/ (and ed/ when present) as ``ClinicalTables``, restricted to ``subjects``."""
+                      chunk_rows: int = 10_000, near: EcgWindows | None = None
+                      ) -> ClinicalTables:
+    """hosp/ (and ed/ when present) as ``ClinicalTables``, restricted to ``subjects``.
+
+    The hosp tables are read in blocks of rows, keeping the rows of ``subjects`` (and those
+    whose id is not an integer, so that the check names them): memory follows the cohort, not
+    the hospital. Rows of other patients are not checked. With ``near``, lab rows outside its
+    windows are dropped too (``ClinicalTables.lab_rows`` still counts them).
+    """
+    tally: Counter = Counter()
     hosp = hosp_dir(mimic_root)
-    wanted = set(int(s) for s in subjects)
-    stays, diagnoses = _admissions(hosp, rejects), _diagnoses_icd(hosp, rejects)
-    measurements = _omr(hosp, rejects)
+    wanted = np.unique(np.fromiter((int(s) for s in subjects), dtype=np.int64))
+    of_subjects = functools.partial(rows_with_ids, column="subject_id", ids=wanted)
+    stays = _admissions(hosp, rejects, of_subjects)
+    diagnoses = _diagnoses_icd(hosp, rejects, stays)
+    measurements = _omr(hosp, rejects, of_subjects)
     sources = {name: str(find_table(hosp, name)) for name in
                ("patients", "admissions", "labevents", "omr", "diagnoses_icd")}
     ed = Path(mimic_root) / "ed"
@@ -96,17 +120,38 @@ def read_mimic_tables(mimic_root: Path, subjects: Collection[int],
         diagnoses = pd.concat([diagnoses, ed_dx], ignore_index=True)
         measurements = pd.concat([measurements, ed_vitals], ignore_index=True)
         sources["ed"] = str(ed)
-    labs = read_mimic_labs(find_table(hosp, "labevents"), wanted, panel, rejects, chunk_rows)
+    labs = read_mimic_labs(find_table(hosp, "labevents"), wanted, panel, rejects, chunk_rows,
+                           near, tally)
     return ClinicalTables(
-        patients=_patients(hosp, rejects), labs=labs,
+        patients=_patients(hosp, rejects, of_subjects), labs=labs, lab_rows_read=tally["rows"],
         stays=stays[stays["subject_id"].isin(wanted)].reset_index(drop=True),
         diagnoses=diagnoses, sources=sources,
         measurements=measurements[measurements["subject_id"].isin(wanted)].reset_index(drop=True))
 
 
-def _patients(hosp: Path, rejects: Rejects) -> pd.DataFrame:
+def rows_with_ids(block: pd.DataFrame, column: str, ids: np.ndarray) -> np.ndarray:
+    """Rows of ``block`` whose ``column`` is one of ``ids``, or is no integer (a bad row that
+    the id check then names)."""
+    number = pd.to_numeric(block[column], errors="coerce").to_numpy(dtype=np.float64)
+    return ~np.isfinite(number) | (number != np.round(number)) | np.isin(number, ids)
+
+
+def _first_of_each(column: str) -> RowFilter:
+    """A filter keeping, over all blocks, the first row of each value of ``column``."""
+    seen: set[object] = set()
+
+    def keep(block: pd.DataFrame) -> np.ndarray:
+        first = ~block[column].duplicated().to_numpy() & ~block[column].isin(seen).to_numpy()
+        seen.update(block[column][first])
+        return first
+
+    return keep
+
+
+def _patients(hosp: Path, rejects: Rejects, keep: RowFilter) -> pd.DataFrame:
     path = find_table(hosp, "patients")
-    frame = read_csv_checked(path, ["subject_id", "gender", "anchor_age", "anchor_year"])
+    frame = read_csv_checked(path, ["subject_id", "gender", "anchor_age", "anchor_year"],
+                             keep=keep)
     frame = _ids(frame, ["subject_id", "anchor_age", "anchor_year"], path, rejects)
     frame = drop_duplicates(frame, "subject_id", path, rejects)
     birth_year = (frame["anchor_year"] - frame["anchor_age"]).astype("int64")
@@ -116,9 +161,10 @@ def _patients(hosp: Path, rejects: Rejects) -> pd.DataFrame:
                          "birth_time": birth.astype("datetime64[us]")})
 
 
-def _admissions(hosp: Path, rejects: Rejects) -> pd.DataFrame:
+def _admissions(hosp: Path, rejects: Rejects, keep: RowFilter) -> pd.DataFrame:
     path = find_table(hosp, "admissions")
-    frame = read_csv_checked(path, ["subject_id", "hadm_id", "admittime", "dischtime"])
+    frame = read_csv_checked(path, ["subject_id", "hadm_id", "admittime", "dischtime"],
+                             keep=keep)
     frame = _ids(frame, ["subject_id", "hadm_id"], path, rejects)
     for column in ("admittime", "dischtime"):
         frame = parse_times(frame, column, path, rejects)
@@ -128,20 +174,33 @@ def _admissions(hosp: Path, rejects: Rejects) -> pd.DataFrame:
                          "end": frame["dischtime"], "kind": "admission"})
 
 
-def _diagnoses_icd(hosp: Path, rejects: Rejects) -> pd.DataFrame:
+def _diagnoses_icd(hosp: Path, rejects: Rejects, stays: pd.DataFrame) -> pd.DataFrame:
+    """Codes of ``stays``; of other admissions, one row per ICD version (the versions a site
+    codes in say which labels it records)."""
     path = find_table(hosp, "diagnoses_icd")
-    frame = read_csv_checked(path, ["hadm_id", "icd_code", "icd_version"])
+    hadm_ids = stays["stay_id"].str.slice(1).astype("int64").to_numpy()
+    first_version = _first_of_each("icd_version")
+
+    def keep(block: pd.DataFrame) -> np.ndarray:
+        return rows_with_ids(block, "hadm_id", hadm_ids) | first_version(block)
+
+    frame = read_csv_checked(path, ["hadm_id", "icd_code", "icd_version"], keep=keep)
     frame = _ids(frame, ["hadm_id", "icd_version"], path, rejects)
     return pd.DataFrame({"stay_id": "h" + frame["hadm_id"].astype("str"),
                          "code": frame["icd_code"].fillna(""),
                          "system": "icd" + frame["icd_version"].astype("str")})
 
 
-def _omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
+def _omr(hosp: Path, rejects: Rejects, of_subjects: RowFilter) -> pd.DataFrame:
     path = find_table(hosp, "omr")
-    frame = read_csv_checked(path, ["subject_id", "chartdate", "result_name", "result_value"])
-    frame = frame[frame["result_name"].isin(OMR_NUMERIC)
-                  | frame["result_name"].str.startswith("Blood Pressure")].reset_index(drop=True)
+
+    def keep(block: pd.DataFrame) -> np.ndarray:
+        used = (block["result_name"].isin(OMR_NUMERIC)
+                | block["result_name"].str.startswith("Blood Pressure")).to_numpy(dtype=bool)
+        return used & of_subjects(block)
+
+    frame = read_csv_checked(path, ["subject_id", "chartdate", "result_name", "result_value"],
+                             keep=keep)
     frame = _ids(frame, ["subject_id"], path, rejects)
     frame = parse_times(frame, "chartdate", path, rejects)
     frame["time"] = frame["chartdate"] + pd.Timedelta(hours=12)  # a date: take its midday
@@ -165,25 +224,35 @@ def _omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
 
 
 def read_mimic_labs(path: Path, subjects: Collection[int], panel: Sequence[LabDefinition],
-                    rejects: Rejects, chunk_rows: int = 10_000) -> pd.DataFrame:
+                    rejects: Rejects, chunk_rows: int = 10_000, near: EcgWindows | None = None,
+                    tally: Counter | None = None) -> pd.DataFrame:
     """``labevents`` rows of ``subjects`` and the ``panel``'s itemids as
-    ``ClinicalTables.labs``, streamed in blocks of ``chunk_rows``."""
+    ``ClinicalTables.labs``, streamed in blocks of ``chunk_rows``.
+
+    With ``near`` only rows within its windows are kept (after their checks); ``tally["rows"]``
+    then counts every checked row."""
     lab_of = itemid_to_lab(panel)
-    convert = functools.partial(_lab_rows, path=path, lab_of=lab_of)
+    convert = functools.partial(_lab_rows, path=path, lab_of=lab_of, near=near,
+                                tally=Counter() if tally is None else tally)
     labs = read_labevents(path, lab_of, subjects, rejects, chunk_rows, convert=convert)
-    return labs.assign(lab=labs["lab"].astype("category"))
+    return labs.assign(lab=labs["lab"].cat.remove_unused_categories())
 
 
-def _lab_rows(frame: pd.DataFrame, rejects: Rejects, path: Path,
-              lab_of: dict[int, str]) -> pd.DataFrame:
-    """Checked ``labevents`` rows as ``ClinicalTables.labs`` rows (``lab`` not yet a category)."""
+def _lab_rows(frame: pd.DataFrame, rejects: Rejects, path: Path, lab_of: dict[int, str],
+              near: EcgWindows | None, tally: Counter) -> pd.DataFrame:
+    """Checked ``labevents`` rows (those in ``near`` when given) as ``ClinicalTables.labs``
+    rows (``lab`` a category of every panel name, one byte a row)."""
     for column in ("ref_range_lower", "ref_range_upper"):
         frame = (parse_numbers(frame, column, path, rejects, required=False)
                  if column in frame else frame.assign(**{column: np.nan}))
+    tally["rows"] += len(frame)
+    if near is not None:
+        frame = frame[near.contains(frame["subject_id"], frame["charttime"])]
     flag = frame["flag"] if "flag" in frame else pd.Series(pd.NA, index=frame.index)
+    names = pd.CategoricalDtype(sorted(set(lab_of.values())))
     return pd.DataFrame({
         "subject_id": frame["subject_id"].astype("int64"), "time": frame["charttime"],
-        "lab": frame["itemid"].map(lab_of), "value": frame["valuenum"],
+        "lab": frame["itemid"].map(lab_of).astype(names), "value": frame["valuenum"],
         "ref_low": frame["ref_range_lower"], "ref_high": frame["ref_range_upper"],
         "flag": np.where(flag.str.strip().str.lower() == "abnormal", 1.0, np.nan)})
 

@@ -4,12 +4,14 @@ The cohort is built first (tables only); waveforms are then streamed record by r
 store's waveform file (positioned writes, no memory map), in chunks over a process pool, so
 memory stays flat in the number of ECGs. A bad record raises a ``RecordError`` (and the
 atomic writer leaves no store), or with ``on_error='skip'`` is dropped and listed in
-``rejects.csv``.
+``rejects.csv``. A killed prepare, run again, continues from its last checkpoint
+(``fedecg.data.resumable``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from threadpoolctl import threadpool_limits
 
 from fedecg import __version__
-from fedecg.config.data import PrepareConfig, WaveformConfig
+from fedecg.config.data import EXECUTION_SETTINGS, PrepareConfig, WaveformConfig
 from fedecg.data.cohort import (
     ClinicalTables,
     build_cohort,
@@ -35,14 +37,18 @@ from fedecg.data.cohort import (
     resolve_panel,
 )
 from fedecg.data.ecg_rows import drop_unlinkable_ecgs
+from fedecg.data.ecg_windows import EcgWindows
 from fedecg.data.generic import read_site_ecgs, read_site_tables, with_site_declaration
 from fedecg.data.labs import panel_label_names
 from fedecg.data.mimic import read_mimic_tables, read_record_list
-from fedecg.data.store import StoreManifest, StoreWriter, label_prevalence
+from fedecg.data.resumable import ResumableStoreWriter, digest, file_stats, frame_digest
+from fedecg.data.store import StoreManifest, label_prevalence
 from fedecg.data.tables import LINE, Rejects, find_table
 from fedecg.data.waveform import preprocess, quality_problem, read_ecg
 from fedecg.errors import RecordError, TableError
 from fedecg.io import OutputKind, claim_output
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class LoadedInput:
     tables: ClinicalTables
     layout: str
     config: PrepareConfig
+    index: Path
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class PrepareResult:
     n_rejected_records: int
     n_rejected_rows: int
     seconds: float
+    resumed: int = 0
+    """Records an interrupted prepare had written (0: none, or it started afresh)."""
 
     def summary(self) -> str:
         """One line for the terminal."""
@@ -111,8 +120,9 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         config = with_site_declaration(config, Path(inputs.site_dir))
     if isinstance(inputs, MimicInput):
         ecgs = read_record_list(Path(inputs.ecg_root), rejects)
+        window = max(config.cohort.feature_window_hours, config.cohort.label_window_hours)
         tables = read_mimic_tables(Path(inputs.mimic_root), ecgs["subject_id"].unique(), panel,
-                                   rejects, config.table_chunk_rows)
+                                   rejects, config.table_chunk_rows, EcgWindows(ecgs, window))
         layout, index, id_column = "mimic", find_table(inputs.ecg_root, "record_list"), "subject_id"
     else:
         ecgs = read_site_ecgs(Path(inputs.site_dir), rejects)
@@ -126,7 +136,8 @@ def load_input(inputs: PrepareInput, config: PrepareConfig, rejects: Rejects) ->
         reasons = "; ".join(rejects.frame()["reason"].tail(2)) if len(rejects) else "none"
         raise TableError(f"{inputs}: no usable ECG rows in the ECG index; expected at least one "
                          f"(last reasons: {reasons})")
-    return LoadedInput(ecgs=ecgs, tables=tables, layout=layout, config=config)
+    return LoadedInput(ecgs=ecgs, tables=tables, layout=layout, config=config,
+                       index=index)
 
 
 def _process(task: tuple[int, str], waveform: WaveformConfig
@@ -170,26 +181,33 @@ def _progress(console: Console | None) -> Progress | nullcontext:
                     transient=True)
 
 
-def _write_waveforms(writer: StoreWriter, cohort: pd.DataFrame, config: PrepareConfig,
+def _write_waveforms(writer: ResumableStoreWriter, cohort: pd.DataFrame, config: PrepareConfig,
                      rejects: Rejects, console: Console | None) -> tuple[np.ndarray, Counter]:
-    keep = np.ones(len(cohort), dtype=bool)
-    source_fs: Counter = Counter()
+    """Write the records after the ``writer.done`` an interrupted run wrote; return which
+    records are kept and the count of each source rate. Rejects, earlier ones included, go to
+    ``rejects`` in record order."""
     paths = cohort["record_path"].astype("str").tolist()
-    start = time.perf_counter()
-    with _progress(console) as bar, closing(stream_records(paths, config)) as results:
-        task = bar.add_task("records", total=len(paths), rate="") if bar else None
-        for done, (index, signal, fs, error) in enumerate(results, 1):
+    studies = cohort["study_id"]
+    for index, reason in writer.rejected:
+        rejects.handle(RecordError(reason), paths[index], None, studies.iloc[index])
+    first, start = writer.done, time.perf_counter()
+    with (_progress(console) as bar,
+          closing(stream_records(paths[first:], config)) as results):
+        task = bar.add_task("records", total=len(paths), completed=first, rate="") if bar else None
+        for _, signal, fs, error in results:
             if error is None:
-                writer.write(index, signal)
-                source_fs[f"{fs:g}"] += 1
+                writer.write_next(signal, fs)
             else:
-                keep[index] = False
-                rejects.handle(RecordError(error), paths[index], None,
-                               cohort["study_id"].iloc[index])
-            if bar and (done % 64 == 0 or done == len(paths)):
-                rate = f"{done / max(time.perf_counter() - start, 1e-9):.0f} ECG/s"
-                bar.update(task, completed=done, rate=rate)
-    return keep, source_fs
+                rejects.handle(RecordError(error), paths[writer.done], None,
+                               studies.iloc[writer.done])
+                writer.reject_next(error)
+            if bar and (writer.done % 64 == 0 or writer.done == len(paths)):
+                seconds = max(time.perf_counter() - start, 1e-9)
+                bar.update(task, completed=writer.done,
+                           rate=f"{(writer.done - first) / seconds:.0f} ECG/s")
+    keep = np.ones(len(paths), dtype=bool)
+    keep[[index for index, _ in writer.rejected]] = False
+    return keep, Counter(writer.source_fs)
 
 
 def schema_manifest(config: PrepareConfig, site_name: str, **fields: Any) -> StoreManifest:
@@ -213,7 +231,7 @@ def _manifest(cohort: pd.DataFrame, config: PrepareConfig, inputs: PrepareInput,
               loaded: LoadedInput, source_fs: Counter, rejects: dict[str, int]) -> StoreManifest:
     counts = {"records": len(cohort), "patients": int(cohort["subject_id"].nunique()),
               "stays": int(cohort["stay_id"].nunique()), "ecgs_listed": len(loaded.ecgs),
-              "lab_rows": len(loaded.tables.labs),
+              "lab_rows": loaded.tables.lab_rows,
               "ecgs_with_time": int(cohort["ecg_time"].notna().sum()),
               **{f"split_{s}": int((cohort["split"] == s).sum()) for s in ("train", "val", "test")},
               **{f"rejected_{k}": v for k, v in rejects.items()}}
@@ -231,11 +249,27 @@ def _manifest(cohort: pd.DataFrame, config: PrepareConfig, inputs: PrepareInput,
     return manifest
 
 
+def prepare_fingerprint(config: PrepareConfig, loaded: LoadedInput,
+                        cohort: pd.DataFrame) -> dict[str, str]:
+    """What a store prepared from ``loaded`` with ``config`` depends on (see
+    ``ResumableStoreWriter``): an interrupted prepare continues only when all of it is the
+    same. Settings of speed alone (``EXECUTION_SETTINGS``) are left out."""
+    tables = {**loaded.tables.sources, "ecg_index": str(loaded.index)}
+    return {"fedecg_version": __version__,
+            "settings": digest(config.model_dump(mode="json", exclude=set(EXECUTION_SETTINGS))),
+            "tables": digest(file_stats({k: Path(v) for k, v in tables.items()})),
+            "cohort": frame_digest(cohort)}
+
+
 def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
-                  overwrite: bool = False, console: Console | None = None) -> PrepareResult:
+                  overwrite: bool = False, console: Console | None = None,
+                  resume: bool = True) -> PrepareResult:
     """Build the cohort of ``inputs`` and write the store at ``out`` atomically.
 
-    With ``console`` a progress bar is drawn there. Returns counts and timing.
+    A prepare that was interrupted (killed, Ctrl-C, power loss) leaves the records it wrote in
+    ``.OUT.partial`` beside ``out``; run again with the same inputs and settings it writes only
+    the rest (``PrepareResult.resumed``), unless ``resume`` is False. With ``console`` a
+    progress bar is drawn there. Returns counts and timing.
     """
     sources = [Path(value) for value in vars(inputs).values()]
     claim_output(Path(out), OutputKind.STORE, inputs=sources, overwrite=overwrite)
@@ -245,16 +279,30 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
     config = loaded.config
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
-    with StoreWriter(Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
-                     overwrite=overwrite, inputs=sources) as writer:
+    with ResumableStoreWriter(
+            Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
+            fingerprint=prepare_fingerprint(config, loaded, cohort), overwrite=overwrite,
+            checkpoint_records=config.checkpoint_records, inputs=sources,
+            resume=resume) as writer:
+        if writer.resumed:
+            _say(console, f"resuming {out}: {writer.resumed:,} of {len(cohort):,} records "
+                          "already written")
         keep, source_fs = _write_waveforms(writer, cohort, config, rejects, console)
         if not keep.any():
             reasons = "; ".join(rejects.frame()["reason"].tail(3))
             raise RecordError(f"{inputs}: none of the {len(cohort)} records could be read, "
                               f"nothing written; last reasons: {reasons}")
-        kept = cohort.loc[keep].reset_index(drop=True)
+        kept = cohort if keep.all() else cohort.loc[keep].reset_index(drop=True)  # no copy
         counts = {"records": int((~keep).sum()), "rows": rejected_rows}
         manifest = _manifest(kept, config, inputs, loaded, source_fs, counts)
         writer.finish(kept, manifest, keep=keep, rejects=rejects.frame())
     return PrepareResult(path=Path(out), manifest=manifest, n_rejected_records=counts["records"],
-                         n_rejected_rows=rejected_rows, seconds=time.perf_counter() - start)
+                         n_rejected_rows=rejected_rows, seconds=time.perf_counter() - start,
+                         resumed=writer.resumed)
+
+
+def _say(console: Console | None, text: str) -> None:
+    """Log ``text``, and print it on ``console`` when there is one."""
+    log.info(text)
+    if console is not None:
+        console.print(text, highlight=False, soft_wrap=True)

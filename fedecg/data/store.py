@@ -171,10 +171,23 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         self.staging = self._stack.enter_context(atomic_directory(
             self.out, OutputKind.STORE, overwrite=self.overwrite, inputs=self.inputs))
-        self._file = self._stack.enter_context(open(self.staging / WAVEFORMS_FILE, "w+b"))
-        self._file.write(self._header)
-        self._file.truncate(len(self._header) + self.shape[0] * self._row_bytes)  # zeros
+        self._open_waveforms(create=True)
         return self
+
+    @property
+    def waveforms_bytes(self) -> int:
+        """The size of ``waveforms.npy`` before ``finish`` compacts it."""
+        return len(self._header) + self.shape[0] * self._row_bytes
+
+    def _open_waveforms(self, create: bool) -> None:
+        """Open the staging ``waveforms.npy``: a new one of zeros, or (not ``create``) the one
+        an interrupted writer left there."""
+        assert self.staging is not None
+        path = self.staging / WAVEFORMS_FILE
+        self._file = self._stack.enter_context(path.open("w+b" if create else "r+b"))
+        if create:
+            self._file.write(self._header)
+            self._file.truncate(self.waveforms_bytes)  # zeros
 
     def write(self, index: int, signal: np.ndarray) -> None:
         """Store one preprocessed ``[12, samples]`` signal at row ``index``."""

@@ -67,20 +67,37 @@ def has_table(folder: Path, name: str) -> bool:
     return any((Path(folder) / f"{name}{ext}").is_file() for ext in (".csv", ".csv.gz"))
 
 
+RowFilter = Callable[[pd.DataFrame], np.ndarray]
+"""Which rows of a block of text rows to keep (a boolean mask)."""
+
+
 def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str] = (),
-                     dtype: dict[str, str] | None = None) -> pd.DataFrame:
-    """Read the ``required`` (+ present ``optional``) columns as text, with a ``_line`` column."""
+                     dtype: dict[str, str] | None = None, keep: RowFilter | None = None,
+                     chunk_rows: int = 100_000) -> pd.DataFrame:
+    """Read the ``required`` (+ present ``optional``) columns as text, with a ``_line`` column.
+
+    With ``keep`` the file is read in blocks of ``chunk_rows`` rows and only the rows ``keep``
+    selects are kept, so memory follows the kept rows, not the file.
+    """
     header = _header(path)
     _check_columns(path, header, required)
     usecols = list(required) + [c for c in optional if c in header and c not in required]
     dtypes = {c: "str" for c in usecols} | (dtype or {})
+    options = {"usecols": usecols, "dtype": dtypes, "keep_default_na": False, "na_values": [""]}
     try:
-        frame = pd.read_csv(path, usecols=usecols, dtype=dtypes, keep_default_na=False,
-                            na_values=[""])
+        if keep is None:
+            frame = pd.read_csv(path, **options)
+            frame[LINE] = np.arange(2, len(frame) + 2)
+            return frame
+        parts, line = [pd.read_csv(path, nrows=0, **options).assign(**{LINE: 0})], 2
+        with pd.read_csv(path, chunksize=chunk_rows, **options) as blocks:
+            for block in blocks:
+                block[LINE] = np.arange(line, line + len(block))
+                line += len(block)
+                parts.append(block[keep(block)])
     except (ValueError, pd.errors.ParserError) as exc:
         raise TableError(f"{path}: cannot be read as CSV: {exc}") from None
-    frame[LINE] = np.arange(2, len(frame) + 2)
-    return frame
+    return pd.concat(parts, ignore_index=True)
 
 
 def _header(path: Path) -> list[str]:

@@ -184,7 +184,7 @@ def report_input(inputs: PrepareInput, config: PrepareConfig,
                 unreadable += 1
                 rejects.handle(RecordError(error), paths[index], None,
                                cohort["study_id"].iloc[index])
-    counts = {"lab_rows": len(loaded.tables.labs), "unreadable_records": unreadable,
+    counts = {"lab_rows": loaded.tables.lab_rows, "unreadable_records": unreadable,
               "rejected_rows": rejected_rows,
               "records_checked": len(cohort) if check_records else 0}
     return _report(str(inputs), loaded.layout, cohort, config, rejects.frame(), counts)
