@@ -48,6 +48,19 @@ def study_models(summary: Result) -> list[str]:
     return models + [m for m in summary["federated"] if m not in models]
 
 
+def settings_run(summary: Result) -> list[str]:
+    """The settings a study trained: federated, and the baselines it ran (a deployment:
+    federated alone)."""
+    if "deployment" in summary:
+        return ["federated"]
+    return ["federated", *(["pooled"] if summary.get("pooled") else []),
+            *(["local-only"] if summary.get("local_only") else [])]
+
+
+BASELINE_WORDS = {1: "no baselines", 2: "the pooled baseline (no local-only)",
+                  3: "pooled and local-only baselines"}
+
+
 def study_facts(summary: Result) -> list[tuple[str, object]]:
     """The models, seeds, sites and test split of a study, for the top of its report."""
     models = study_models(summary)
@@ -58,7 +71,7 @@ def study_facts(summary: Result) -> list[tuple[str, object]]:
     facts: list[tuple[str, object]] = [
         ("kind", "federated study across hospitals (fedecg server submit)" if deployed
          else "federated study on virtual sites (fedecg simulate), with "
-         + ("pooled and local-only baselines" if summary.get("pooled") else "no baselines")),
+         + BASELINE_WORDS[len(settings_run(summary))]),
         ("models", ", ".join(models)),
         ("seeds", ", ".join(str(s) for s in summary.get("seeds") or [first_seed(summary)]))]
     if partition:
@@ -260,6 +273,7 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
         per_seed_table(page, results, models)
     for key, task in TASKS:
         values, errors = bar_data(results, {m: settings(m) for m in models}, key)
+        values = {s: v for s, v in values.items() if s in settings_run(summary)}
         page.figure(plot_grouped_bars(values, errors, title=f"{task} macro AUROC, pooled test",
                                       colors=SETTING_COLORS),
                     caption=f"{task} macro AUROC of each model, federated, pooled and "
@@ -320,7 +334,7 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
     if not sites:
         return
     page.heading("Per site")
-    shown = ["federated"] if "deployment" in summary else list(SETTING_COLORS)
+    shown = settings_run(summary)
     headers = ["model @ site (test ECGs)", *(f"{s} {task}" for task in ("dx", "lab")
                                              for s in shown)]
     rows = []
@@ -330,7 +344,8 @@ def per_site_section(page: HtmlPage, summary: Result, results: Mapping[str, Resu
             n_test = dig(counts, site, "test")
             rows.append([f"{model} @ {site}" + (f" ({n_test})" if n_test is not None else ""),
                          *[cell(results, lookups[s], key) for key, _ in TASKS for s in shown]])
-    baselines = "" if len(shown) == 1 else "; local-only is the model trained at that site alone"
+    baselines = ("; local-only is the model trained at that site alone" if "local-only" in shown
+                 else "")
     page.table(headers, rows, caption=f"Macro AUROC on each site's test split{baselines} "
                f"({_whisker_words(results)}).")
     for key, task in TASKS:
@@ -356,7 +371,7 @@ def per_label_section(page: HtmlPage, summary: Result) -> None:
     results = seed_results(summary)
     models = study_models(summary)
     deployed = "deployment" in summary
-    shown = ["federated"] if deployed else list(SETTING_COLORS)
+    shown = settings_run(summary)
     where = ("the hospitals' own test splits (example-weighted)" if deployed
              else "the pooled test split")
     exported = "transfer" if "transfer" in models else models[0]
