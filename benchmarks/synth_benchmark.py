@@ -74,7 +74,7 @@ def run_synth(patients: int, workers: int, extra: list[str], folder: Path) -> di
     shutil.rmtree(out)
     return {"patients": patients, "seconds": round(seconds, 1), "output_mb": round(size / MB, 1),
             **{f"peak_{k}_mb": round(v / MB) for k, v in peaks.items()},
-            "message": output.strip().splitlines()[-1] if output.strip() else ""}
+            "message": " ".join(output.split())}
 
 
 def main() -> None:
