@@ -3,9 +3,11 @@
 Each size runs ``fedecg synth`` in its own process tree; a sampler polls it every 0.1 s with
 psutil and keeps the peaks of: the parent's resident set, the largest worker's resident set,
 and the whole tree's proportional set size (PSS: pages shared between forked processes counted
-once, so it is the memory the run really takes). ``memory_ratio`` divides each peak at the
-largest size by the one at the smallest: about 1 when memory is bounded, the patient ratio if it
-grew in proportion. Speeds depend on the machine; read them as ratios. Example:
+once, so it is the memory the run really takes). ``cpu_seconds`` (user + system of the whole
+tree) is the time to read on a busy machine, where wall seconds mostly measure others' load.
+``memory_ratio`` divides each peak at the largest size by the one at the smallest: about 1 when
+memory is bounded, the patient ratio if it grew in proportion. Speeds depend on the machine;
+read them as ratios. Example:
 
     python benchmarks/synth_benchmark.py --patients 2000 20000 --workers 2 --out synth.json
     python benchmarks/synth_benchmark.py --patients 2000 20000 --tables-only
@@ -14,6 +16,7 @@ grew in proportion. Speeds depend on the machine; read them as ratios. Example:
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,12 +56,19 @@ def _sample(parent: psutil.Process, peaks: dict[str, int]) -> None:
     peaks["tree_pss"] = max(peaks["tree_pss"], pss)
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of every finished child process (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_synth(patients: int, workers: int, extra: list[str], folder: Path) -> dict[str, Any]:
     """Run one ``fedecg synth`` into ``folder``; its seconds, peak memory (MB) and output size."""
     out = folder / f"twin_{patients}"
     command = [sys.executable, "-m", "fedecg.cli", "synth", "--out", str(out), "--patients",
                str(patients), "--workers", str(workers), *extra]
     peaks = {"parent_rss": 0, "worker_rss": 0, "tree_pss": 0}
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -67,12 +77,14 @@ def run_synth(patients: int, workers: int, extra: list[str], folder: Path) -> di
         _sample(watched, peaks)
         time.sleep(0.1)
     seconds = time.perf_counter() - started
+    cpu_seconds = _children_cpu() - cpu_before
     output = process.stdout.read() if process.stdout else ""
     if process.returncode != 0:
         raise SystemExit(f"synth_benchmark: fedecg synth --patients {patients} failed: {output}")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     shutil.rmtree(out)
-    return {"patients": patients, "seconds": round(seconds, 1), "output_mb": round(size / MB, 1),
+    return {"patients": patients, "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu_seconds, 1), "output_mb": round(size / MB, 1),
             **{f"peak_{k}_mb": round(v / MB) for k, v in peaks.items()},
             "message": " ".join(output.split())}
 
@@ -98,6 +110,7 @@ def main() -> None:
         "workers": args.workers, "mode": " ".join(extra) or "full twin", "runs": runs,
         "patient_ratio": large["patients"] / small["patients"],
         "seconds_ratio": round(large["seconds"] / small["seconds"], 2),
+        "cpu_seconds_ratio": round(large["cpu_seconds"] / small["cpu_seconds"], 2),
         "memory_ratio": {k: round(large[k] / max(small[k], 1), 2)
                          for k in ("peak_parent_rss_mb", "peak_worker_rss_mb",
                                    "peak_tree_pss_mb")},
