@@ -20,6 +20,12 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     workers: int = typer.Option(1, "--workers", help="Processes writing waveforms."),
+    tables_only: bool = typer.Option(
+        False, "--tables-only", help="Write every table (hosp/, record_list.csv, "
+        "machine_measurements.csv) but no waveform: tests the table path at MIMIC's size."),
+    lab_fraction: float | None = typer.Option(
+        None, "--lab-fraction", help="With --tables-only: pad labevents with non-panel rows "
+        "to this fraction of MIMIC-IV v2.2's 118,171,367 rows."),
     clinical_from: Path | None = typer.Option(
         None, "--clinical-from", help="A MIMIC-IV root holding hosp/: keep its real tables and "
         "synthesize only waveforms."),
@@ -33,12 +39,17 @@ def synth(
             raise ConfigError("synth: --record-list was given without --clinical-from; "
                               "pass both, or neither for a fully synthetic twin")
         summary = generate_twin(out, patients=patients, sites=sites, seed=seed,
-                                overwrite=overwrite, workers=workers)
-        console.print(f"wrote {summary.ecgs} ECGs of {summary.patients} patients "
-                      f"({summary.admissions} admissions, {summary.lab_events} lab events, "
-                      f"{len(summary.sites)} hospitals) to {summary.out} in "
-                      f"{summary.seconds:.1f} s")
+                                overwrite=overwrite, workers=workers, tables_only=tables_only,
+                                lab_fraction=lab_fraction)
+        wrote = "wrote the tables (no waveforms) of" if summary.tables_only else "wrote"
+        console.print(f"{wrote} {summary.ecgs} ECGs of "
+                      f"{summary.patients} patients ({summary.admissions} admissions, "
+                      f"{summary.lab_events} lab events, {len(summary.sites)} hospitals) to "
+                      f"{summary.out} in {summary.seconds:.1f} s")
         return
+    if tables_only or lab_fraction is not None:
+        raise ConfigError("synth: --tables-only/--lab-fraction were given with "
+                          "--clinical-from, which keeps real tables; drop one of them")
     if record_list is None:
         raise ConfigError("synth: --clinical-from needs --record-list RECORD_LIST (the real "
                           "MIMIC-IV-ECG record_list.csv)")

@@ -30,7 +30,13 @@ from fedecg.data.synth.morphology import compute_morphology
 from fedecg.data.synth.physiology import LAB_CONDITIONS, episode_latent_labs, lab_conditions
 from fedecg.data.synth.population import ACUTE, patient_effects
 from fedecg.data.synth.sites import make_sites
-from fedecg.data.synth.twin import TRUTH_FILE, TwinSummary, truth_table, write_waveforms
+from fedecg.data.synth.twin import (
+    TRUTH_FILE,
+    TwinSummary,
+    record_pool,
+    truth_table,
+    write_waveforms,
+)
 from fedecg.data.tables import (
     Rejects,
     drop_duplicates,
@@ -165,7 +171,8 @@ def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, see
                           inputs=sources) as staging:
         _copy_clinical(Path(mimic_root), staging)
         shutil.copyfile(record_list, staging / "record_list.csv")
-        nan_runs = write_waveforms(staging, frame, [site], seed, workers)
+        with record_pool(workers) as pool:
+            nan_runs = write_waveforms(staging, frame, [site], seed, pool)
         write_csv(machine_measurements(frame, [site.bandwidth] * len(frame),
                                        [site.filtering] * len(frame)),
                   staging / "machine_measurements.csv")

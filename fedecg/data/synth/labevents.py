@@ -7,6 +7,9 @@ holds depends on the patient's conditions (NT-proBNP is ordered for heart failur
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -120,18 +123,66 @@ def _rows_for_item(draws: pd.DataFrame, values: pd.DataFrame, itemid: int,
     })
 
 
-def build_labevents(rng: np.random.Generator, draws: pd.DataFrame,
-                    values: pd.DataFrame) -> pd.DataFrame:
-    """Long ``labevents`` from one row per draw (ids, times, conditions) and its lab values."""
+@dataclass
+class LabPlan:
+    """Everything random about ``labevents``, drawn up front: one row per draw, its measured
+    values (with analytic noise) and which analyte groups it holds. Rows are made from it in
+    chunks of patients, so the table never has to be held whole."""
+
+    draws: pd.DataFrame
+    values: pd.DataFrame
+    chosen: dict[str, np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        """Rows of ``labevents`` the plan makes."""
+        return sum(int(self.chosen[g].sum()) * len(items) for g, items in _GROUPS.items())
+
+    def part(self, keep: np.ndarray) -> LabPlan:
+        """The plan of the draws where ``keep`` is true (in their order)."""
+        return LabPlan(self.draws[keep].reset_index(drop=True),
+                       self.values[keep].reset_index(drop=True),
+                       {g: c[keep] for g, c in self.chosen.items()})
+
+
+def plan_labevents(rng: np.random.Generator, draws: pd.DataFrame,
+                   values: pd.DataFrame) -> LabPlan:
+    """The ``LabPlan`` of one row per draw (ids, times, conditions) and its lab values."""
     draws = draws.reset_index(drop=True)
     values = drift_labs(rng, values.reset_index(drop=True), 0.15)  # analytic noise
-    chosen = _choose_groups(rng, draws)
-    frames = [_rows_for_item(draws, values, itemid, chosen[group])
+    return LabPlan(draws, values, _choose_groups(rng, draws))
+
+
+def labevent_rows(plan: LabPlan) -> pd.DataFrame:
+    """The plan's long rows, sorted as MIMIC's (subject, charttime, itemid), without ids."""
+    frames = [_rows_for_item(plan.draws, plan.values, itemid, plan.chosen[group])
               for group, itemids in _GROUPS.items() for itemid in itemids]
-    table = pd.concat([f for f in frames if len(f)], ignore_index=True)
-    table = table.sort_values(["subject_id", "charttime", "itemid"], kind="stable")
-    table.insert(0, "labevent_id", np.arange(1, len(table) + 1))
+    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    return table.sort_values(["subject_id", "charttime", "itemid"], kind="stable")
+
+
+def finish_labevents(table: pd.DataFrame, first_id: int) -> pd.DataFrame:
+    """Sorted rows as ``labevents``: ids from ``first_id``, MIMIC's columns, times as text."""
+    table = table.reset_index(drop=True)
+    table.insert(0, "labevent_id", np.arange(first_id, first_id + len(table)))
     table["hadm_id"] = table["hadm_id"].astype("Int64")
     table["order_provider_id"] = None
     table["comments"] = None
-    return table[LABEVENT_COLUMNS].reset_index(drop=True)
+    for column in ("charttime", "storetime"):
+        table[column] = table[column].dt.strftime("%Y-%m-%d %H:%M:%S")
+    return table[LABEVENT_COLUMNS]
+
+
+def build_labevents(rng: np.random.Generator, draws: pd.DataFrame,
+                    values: pd.DataFrame) -> pd.DataFrame:
+    """Long ``labevents`` (whole) from one row per draw and its lab values."""
+    return finish_labevents(labevent_rows(plan_labevents(rng, draws, values)), 1)
+
+
+def patient_chunks(plan: LabPlan, patients_per_chunk: int) -> Iterator[LabPlan]:
+    """The plan cut into consecutive ranges of ``patients_per_chunk`` subject_ids; sorting each
+    part and numbering on gives the rows of the whole table, in order."""
+    subject = plan.draws["subject_id"].to_numpy()
+    edges = np.unique(subject)[::patients_per_chunk]
+    for low, high in zip(edges, [*edges[1:], subject.max() + 1], strict=True):
+        yield plan.part((subject >= low) & (subject < high))

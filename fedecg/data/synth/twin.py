@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fedecg.data.leads import MIMIC_LEADS
-from fedecg.data.synth.assemble import CONDITIONS, LAB_NAMES, World, build_world, lab_draws
-from fedecg.data.synth.hosp_tables import (
-    admission_frame,
-    admissions_table,
-    diagnoses_table,
-    omr_table,
-    patients_table,
-)
-from fedecg.data.synth.icd import icd_dictionary
-from fedecg.data.synth.labevents import build_labevents, d_labitems
+from fedecg.data.synth.assemble import CONDITIONS, LAB_NAMES, build_world
+from fedecg.data.synth.hosp_writer import write_hosp
+from fedecg.data.synth.lab_filler import MIMIC_LABEVENT_ROWS
 from fedecg.data.synth.mimic_writer import (
     RECORD_LIST_COLUMNS,
     machine_measurements,
@@ -39,6 +34,7 @@ SYNTH_VERSION = 1
 """Bumped whenever the same seed would give different data; part of any twin cache key."""
 TABLES_STREAM = 1
 WAVEFORM_STREAM = 3
+RECORDS_PER_TASK = 256
 TRUTH_FILE = Path("latent") / "ecg_truth.parquet"
 README = """fedecg synthetic twin of MIMIC-IV-ECG v1.0 and MIMIC-IV hosp (NOT real patient data).
 
@@ -57,6 +53,14 @@ The hospital of an ECG shows in machine_measurements.cart_id (each cart belongs 
 hospital) and in admissions.admit_provider_id; admission_location mixes differ by hospital.
 Use the truth file only to validate models, never as a training input.
 """
+TABLES_ONLY_NOTE = """
+TABLES ONLY (`fedecg synth --tables-only`): every table above was written, but no waveform:
+files/ does not exist and the paths in record_list.csv name records that were not written;
+latent/ecg_truth.parquet has no nan_runs column. The tables are the ones a full twin of the
+same seed, size and hospitals holds, byte for byte (unless --lab-fraction padded labevents).
+labevents: {lab_rows:,} rows, {share:.1%} of MIMIC-IV v2.2's {mimic_rows:,}. Use it to test
+the table path (reading, joining, memory) at MIMIC's size, not to train.
+"""
 
 
 @dataclass
@@ -70,43 +74,53 @@ class TwinSummary:
     lab_events: int
     seconds: float
     sites: list[str] = field(default_factory=list)
+    tables_only: bool = False
 
 
-def _record_job(args: tuple[Path, int, list[dict], list[SiteProfile]]) -> list[int]:
-    """Synthesize and write ``rows`` (one process's share); returns their NaN-run counts."""
-    staging, seed, rows, site_list = args
+def _record_job(args: tuple[Path, int, int, pd.DataFrame, list[SiteProfile]]) -> list[int]:
+    """Synthesize and write one block of records, the first being record ``first`` of the
+    twin; returns their NaN-run counts."""
+    staging, seed, first, block, site_list = args
     counts = []
-    for row in rows:
-        rng = np.random.default_rng([seed, WAVEFORM_STREAM, int(row["index"])])
+    for offset, row in enumerate(block.to_dict("records")):
+        rng = np.random.default_rng([seed, WAVEFORM_STREAM, first + offset])
         sig, nan_runs = synthesize_record(row, site_list[row["hospital"]], rng)
         write_wfdb(staging / row["path"], sig, FS, MIMIC_LEADS, row["ecg_time"].to_pydatetime())
         counts.append(nan_runs)
     return counts
 
 
+@contextmanager
+def record_pool(workers: int) -> Iterator[Executor | None]:
+    """Processes for ``write_waveforms``, forked now, while this process holds little memory
+    (forked later, each would start as a copy of the whole latent world); None for 1 worker."""
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        pool.submit(int).result()  # a fork pool starts all its processes at the first task
+        yield pool
+
+
 def write_waveforms(staging: Path, ecgs: pd.DataFrame, sites: Sequence[SiteProfile], seed: int,
-                    workers: int = 1) -> np.ndarray:
+                    pool: Executor | None = None) -> np.ndarray:
     """Synthesize and write every ECG's WFDB record; returns each record's NaN-run count.
 
-    Each record has its own random stream, so the output does not depend on ``workers``.
+    Each record has its own random stream, so the output does not depend on the ``pool``
+    (``record_pool``). Tasks are blocks of ``RECORDS_PER_TASK`` rows of the few columns a
+    record needs.
     """
-    columns = [*MORPHOLOGY_COLUMNS, "precordial_gain", "hospital", "path", "ecg_time", "index"]
-    rows = ecgs.assign(index=np.arange(len(ecgs)))[columns].to_dict("records")
-    if workers <= 1:
-        return np.array(_record_job((staging, seed, rows, list(sites))), dtype=int)
-    chunks = [rows[i::workers] for i in range(workers)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(_record_job, [(staging, seed, c, list(sites)) for c in chunks]))
-    counts = np.zeros(len(rows), dtype=int)
-    for i, part in enumerate(parts):
-        counts[i::workers] = part
-    return counts
+    table = ecgs[[*MORPHOLOGY_COLUMNS, "precordial_gain", "hospital", "path", "ecg_time"]]
+    tasks = ((staging, seed, first, table.iloc[first:first + RECORDS_PER_TASK], list(sites))
+             for first in range(0, len(table), RECORDS_PER_TASK))
+    parts = list(map(_record_job, tasks) if pool is None else pool.map(_record_job, tasks))
+    return np.array([count for part in parts for count in part], dtype=int)
 
 
 def truth_table(ecgs: pd.DataFrame, sites: Sequence[SiteProfile], coded: pd.DataFrame,
-                nan_runs: np.ndarray) -> pd.DataFrame:
+                nan_runs: np.ndarray | None) -> pd.DataFrame:
     """The latent truth per ECG (``latent/ecg_truth.parquet``); ``coded`` holds the coded
-    conditions per ``hadm_id``."""
+    conditions per ``hadm_id``; ``nan_runs`` is None when no waveforms were written."""
     e = ecgs  # short name for the many columns below
     truth = pd.DataFrame({
         "study_id": e["study_id"], "subject_id": e["subject_id"], "hospital": e["hospital"],
@@ -124,60 +138,76 @@ def truth_table(ecgs: pd.DataFrame, sites: Sequence[SiteProfile], coded: pd.Data
         truth[f"latent_{name}"] = e[name].to_numpy()
     for name in MORPHOLOGY_COLUMNS:
         truth[name] = e[name].to_numpy()
-    truth["nan_runs"] = nan_runs
+    if nan_runs is not None:
+        truth["nan_runs"] = nan_runs
     return truth
 
 
-def _write_hosp(hosp: Path, world: World, rng: np.random.Generator) -> tuple[int, pd.DataFrame]:
-    hosp.mkdir()
-    admissions = admission_frame(rng, world)
-    diagnoses, coded = diagnoses_table(rng, world, admissions)
-    draws, values = lab_draws(rng, world)
-    labevents = build_labevents(rng, draws, values)
-    for charttime in ("charttime", "storetime"):
-        labevents[charttime] = labevents[charttime].dt.strftime("%Y-%m-%d %H:%M:%S")
-    tables = {
-        "patients": patients_table(world, admissions),
-        "admissions": admissions_table(rng, world, admissions),
-        "labevents": labevents, "d_labitems": d_labitems(), "omr": omr_table(rng, world),
-        "diagnoses_icd": diagnoses, "d_icd_diagnoses": icd_dictionary(diagnoses),
-    }
-    for name, table in tables.items():
-        write_csv(table, hosp / f"{name}.csv.gz")
-    return len(labevents), coded
-
-
-def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0,
-                  overwrite: bool = False, workers: int = 1) -> TwinSummary:
-    """Write a synthetic MIMIC-IV-ECG v1.0 + MIMIC-IV ``hosp`` dataset into ``out`` atomically."""
+def _check(patients: int, sites: int, workers: int, tables_only: bool,
+           lab_fraction: float | None) -> None:
     if patients < 1 or sites < 1 or workers < 1:
         raise ConfigError(f"synth: patients={patients}, sites={sites}, workers={workers}; "
                           "expected each to be at least 1")
+    if lab_fraction is not None and not tables_only:
+        raise ConfigError(f"synth: --lab-fraction {lab_fraction:g} without --tables-only; "
+                          "filler lab rows are only for tables-only twins: add --tables-only")
+    if lab_fraction is not None and not 0 < lab_fraction <= 1:
+        raise ConfigError(f"synth: --lab-fraction {lab_fraction:g}; expected a fraction of "
+                          f"MIMIC-IV's {MIMIC_LABEVENT_ROWS:,} labevents rows in (0, 1]")
+
+
+def _write_ecg_tables(staging: Path, ecgs: pd.DataFrame, profiles: Sequence[SiteProfile],
+                      coded: pd.DataFrame, nan_runs: np.ndarray | None) -> None:
+    """``record_list.csv``, ``machine_measurements.csv`` and the latent truth."""
+    record_list = ecgs.assign(file_name=ecgs["study_id"], ecg_time=ecgs["ecg_time_text"])
+    write_csv(record_list[RECORD_LIST_COLUMNS], staging / "record_list.csv")
+    del record_list
+    write_csv(machine_measurements(
+        ecgs, [profiles[h].bandwidth for h in ecgs["hospital"]],
+        [profiles[h].filtering for h in ecgs["hospital"]]),
+        staging / "machine_measurements.csv")
+    (staging / TRUTH_FILE.parent).mkdir()
+    truth_table(ecgs, profiles, coded, nan_runs).to_parquet(staging / TRUTH_FILE, index=False)
+
+
+def _readme(profiles: Sequence[SiteProfile], seed: int, patients: int, tables_only: bool,
+            lab_rows: int) -> str:
+    site_lines = "; ".join(f"{s.hospital}={s.name} ({s.bandwidth}, carts "
+                           f"{', '.join(map(str, s.cart_ids))})" for s in profiles)
+    text = README.format(version=SYNTH_VERSION, seed=seed, patients=patients,
+                         n_sites=len(profiles), site_lines=site_lines)
+    if tables_only:
+        text += TABLES_ONLY_NOTE.format(lab_rows=lab_rows, mimic_rows=MIMIC_LABEVENT_ROWS,
+                                        share=lab_rows / MIMIC_LABEVENT_ROWS)
+    return text
+
+
+def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0,
+                  overwrite: bool = False, workers: int = 1, tables_only: bool = False,
+                  lab_fraction: float | None = None) -> TwinSummary:
+    """Write a synthetic MIMIC-IV-ECG v1.0 + MIMIC-IV ``hosp`` dataset into ``out`` atomically.
+
+    ``tables_only`` writes every table but no waveform file; ``lab_fraction`` (tables only)
+    pads ``labevents`` to that fraction of MIMIC-IV's rows with non-panel filler rows.
+    """
+    _check(patients, sites, workers, tables_only, lab_fraction)
     claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite)
     started = time.perf_counter()
-    profiles = make_sites(sites, seed)
-    world = build_world(patients, profiles, seed)
-    ecgs = world.ecgs
-    ecgs["path"] = [v10_path(s, t) for s, t in zip(ecgs["subject_id"], ecgs["study_id"],
-                                                    strict=True)]
-    ecgs["ecg_time_text"] = ecgs["ecg_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    with atomic_directory(Path(out), OutputKind.TWIN, overwrite=overwrite) as staging:
-        lab_rows, coded = _write_hosp(staging / "hosp", world, np.random.default_rng(
-            [seed, TABLES_STREAM]))
-        nan_runs = write_waveforms(staging, ecgs, profiles, seed, workers)
-        record_list = ecgs.assign(file_name=ecgs["study_id"], ecg_time=ecgs["ecg_time_text"])
-        write_csv(record_list[RECORD_LIST_COLUMNS], staging / "record_list.csv")
-        write_csv(machine_measurements(
-            ecgs, [profiles[h].bandwidth for h in ecgs["hospital"]],
-            [profiles[h].filtering for h in ecgs["hospital"]]),
-            staging / "machine_measurements.csv")
-        (staging / TRUTH_FILE.parent).mkdir()
-        truth_table(ecgs, profiles, coded, nan_runs).to_parquet(staging / TRUTH_FILE, index=False)
-        site_lines = "; ".join(f"{s.hospital}={s.name} ({s.bandwidth}, carts "
-                               f"{', '.join(map(str, s.cart_ids))})" for s in profiles)
-        atomic_write_text(staging / "README.txt", README.format(
-            version=SYNTH_VERSION, seed=seed, patients=patients, n_sites=sites,
-            site_lines=site_lines))
+    with (record_pool(1 if tables_only else workers) as pool,
+          atomic_directory(Path(out), OutputKind.TWIN, overwrite=overwrite) as staging):
+        profiles = make_sites(sites, seed)
+        world = build_world(patients, profiles, seed)
+        ecgs = world.ecgs
+        ecgs["path"] = [v10_path(s, t) for s, t in zip(ecgs["subject_id"], ecgs["study_id"],
+                                                        strict=True)]
+        ecgs["ecg_time_text"] = ecgs["ecg_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
+        lab_rows, coded = write_hosp(staging / "hosp", world, np.random.default_rng(
+            [seed, TABLES_STREAM]), seed, lab_fraction)
+        nan_runs = None if tables_only else write_waveforms(staging, ecgs, profiles, seed, pool)
+        _write_ecg_tables(staging, ecgs, profiles, coded, nan_runs)
+        atomic_write_text(staging / "README.txt",
+                          _readme(profiles, seed, patients, tables_only, lab_rows))
     return TwinSummary(out=Path(out), patients=patients, ecgs=len(ecgs),
                        admissions=int(world.episodes["admitted"].sum()), lab_events=lab_rows,
-                       seconds=time.perf_counter() - started, sites=[s.name for s in profiles])
+                       seconds=time.perf_counter() - started, sites=[s.name for s in profiles],
+                       tables_only=tables_only)
