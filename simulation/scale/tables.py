@@ -125,7 +125,7 @@ def cost_rows(runs: Path, setting: str) -> list[str]:
     walls = [w for w in (wall_seconds(f) for f in seeds.values()) if w is not None]
     lines = [f"- {model}: rounds {federation_costs(first, model)['rounds']}" for model in models]
     if walls:
-        lines.append(f"- wall time per seed (with baselines): "
+        lines.append(f"- wall time of each seed's last command (a resumed study ran longer): "
                      f"{', '.join(f'{w / 60:.0f} min' for w in walls)}")
     return lines
 
@@ -167,7 +167,7 @@ def main() -> None:
             print("\n".join(protocol_rows(found[name])) + "\n")
             print("\n".join(cost_rows(args.runs, name)) + "\n")
     if found["iid"]:
-        print("## Transfer against signal-only, and multimodal against transfer (4 IID sites)\n")
+        print("## Model against model (4 IID sites)\n")
         print("\n".join(difference_rows(found["iid"], found["iid"], [
             ("transfer − signal-only", "transfer", "signal-only"),
             ("multimodal − transfer", "multimodal", "transfer")])) + "\n")
