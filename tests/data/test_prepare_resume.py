@@ -72,7 +72,9 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
     root = tmp_path_factory.mktemp("resume")
     twin = root / "twin"
-    generate_twin(twin, patients=100, sites=1, seed=5)
+    # ~1,400 records: at fedecg's read speed a 100-patient twin (~300) can finish in the
+    # moment between the journal showing KILL_AT records and the signal arriving
+    generate_twin(twin, patients=500, sites=1, seed=5)
     paths = pd.read_csv(twin / "record_list.csv")["path"]
     for position in BROKEN:
         dat = twin / (paths.iloc[position] + ".dat")
@@ -108,7 +110,8 @@ def test_killed_prepare_resumes_into_the_uninterrupted_store(
     result = CliRunner().invoke(app, _prepare_args(twin, out))
     assert result.exit_code == 0, result.output
     n = json.loads((reference / MANIFEST_FILE).read_text())["counts"]["records"] + 2
-    assert f"resuming {out}: {written['done']} of {n} records already written" in result.output
+    assert (f"resuming {out}: {written['done']:,} of {n:,} records already written"
+            in result.output)
     for name in (WAVEFORMS_FILE, COHORT_FILE, REJECTS_FILE):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert _without_times(out / MANIFEST_FILE) == _without_times(reference / MANIFEST_FILE)
