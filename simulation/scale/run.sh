@@ -2,7 +2,8 @@
 # The study at scale (simulation/scale/README.md), one `fedecg simulate` per study folder:
 #   iid-s0            4 IID sites, seed 0: signal-only and transfer; pooled and local-only
 #   iid-s1, iid-s2    seeds 1 and 2: signal-only and transfer; pooled
-#   no-pretraining-s0 the ablation: transfer without its pretraining rounds, seed 0, pooled
+#   no-pretraining-s0, -s1, -s2   the ablation: transfer without its pretraining rounds,
+#                     pooled
 #   natural-s0        natural sites (one per ECG cart, 11), seed 0, signal-only and transfer,
 #                     federated (pooled is the same model as iid-s0's: the same rows)
 # Multimodal (labs at inference: the reference, not a deployable ECG model) and local-only at
@@ -15,7 +16,8 @@ set -euo pipefail
 runs=${1:?usage: run.sh RUNS [STUDY ...]}
 shift
 studies=("$@")
-[ ${#studies[@]} -gt 0 ] || studies=(iid-s0 iid-s1 iid-s2 no-pretraining-s0 natural-s0)
+[ ${#studies[@]} -gt 0 ] || studies=(iid-s0 iid-s1 iid-s2 no-pretraining-s0 no-pretraining-s1
+                                     no-pretraining-s2 natural-s0)
 config=simulation/scale/config.yaml
 mkdir -p "$runs"
 two_models=(--set 'train.models=[signal-only,transfer]')
@@ -23,7 +25,7 @@ arguments() {  # the fedecg simulate settings of one study
     case $1 in
         iid-s0) echo --seeds 0 "${two_models[@]}" ;;
         iid-s1|iid-s2) echo --seeds "${1#iid-s}" --set baselines=pooled "${two_models[@]}" ;;
-        no-pretraining-s0) echo --seeds 0 --set baselines=pooled \
+        no-pretraining-s[0-9]) echo --seeds "${1#no-pretraining-s}" --set baselines=pooled \
             --set federation.rounds.pretrain=0 --set 'train.models=[transfer]' ;;
         natural-s0) echo --seeds 0 --set baselines=false --set partition.method=natural \
             --set partition.column=cart_id --set partition.num_sites=11 "${two_models[@]}" ;;
