@@ -35,6 +35,7 @@ from fedecg.run_folder import RunFolder
 DX, LAB = "diagnosis_macro_auroc", "lab_macro_auroc"
 MODELS = ("signal-only", "transfer", "multimodal")
 ARMS = ("federated", "pooled", "local_only")
+COLORS = {"federated": "#d62728", "pooled": "#1f77b4", "local_only": "#7f7f7f"}  # as in reports
 SETTINGS = {"iid": "4 IID sites", "natural": "natural sites (one per ECG cart)",
             "no-pretraining": "4 IID sites, transfer without pretraining rounds"}
 
@@ -143,7 +144,7 @@ def figure(by_seed: dict[int, dict[str, Any]], path: Path) -> None:
                 if not values:
                     continue
                 x = i + (k - 1) * width
-                axis.bar(x, statistics.mean(values), width, color=f"C{k}",
+                axis.bar(x, statistics.mean(values), width, color=COLORS[arm],
                          label=arm.replace("_", "-") if i == 0 else None)
                 axis.plot([x] * len(values), values, "k.", markersize=4)
         axis.set_xticks(range(len(models)), models)
