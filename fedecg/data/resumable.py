@@ -166,6 +166,7 @@ class ResumableStoreWriter(StoreWriter):
         reason = self._reason_to_restart(previous)
         if previous is not None and reason is None:
             self.journal, self.resumed = previous, previous.done
+            _remove_interrupted_writes(self.staging)
             self._open_waveforms(create=False)
             return self
         if previous is not None:
@@ -261,6 +262,13 @@ def hold_lock(path: Path, out: Path) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         yield
+
+
+def _remove_interrupted_writes(folder: Path) -> None:
+    """Remove the temporary files of atomic writes a killed prepare left (``.NAME.*.tmp``:
+    ``fedecg.io.atomic_write_bytes`` renames them into place only once complete)."""
+    for leftover in folder.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _empty(folder: Path, keep: str) -> None:
