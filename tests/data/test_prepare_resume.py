@@ -44,12 +44,19 @@ def _journal_done(out: Path) -> int:
         return 0
 
 
+def _default_ctrl_c() -> None:
+    """In the child: Ctrl-C as a terminal gives it, whatever the test process ignores (a
+    child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _killed_prepare(twin: Path, out: Path, signum: int = signal.SIGKILL,
                     timeout_s: float = 120.0) -> str:
     """Run ``fedecg prepare``, send it ``signum`` once its journal counts ``KILL_AT`` records;
     what it printed."""
     process = subprocess.Popen([sys.executable, "-m", "fedecg.cli", *_prepare_args(twin, out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_default_ctrl_c)
     deadline = time.monotonic() + timeout_s
     try:
         while _journal_done(out) < KILL_AT and process.poll() is None:
