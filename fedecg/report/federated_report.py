@@ -248,7 +248,7 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
     if "deployment" in summary:
         deployed_section(page, summary, results, models)
         return
-    page.heading("Results: federated vs pooled vs local-only")
+    page.heading("Results: " + " vs ".join(settings_run(summary)))
     seeds = ", ".join(results)
     spread = ("bootstrap 95% CI in brackets" if len(results) == 1
               else f"mean ± sd over {len(results)} seeds, per-seed CIs below")

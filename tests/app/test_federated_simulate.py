@@ -103,7 +103,9 @@ def test_pooled_baseline_alone(store, tmp_path, monkeypatch):
     row = re.search(r"<tr><td>transfer</td>(.*?)</tr>", RunFolder(out).report.read_text())
     pooled_cell, local_cell = re.findall(r"<td[^>]*>([^<]*)</td>", row[1])[1:3]
     assert pooled_cell.startswith(f"{pooled:.3f}") and local_cell == "—"
-    assert "with the pooled baseline (no local-only)" in RunFolder(out).report.read_text()
+    page = RunFolder(out).report.read_text()
+    assert "with the pooled baseline (no local-only)" in page
+    assert "<h2>Results: federated vs pooled</h2>" in page
     bad = runner.invoke(app, ["simulate", "--config", str(_study(tmp_path, store)),
                               "--out", str(tmp_path / "bad"), "--set", "baselines=local"])
     assert bad.exit_code == 1 and "baselines" in bad.output
