@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "federated_quality"))
 from compare import federation_costs, load_seeds, wall_seconds
 
+from fedecg.report.federated_report import mean_sd
 from fedecg.run_folder import RunFolder
 
 DX, LAB = "diagnosis_macro_auroc", "lab_macro_auroc"
@@ -58,11 +59,7 @@ def arm_values(by_seed: dict[int, dict[str, Any]], arm: str, model: str,
 
 
 def _spread(values: dict[int, float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{next(iter(values.values())):.3f}"
-    return f"{statistics.mean(values.values()):.3f} ± {statistics.stdev(values.values()):.3f}"
+    return mean_sd(list(values.values())) if values else "–"
 
 
 def _per_seed(by_seed: dict[int, dict[str, Any]], arm: str, model: str, key: str) -> str:
