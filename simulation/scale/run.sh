@@ -6,8 +6,10 @@
 #                     pooled
 #   natural-s0        natural sites (one per ECG cart, 11), seed 0, signal-only and transfer,
 #                     federated (pooled is the same model as iid-s0's: the same rows)
-# Multimodal (labs at inference: the reference, not a deployable ECG model) and local-only at
-# seeds 1-2 each cost as much again; on 2 CPU cores they did not fit (README.md here).
+#   multimodal-s0, -s1, -s2   the multimodal model (labs at inference: the reference, not a
+#                     deployable ECG model), 4 IID sites, pooled
+# Local-only at seeds 1-2 costs as much as federated again; on 2 CPU cores it did not fit
+# (README.md here).
 # then the tables and the figure (RUNS/results.md, RUNS/scale.png).
 #   bash simulation/scale/run.sh RUNS [STUDY ...]     (default: all of the above, in order)
 # The 20,000-patient twin is synthesized and prepared once into $FEDECG_CACHE (~5 min). A
@@ -17,7 +19,8 @@ runs=${1:?usage: run.sh RUNS [STUDY ...]}
 shift
 studies=("$@")
 [ ${#studies[@]} -gt 0 ] || studies=(iid-s0 iid-s1 iid-s2 no-pretraining-s0 no-pretraining-s1
-                                     no-pretraining-s2 natural-s0)
+                                     no-pretraining-s2 natural-s0 multimodal-s0 multimodal-s1
+                                     multimodal-s2)
 config=simulation/scale/config.yaml
 mkdir -p "$runs"
 two_models=(--set 'train.models=[signal-only,transfer]')
@@ -27,6 +30,8 @@ arguments() {  # the fedecg simulate settings of one study
         iid-s1|iid-s2) echo --seeds "${1#iid-s}" --set baselines=pooled "${two_models[@]}" ;;
         no-pretraining-s[0-9]) echo --seeds "${1#no-pretraining-s}" --set baselines=pooled \
             --set federation.rounds.pretrain=0 --set 'train.models=[transfer]' ;;
+        multimodal-s[0-9]) echo --seeds "${1#multimodal-s}" --set baselines=pooled \
+            --set 'train.models=[multimodal]' ;;
         natural-s0) echo --seeds 0 --set baselines=false --set partition.method=natural \
             --set partition.column=cart_id --set partition.num_sites=11 "${two_models[@]}" ;;
         *) echo "unknown study $1" >&2; return 1 ;;
