@@ -20,7 +20,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from fedecg.report.provenance import format_duration
+from fedecg.data.progress import format_duration
 
 
 class Output(StrEnum):

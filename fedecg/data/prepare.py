@@ -16,7 +16,7 @@ import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing, nullcontext
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from threadpoolctl import threadpool_limits
 
 from fedecg import __version__
@@ -41,6 +40,7 @@ from fedecg.data.ecg_windows import EcgWindows
 from fedecg.data.generic import read_site_ecgs, read_site_tables, with_site_declaration
 from fedecg.data.labs import panel_label_names
 from fedecg.data.mimic import read_mimic_tables, read_record_list
+from fedecg.data.progress import CountProgress, format_duration
 from fedecg.data.resumable import ResumableStoreWriter, digest, file_stats, frame_digest
 from fedecg.data.store import StoreManifest, label_prevalence
 from fedecg.data.tables import LINE, Rejects, find_table
@@ -173,14 +173,6 @@ def stream_records(paths: list[str], config: PrepareConfig
         yield from pool.imap(work, tasks, chunksize=config.chunk_size)
 
 
-def _progress(console: Console | None) -> Progress | nullcontext:
-    if console is None:
-        return nullcontext()
-    return Progress(TextColumn("[bold]prepare[/]"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                    transient=True)
-
-
 def _write_waveforms(writer: ResumableStoreWriter, cohort: pd.DataFrame, config: PrepareConfig,
                      rejects: Rejects, console: Console | None) -> tuple[np.ndarray, Counter]:
     """Write the records after the ``writer.done`` an interrupted run wrote; return which
@@ -190,10 +182,9 @@ def _write_waveforms(writer: ResumableStoreWriter, cohort: pd.DataFrame, config:
     studies = cohort["study_id"]
     for index, reason in writer.rejected:
         rejects.handle(RecordError(reason), paths[index], None, studies.iloc[index])
-    first, start = writer.done, time.perf_counter()
-    with (_progress(console) as bar,
+    first = writer.done
+    with (CountProgress(console, "prepare", len(paths), first) as progress,
           closing(stream_records(paths[first:], config)) as results):
-        task = bar.add_task("records", total=len(paths), completed=first, rate="") if bar else None
         for _, signal, fs, error in results:
             if error is None:
                 writer.write_next(signal, fs)
@@ -201,10 +192,7 @@ def _write_waveforms(writer: ResumableStoreWriter, cohort: pd.DataFrame, config:
                 rejects.handle(RecordError(error), paths[writer.done], None,
                                studies.iloc[writer.done])
                 writer.reject_next(error)
-            if bar and (writer.done % 64 == 0 or writer.done == len(paths)):
-                seconds = max(time.perf_counter() - start, 1e-9)
-                bar.update(task, completed=writer.done,
-                           rate=f"{(writer.done - first) / seconds:.0f} ECG/s")
+            progress.update(writer.done)
     keep = np.ones(len(paths), dtype=bool)
     keep[[index for index, _ in writer.rejected]] = False
     return keep, Counter(writer.source_fs)
@@ -275,10 +263,16 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
     claim_output(Path(out), OutputKind.STORE, inputs=sources, overwrite=overwrite)
     start = time.perf_counter()
     rejects = Rejects(config.on_error)
+    _say(console, "prepare: reading the record list and clinical tables of "
+                  + " and ".join(dict.fromkeys(str(path) for path in sources)))
     loaded = load_input(inputs, config, rejects)
     config = loaded.config
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
+    _say(console, f"prepare: {len(cohort):,} ECGs of {cohort['subject_id'].nunique():,} "
+                  f"patients in the cohort ({loaded.tables.lab_rows:,} lab rows read) after "
+                  f"{format_duration(time.perf_counter() - start)}; writing their waveforms "
+                  f"with {config.workers} worker(s)")
     with ResumableStoreWriter(
             Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
             fingerprint=prepare_fingerprint(config, loaded, cohort), overwrite=overwrite,

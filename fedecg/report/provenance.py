@@ -32,16 +32,6 @@ def installed_versions() -> dict[str, str]:
     return found
 
 
-def format_duration(seconds: float) -> str:
-    """``45s``, ``3m05s``, ``1h02m``."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 

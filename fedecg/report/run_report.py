@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedecg.data.progress import format_duration
 from fedecg.errors import TableError
 from fedecg.report.card_section import card_section
 from fedecg.report.html import HtmlPage
@@ -23,7 +24,7 @@ from fedecg.report.plots import (
     plot_curve_grid,
     plot_grouped_bars,
 )
-from fedecg.report.provenance import format_duration, read_provenance
+from fedecg.report.provenance import read_provenance
 from fedecg.run_folder import MODEL_KEYS, RunFolder, Summary
 
 logger = logging.getLogger(__name__)

@@ -300,6 +300,11 @@ def test_cli_prepare_with_overrides_and_errors(tmp_path: Path) -> None:
                                  "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "4 ECGs of 3 patients" in result.output
+    log = result.output.splitlines()  # off a terminal: the phases and a line per tenth
+    assert log[0].startswith("prepare: reading the record list and clinical tables of")
+    assert log[1].startswith("prepare: 4 ECGs of 3 patients in the cohort")
+    assert log[2].startswith("prepare: 1 of 4 records (25%) · ")
+    assert log[5].startswith("prepare: 4 of 4 records (100%) · ") and log[5].endswith("left")
     manifest = SiteStore.open(tmp_path / "store").manifest
     assert (manifest.fs, manifest.n_samples, manifest.site_name) == (250, 2500, "north")
     again = runner.invoke(app, args)
@@ -361,5 +366,6 @@ def test_documented_preset_equals_the_defaults() -> None:
 def test_cli_prepare_into_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
     site = make_generic_site(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "--site-dir", str(site), "--out", "/proc/x"])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert result.output.startswith("error: /proc/") and "that you may write there" in result.output
+    *progress, error = result.output.splitlines()  # the phases read so far, then the error
+    assert result.exit_code == 1 and all(line.startswith("prepare: ") for line in progress)
+    assert error.startswith("error: /proc/") and "that you may write there" in error
