@@ -84,8 +84,9 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def record_command(run_dir: Path, started: float) -> None:
-    """Write ``run_dir/provenance.json``: this command line, its start and end, versions.
+def record_command(run_dir: Path, started: float, resumed: bool = False) -> None:
+    """Write ``run_dir/provenance.json``: this command line, its start and end, versions, and
+    whether it ``resumed`` an interrupted run.
 
     Run from the shell, the arguments are the shell's; called from Python (tests, scripts)
     only the subcommand is known.
@@ -97,7 +98,7 @@ def record_command(run_dir: Path, started: float) -> None:
     else:
         context = click.get_current_context(silent=True)
         argv = [context.info_name if context else "?", "(called from Python)"]
-    record_run(run_dir, argv, started, time.time())
+    record_run(run_dir, argv, started, time.time(), resumed)
 def _exit_code(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else 1
 

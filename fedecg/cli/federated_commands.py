@@ -125,7 +125,7 @@ def simulate(
     summary = run_study(settings, Path(run_dir), resume=resume is not None, say=say,
                         progress=round_reporter(settings, progress), console=console)
     console.print(results_table(summary))
-    record_command(Path(run_dir), started)
+    record_command(Path(run_dir), started, resumed=resume is not None)
     report = _report(Path(run_dir))
     progress.result({"out": str(run_dir), "report": str(report) if report else None,
                      "federated": {model: {k: entry.get(k) for k in RESULT_KEYS}

@@ -23,6 +23,7 @@ from fedecg.cli.progress import (
 from fedecg.config.base import load_config
 from fedecg.config.train import TrainConfig
 from fedecg.errors import FedecgError
+from fedecg.run_folder import RunFolder
 from fedecg.training.pipeline import train_models
 from fedecg.training.runner import stage_config
 from fedecg.training.stages import build_stages
@@ -130,6 +131,8 @@ def train(
     Prints one line per epoch with the validation loss and AUROC and an ETA.
     """
     started = time.time()
+    folder = RunFolder(out)  # an unfinished run there is resumed (unless --overwrite)
+    resumed = not overwrite and folder.run_info.is_file() and not folder.summary.is_file()
     settings = load_config(TrainConfig, config, build_overrides(models, seed, overrides))
     progress = RunProgress(epoch_plan(settings)[1], "epoch", output_mode(quiet, log_json),
                            console)
@@ -146,7 +149,7 @@ def train(
             summary = _run(store, settings, out, cv, overwrite, on_step, on_epoch)
     else:
         summary = _run(store, settings, out, cv, overwrite, None, on_epoch)
-    record_command(out, started)
+    record_command(out, started, resumed)
     if cv is not None:
         for line in cv_lines(summary):
             console.print(line, highlight=False, soft_wrap=True)

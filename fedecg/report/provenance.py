@@ -36,14 +36,16 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def record_run(run_dir: Path, argv: list[str], started: float, finished: float) -> Path:
+def record_run(run_dir: Path, argv: list[str], started: float, finished: float,
+               resumed: bool = False) -> Path:
     """Write ``run_dir/provenance.json`` for a command ``argv`` that ran from ``started`` to
-    ``finished`` (Unix times) and return its path."""
+    ``finished`` (Unix times), ``resumed`` when it continued an interrupted run, and return
+    its path."""
     path = RunFolder(run_dir).provenance
     atomic_write_json(path, {
         "command": shlex.join(["fedecg", *argv]), "started": _iso(started),
         "finished": _iso(finished), "seconds": round(finished - started, 1),
-        "versions": installed_versions()}, SHARED)
+        "resumed": resumed, "versions": installed_versions()}, SHARED)
     return path
 
 

@@ -135,9 +135,10 @@ def run_section(page: HtmlPage, run_dir: Path, facts: list[tuple[str, object]]) 
     origin = read_provenance(run_dir)
     versions = " · ".join(f"{k} {v}" for k, v in origin["versions"].items())
     if origin["recorded"]:
+        resumed = " (this command resumed an interrupted run; the interrupted part is not " \
+                  "counted)" if origin.get("resumed") else ""
         timing = [("finished", origin["finished"]),
-                  ("duration", format_duration(origin["seconds"])
-                   + " (the last command; a resumed run ran longer)"),
+                  ("duration", format_duration(origin["seconds"]) + resumed),
                   ("command", origin["command"]), ("versions", versions)]
     else:
         timing = [("summary written", origin["finished"] or "—"),

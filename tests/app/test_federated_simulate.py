@@ -146,6 +146,7 @@ def test_resume_finishes_a_study_and_refuses_another_config(store, tmp_path, mon
     assert changed.exit_code == 1 and "differs from this config" in changed.output
     resumed = runner.invoke(app, ["simulate", "--resume", str(out)])
     assert resumed.exit_code == 0, resumed.output
+    assert "this command resumed an interrupted run" in RunFolder(out).report.read_text()
     monkeypatch.setattr(site_module, "validate", real)
     whole = tmp_path / "whole"
     assert runner.invoke(app, ["simulate", "--config", str(config), "--out", str(whole)]

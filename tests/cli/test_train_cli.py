@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fedecg.cli import app
 from fedecg.models.io import load_inference_model
+from fedecg.report.provenance import read_provenance
 from fedecg.run_folder import RunFolder
 
 runner = CliRunner()
@@ -95,11 +96,12 @@ def test_an_unfinished_run_resumes_only_with_the_same_settings(store, tmp_path):
     run = tmp_path / "run"
     args = _args(store, run, "--models", "signal-only")
     assert runner.invoke(app, args).exit_code == 0
+    assert read_provenance(run)["resumed"] is False
     RunFolder(run).summary.unlink()  # as if killed before the end
     result = runner.invoke(app, [*args, "--seed", "9"])
     assert result.exit_code == 1 and "seed" in result.output and "--overwrite" in result.output
     assert runner.invoke(app, args).exit_code == 0  # same settings: resumes and finishes
-    assert RunFolder(run).summary.is_file()
+    assert RunFolder(run).summary.is_file() and read_provenance(run)["resumed"] is True
 
 
 def test_a_folder_that_is_not_a_run_is_left_alone(store, tmp_path):

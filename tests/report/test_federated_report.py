@@ -238,6 +238,7 @@ def test_provenance_recorded_by_a_command_is_shown(tmp_path: Path):
     assert read_provenance(run)["seconds"] == 185.0
     page = write_run_report(run).read_text()
     assert "fedecg simulate --out runs/x" in page and "3m05s" in page
+    assert "resumed" not in page[page.index("<h2>Run</h2>"):page.index("<h2>Results")]
     assert "1970-01-01T00:19:45+00:00" in page
 
 
