@@ -4,7 +4,7 @@
 #   iid-s1, iid-s2    seeds 1 and 2: signal-only and transfer; pooled
 #   no-pretraining-s0, -s1, -s2   the ablation: transfer without its pretraining rounds,
 #                     pooled
-#   natural-s0        natural sites (one per ECG cart, 11), seed 0, signal-only and transfer,
+#   natural-s0, -s1, -s2   natural sites (one per ECG cart, 11), signal-only and transfer,
 #                     federated (pooled is the same model as iid-s0's: the same rows)
 #   multimodal-s0, -s1, -s2   the multimodal model (labs at inference: the reference, not a
 #                     deployable ECG model), 4 IID sites, pooled
@@ -20,7 +20,7 @@ shift
 studies=("$@")
 [ ${#studies[@]} -gt 0 ] || studies=(iid-s0 iid-s1 iid-s2 no-pretraining-s0 no-pretraining-s1
                                      no-pretraining-s2 natural-s0 multimodal-s0 multimodal-s1
-                                     multimodal-s2)
+                                     multimodal-s2 natural-s1 natural-s2)
 config=simulation/scale/config.yaml
 mkdir -p "$runs"
 two_models=(--set 'train.models=[signal-only,transfer]')
@@ -32,7 +32,8 @@ arguments() {  # the fedecg simulate settings of one study
             --set federation.rounds.pretrain=0 --set 'train.models=[transfer]' ;;
         multimodal-s[0-9]) echo --seeds "${1#multimodal-s}" --set baselines=pooled \
             --set 'train.models=[multimodal]' ;;
-        natural-s0) echo --seeds 0 --set baselines=false --set partition.method=natural \
+        natural-s[0-9]) echo --seeds "${1#natural-s}" --set baselines=false \
+            --set partition.method=natural \
             --set partition.column=cart_id --set partition.num_sites=11 "${two_models[@]}" ;;
         *) echo "unknown study $1" >&2; return 1 ;;
     esac

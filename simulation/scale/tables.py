@@ -5,7 +5,8 @@ Usage::
     python simulation/scale/tables.py RUNS [--figure simulation/figures/scale.png]
 
 Reads ``RUNS/<setting>-s<seed>/`` (one ``fedecg simulate`` study per seed) for the settings
-``iid`` (4 IID sites, every model), ``no-pretraining`` (transfer without its pretraining
+``iid`` (4 IID sites, signal-only and transfer), ``multimodal`` (the same sites and seeds, the
+multimodal model: shown with ``iid``), ``no-pretraining`` (transfer without its pretraining
 rounds) and ``natural`` (one site per ECG cart) and prints:
 
 * per setting and model, diagnosis (dx) and lab macro AUROC on the pooled test split for
@@ -45,6 +46,18 @@ def summaries(runs: Path, setting: str) -> dict[int, dict[str, Any]]:
     """``{seed: summary.json}`` of the finished studies of ``setting``."""
     return {seed: json.loads(RunFolder(folder).summary.read_text())
             for seed, folder in load_seeds(runs, setting).items()}
+
+
+def with_models_of(base: dict[int, dict[str, Any]], more: dict[int, dict[str, Any]]
+                   ) -> dict[int, dict[str, Any]]:
+    """``base``'s summaries with the models ``more`` trained on the same sites and seed added
+    to each arm (the multimodal studies beside the IID ones)."""
+    merged = {}
+    for seed, summary in base.items():
+        extra = more.get(seed, {})
+        merged[seed] = {**summary, **{arm: {**(summary.get(arm) or {}), **(extra.get(arm) or {})}
+                                      for arm in ARMS if summary.get(arm) or extra.get(arm)}}
+    return merged
 
 
 def arm_values(by_seed: dict[int, dict[str, Any]], arm: str, model: str,
@@ -159,11 +172,14 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, help="write the IID bar chart here (PNG)")
     args = parser.parse_args()
     found = {name: summaries(args.runs, name) for name in SETTINGS}
+    found["iid"] = with_models_of(found["iid"], summaries(args.runs, "multimodal"))
     for name, title in SETTINGS.items():
         if found[name]:
             print(f"## {title} (seeds {', '.join(map(str, found[name]))})\n")
             print("\n".join(protocol_rows(found[name])) + "\n")
-            print("\n".join(cost_rows(args.runs, name)) + "\n")
+            print("\n".join(cost_rows(args.runs, name)
+                            + (cost_rows(args.runs, "multimodal") if name == "iid" else []))
+                  + "\n")
     if found["iid"]:
         print("## Model against model (4 IID sites)\n")
         print("\n".join(difference_rows(found["iid"], found["iid"], [
