@@ -56,7 +56,8 @@ def latent_features(twin: Path) -> pd.DataFrame:
                if c not in NOT_ECG and not c.startswith(("cond_", "coded_", "latent_"))]
     features = truth[["study_id", *columns]].copy()
     for column in columns:
-        if features[column].dtype == object or features[column].dtype == bool:
+        kind = features[column].dtype
+        if pd.api.types.is_bool_dtype(kind) or not pd.api.types.is_numeric_dtype(kind):
             features[column] = pd.Categorical(features[column]).codes
     return features
 
