@@ -69,3 +69,83 @@ pulmonary_embolism  v1's +15 bpm kept (tachycardia > 100 bpm in 28.8% of   March
 Chronic effects are traits of the patient (the same on each of their ECGs); PE's are drawn per
 ECG. The draws come from their own random stream, so version 1's streams are untouched.
 """
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedecg.data.synth.morphology import flags, qt_ms
+
+EFFECTS_VERSION = 2
+"""The first generator version with these effects."""
+LITERATURE_STREAM = 5
+LITERATURE_COLUMNS = ("lateral_stt_mv", "rv_strain_mv", "s1q3t3")
+"""Morphology the effects add: lateral ST-T depth (mV, <= 0: T inversion, ST depression 40% of
+it), right precordial T inversion depth (mV, <= 0), and the S1Q3T3 pattern."""
+LVH_KEPT = 0.5          # of v1's ECG-LVH (30% of hypertensives): 15%
+CKD_LVH = 0.15
+STRAIN_OF_LVH = 0.11
+ISCHEMIC_STT = 0.20
+CARDIOMYOPATHY_LBBB = 0.25
+DIABETES_QTC_MS = 8.0
+CKD_QTC_MS = 10.0
+AUTONOMIC_NEUROPATHY = 0.20
+PE_S1Q3T3 = 0.085
+PE_RV_STRAIN = 0.105
+PE_RBBB = 0.048
+
+
+def _per_patient(rng: np.random.Generator, patient: np.ndarray, k: int) -> np.ndarray:
+    """``k`` uniform draws per patient, repeated on each of their ECGs (ECGs x k)."""
+    return rng.random((int(patient.max()) + 1 if len(patient) else 0, k))[patient]
+
+
+def _lvh_and_repolarization(f: pd.DataFrame, m: pd.DataFrame, p: np.ndarray,
+                            e: np.ndarray) -> np.ndarray:
+    """ECG-LVH by the table (in place on ``m``); returns the lateral ST-T depth per ECG."""
+    old_lvh = flags(f, "lvh")
+    lvh = (old_lvh & (p[:, 0] < LVH_KEPT)) | (flags(f, "ckd") & (p[:, 1] < CKD_LVH))
+    m["qrs_scale"] *= np.where(lvh, 1.45, 1.0) / np.where(old_lvh, 1.45, 1.0)
+    m["axis_deg"] = np.clip(m["axis_deg"] - 15.0 * (lvh.astype(float) - old_lvh), -90, 150)
+    lateral = np.where(lvh & (p[:, 2] < STRAIN_OF_LVH), -(0.10 + 0.20 * p[:, 3]), 0.0)
+    ischemic = flags(f, "chronic_ischemic") & (p[:, 4] < ISCHEMIC_STT)
+    lateral = np.minimum(lateral, np.where(ischemic, -(0.05 + 0.15 * p[:, 5]), 0.0))
+    severe_anemia = e[:, 0] < np.clip(0.25 * (7.0 - f["hemoglobin"].to_numpy()), 0.0, 0.75)
+    return np.minimum(lateral, np.where(severe_anemia, -(0.05 + 0.10 * e[:, 4]), 0.0))
+
+
+def _new_blocks(f: pd.DataFrame, m: pd.DataFrame, p: np.ndarray, e: np.ndarray) -> None:
+    """Cardiomyopathy's LBBB and PE's RBBB where no block was drawn (in place on ``m``)."""
+    free = m["bbb"].to_numpy() == "none"
+    lbbb = free & flags(f, "cardiomyopathy") & (p[:, 6] < CARDIOMYOPATHY_LBBB)
+    rbbb = free & ~lbbb & flags(f, "pulmonary_embolism") & (e[:, 3] < PE_RBBB)
+    old_qrs = m["qrs_ms"].to_numpy()
+    qrs = np.clip(old_qrs + np.where(lbbb | rbbb, 38.0 + 22.0 * e[:, 5], 0.0), 60.0, 210.0)
+    m["qtc_ms"] += 0.35 * (np.maximum(0.0, qrs - 100.0) - np.maximum(0.0, old_qrs - 100.0))
+    m["qrs_ms"] = qrs
+    m["bbb"] = np.where(lbbb, "lbbb", np.where(rbbb, "rbbb", m["bbb"].to_numpy()))
+
+
+def apply_literature_effects(rng: np.random.Generator, f: pd.DataFrame,
+                             morphology: pd.DataFrame) -> pd.DataFrame:
+    """``morphology`` (``compute_morphology`` of ``f``) with the table's effects and the
+    ``LITERATURE_COLUMNS`` added; ``f`` holds conditions, latent labs and ``patient``."""
+    m = morphology.copy()
+    p = _per_patient(rng, f["patient"].to_numpy(), 8)
+    e = rng.random((len(f), 7))
+    m["lateral_stt_mv"] = _lvh_and_repolarization(f, m, p, e)
+    _new_blocks(f, m, p, e)
+    diabetes = flags(f, "diabetes")
+    neuropathy = diabetes & (p[:, 7] < AUTONOMIC_NEUROPATHY)
+    m["qtc_ms"] = np.clip(m["qtc_ms"] + DIABETES_QTC_MS * diabetes + CKD_QTC_MS * flags(f, "ckd"),
+                          320.0, 620.0)
+    m["hr_bpm"] = np.clip(m["hr_bpm"] + 15.0 * neuropathy, 38.0, 165.0)
+    sinus = m["rhythm"].to_numpy() == "sinus"
+    m["rr_cv"] = np.where(neuropathy & sinus, 0.4 * m["rr_cv"], m["rr_cv"])
+    m["qt_ms"] = qt_ms(m["qtc_ms"].to_numpy(), m["hr_bpm"].to_numpy())
+    pe = flags(f, "pulmonary_embolism")
+    m["s1q3t3"] = pe & (e[:, 1] < PE_S1Q3T3)
+    m["axis_deg"] = np.clip(m["axis_deg"] + 30.0 * m["s1q3t3"], -90, 150)
+    m["rv_strain_mv"] = np.where(pe & (e[:, 2] < PE_RV_STRAIN), -(0.10 + 0.25 * e[:, 6]), 0.0)
+    return m
