@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from fedecg.cli.common import console, friendly_errors
-from fedecg.data.synth import generate_twin, synthesize_from_clinical
+from fedecg.data.synth import SYNTH_VERSION, generate_twin, synthesize_from_clinical
 from fedecg.errors import ConfigError
 
 
@@ -29,6 +29,10 @@ def synth(
     clinical_from: Path | None = typer.Option(
         None, "--clinical-from", help="A MIMIC-IV root holding hosp/: keep its real tables and "
         "synthesize only waveforms."),
+    generator_version: int = typer.Option(
+        SYNTH_VERSION, "--generator-version", help="Generator version: 1 (before the "
+        "literature ECG effects of nine conditions) or 2 (with them); an older version gives "
+        "exactly the bytes it gave."),
     record_list: Path | None = typer.Option(
         None, "--record-list", help="With --clinical-from: the real record_list.csv whose "
         "ECG times and paths to keep."),
@@ -40,7 +44,7 @@ def synth(
                               "pass both, or neither for a fully synthetic twin")
         summary = generate_twin(out, patients=patients, sites=sites, seed=seed,
                                 overwrite=overwrite, workers=workers, tables_only=tables_only,
-                                lab_fraction=lab_fraction)
+                                lab_fraction=lab_fraction, generator_version=generator_version)
         wrote = "wrote the tables (no waveforms) of" if summary.tables_only else "wrote"
         console.print(f"{wrote} {summary.ecgs} ECGs of "
                       f"{summary.patients} patients ({summary.admissions} admissions, "
@@ -54,7 +58,8 @@ def synth(
         raise ConfigError("synth: --clinical-from needs --record-list RECORD_LIST (the real "
                           "MIMIC-IV-ECG record_list.csv)")
     summary = synthesize_from_clinical(clinical_from, record_list, out, seed=seed,
-                                       overwrite=overwrite, workers=workers)
+                                       overwrite=overwrite, workers=workers,
+                                       generator_version=generator_version)
     console.print(f"wrote {summary.ecgs} synthetic waveforms for the real records of "
                   f"{summary.patients} patients to {summary.out} in {summary.seconds:.1f} s")
 

@@ -120,6 +120,9 @@ class SynthesizeConfig(StrictModel):
     sites: int = Field(default=4, ge=1)
     seed: int = 0
     fs: float = Field(default=100.0, gt=0)
+    generator_version: Literal[1, 2] = Field(
+        default=2, description="the twin generator (fedecg.data.synth.GENERATOR_VERSIONS): 1 "
+        "before the literature ECG effects of nine conditions, 2 with them")
 
 
 class DeployedSitesConfig(StrictModel):

@@ -24,7 +24,7 @@ from fedecg.config.federated import DataSourceConfig, PartitionConfig, StudyConf
 from fedecg.config.train import MODEL_NAMES
 from fedecg.data.prepare import MimicInput, prepare_store, schema_manifest
 from fedecg.data.store import SiteStore
-from fedecg.data.synth import SYNTH_VERSION, generate_twin
+from fedecg.data.synth import generate_twin
 from fedecg.errors import ConfigError
 from fedecg.federated.orchestration import RunPlan
 from fedecg.federated.partition import load_partition, partition_store, write_partition
@@ -52,7 +52,8 @@ def ensure_store(data: DataSourceConfig, say: Callable[[str], None] | None = Non
         raise ConfigError("data.deployed: the hospitals hold the data; a simulation needs "
                           "data.store or data.synthesize")
     twin = data.synthesize
-    name = f"twin-v{SYNTH_VERSION}-p{twin.patients}-s{twin.sites}-seed{twin.seed}-fs{twin.fs:g}"
+    name = (f"twin-v{twin.generator_version}-p{twin.patients}-s{twin.sites}-seed{twin.seed}"
+            f"-fs{twin.fs:g}")
     folder = cache_dir(data) / name
     store = folder / "store"
     if (store / "manifest.json").is_file():
@@ -61,7 +62,7 @@ def ensure_store(data: DataSourceConfig, say: Callable[[str], None] | None = Non
                       f"hospitals into {folder} (once; later studies reuse it)")
     if not (folder / "raw" / "record_list.csv").is_file():
         generate_twin(folder / "raw", patients=twin.patients, sites=twin.sites, seed=twin.seed,
-                      overwrite=True)
+                      overwrite=True, generator_version=twin.generator_version)
     settings = PrepareConfig(site_name=folder.name, waveform=WaveformConfig(fs=twin.fs))
     result = prepare_store(MimicInput(folder / "raw", folder / "raw"), store, settings,
                            overwrite=True, console=console)

@@ -5,7 +5,13 @@ tables and ECG times and synthesizes only the waveforms.
 """
 
 from fedecg.data.synth.clinical_from import synthesize_from_clinical
-from fedecg.data.synth.twin import SYNTH_VERSION, TRUTH_FILE, TwinSummary, generate_twin
+from fedecg.data.synth.twin import (
+    GENERATOR_VERSIONS,
+    SYNTH_VERSION,
+    TRUTH_FILE,
+    TwinSummary,
+    generate_twin,
+)
 
-__all__ = ["SYNTH_VERSION", "TRUTH_FILE", "TwinSummary", "generate_twin",
+__all__ = ["GENERATOR_VERSIONS", "SYNTH_VERSION", "TRUTH_FILE", "TwinSummary", "generate_twin",
            "synthesize_from_clinical"]

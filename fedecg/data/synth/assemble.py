@@ -9,6 +9,11 @@ import numpy as np
 import pandas as pd
 
 from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
+from fedecg.data.synth.literature_effects import (
+    EFFECTS_VERSION,
+    LITERATURE_STREAM,
+    apply_literature_effects,
+)
 from fedecg.data.synth.morphology import compute_morphology
 from fedecg.data.synth.physiology import LAB_SPECS, drift_labs, episode_latent_labs, lab_conditions
 from fedecg.data.synth.population import (
@@ -54,8 +59,9 @@ def _episode_frame(patients: pd.DataFrame, episodes: pd.DataFrame) -> pd.DataFra
 
 def _ecg_frame(rng: np.random.Generator, patients: pd.DataFrame, episodes: pd.DataFrame,
                ep_frame: pd.DataFrame, ep_labs: pd.DataFrame,
-               times: pd.DataFrame) -> pd.DataFrame:
-    """One row per ECG: ids, patient traits, conditions, latent labs and morphology."""
+               times: pd.DataFrame, effects_rng: np.random.Generator | None) -> pd.DataFrame:
+    """One row per ECG: ids, patient traits, conditions, latent labs and morphology (with
+    the literature's effects drawn from ``effects_rng``, unless None)."""
     ep = times["episode"].to_numpy()
     frame = pd.concat([
         times.reset_index(drop=True),
@@ -70,11 +76,19 @@ def _ecg_frame(rng: np.random.Generator, patients: pd.DataFrame, episodes: pd.Da
     for name, flags in lab_conditions(labs, frame["gender"]).items():
         frame[name] = flags
     frame = pd.concat([frame, labs], axis=1)
-    return pd.concat([frame, compute_morphology(rng, frame)], axis=1)
+    morphology = compute_morphology(rng, frame)
+    if effects_rng is not None:
+        morphology = apply_literature_effects(effects_rng, frame, morphology)
+    return pd.concat([frame, morphology], axis=1)
 
 
-def build_world(patients: int, sites: list[SiteProfile], seed: int) -> World:
-    """Draw the whole latent world for ``patients`` patients spread over ``sites``."""
+def build_world(patients: int, sites: list[SiteProfile], seed: int,
+                generator_version: int = EFFECTS_VERSION) -> World:
+    """Draw the whole latent world for ``patients`` patients spread over ``sites``.
+
+    From ``generator_version`` 2 the ECGs carry the literature's effects, drawn from their own
+    stream: everything else, and all of version 1, stays as version 1 draws it.
+    """
     rng = np.random.default_rng([seed, POPULATION_STREAM])
     pats = sample_patients(rng, patients, sites)
     episodes = sample_episodes(rng, pats, sites)
@@ -85,7 +99,9 @@ def build_world(patients: int, sites: list[SiteProfile], seed: int) -> World:
     ep_frame = _episode_frame(pats, episodes)
     ep_labs = episode_latent_labs(rng, ep_frame, len(pats))
     times = sample_ecg_times(rng, episodes)
-    ecgs = _ecg_frame(rng, pats, episodes, ep_frame, ep_labs, times)
+    effects_rng = (np.random.default_rng([seed, LITERATURE_STREAM])
+                   if generator_version >= EFFECTS_VERSION else None)
+    ecgs = _ecg_frame(rng, pats, episodes, ep_frame, ep_labs, times, effects_rng)
     ecgs.insert(0, "study_id", rng.permutation(_unique_ids(rng, len(ecgs), 40_000_000,
                                                            49_999_999)))
     ecgs["cart_id"] = [

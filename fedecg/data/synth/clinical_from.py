@@ -25,14 +25,21 @@ from fedecg.data.diagnoses import DEFAULT_DIAGNOSIS_LABELS
 from fedecg.data.labs import DEFAULT_LAB_PANEL
 from fedecg.data.mimic import hosp_dir, read_mimic_tables
 from fedecg.data.synth.assemble import CONDITIONS, LAB_NAMES
+from fedecg.data.synth.literature_effects import (
+    EFFECTS_VERSION,
+    LITERATURE_STREAM,
+    apply_literature_effects,
+)
 from fedecg.data.synth.mimic_writer import machine_measurements, write_csv
 from fedecg.data.synth.morphology import compute_morphology
 from fedecg.data.synth.physiology import LAB_CONDITIONS, episode_latent_labs, lab_conditions
 from fedecg.data.synth.population import ACUTE, patient_effects
 from fedecg.data.synth.sites import make_sites
 from fedecg.data.synth.twin import (
+    SYNTH_VERSION,
     TRUTH_FILE,
     TwinSummary,
+    check_generator_version,
     record_pool,
     truth_table,
     write_waveforms,
@@ -54,7 +61,7 @@ CLINICAL_STREAM = 4
 LAB_WINDOW_HOURS = 24.0
 README = """fedecg waveforms for real clinical data (the ECG SIGNALS ARE SYNTHETIC).
 
-Made by `fedecg synth --clinical-from {root} --record-list {record_list}` (seed {seed}).
+Made by `fedecg synth --clinical-from {root} --record-list {record_list}` (seed {seed}{version}).
 hosp/ and record_list.csv are copies of the real inputs. Each WFDB record under files/ was drawn
 from fedecg's latent-physiology model, conditioned on that ECG's nearest real labs (within
 ±{window:g} h) and the real diagnoses of the admission holding it; machine_measurements.csv
@@ -148,8 +155,11 @@ def _copy_clinical(mimic_root: Path, staging: Path) -> None:
 
 
 def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, seed: int = 0,
-                             overwrite: bool = False, workers: int = 1) -> TwinSummary:
-    """Write ``out``: the real ``hosp/`` tables and record list plus synthetic WFDB records."""
+                             overwrite: bool = False, workers: int = 1,
+                             generator_version: int = SYNTH_VERSION) -> TwinSummary:
+    """Write ``out``: the real ``hosp/`` tables and record list plus synthetic WFDB records
+    (``generator_version`` as ``generate_twin``'s)."""
+    check_generator_version(generator_version)
     sources = (mimic_root, record_list)
     claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite, inputs=sources)
     started = time.perf_counter()
@@ -163,7 +173,11 @@ def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, see
     rng = np.random.default_rng([seed, CLINICAL_STREAM])
     site = make_sites(1, seed)[0]
     frame = _latent_frame(rng, ecgs, tables)
-    frame = pd.concat([frame, compute_morphology(rng, frame)], axis=1)
+    morphology = compute_morphology(rng, frame)
+    if generator_version >= EFFECTS_VERSION:
+        morphology = apply_literature_effects(
+            np.random.default_rng([seed, CLINICAL_STREAM, LITERATURE_STREAM]), frame, morphology)
+    frame = pd.concat([frame, morphology], axis=1)
     frame["hospital"] = 0
     frame["cart_id"] = rng.choice(site.cart_ids, size=len(frame))
     frame["ecg_time_text"] = frame["ecg_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
@@ -182,7 +196,8 @@ def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, see
         (staging / TRUTH_FILE.parent).mkdir()
         truth.to_parquet(staging / TRUTH_FILE, index=False)
         atomic_write_text(staging / "README.txt", README.format(
-            root=mimic_root, record_list=record_list, seed=seed, window=LAB_WINDOW_HOURS))
+            root=mimic_root, record_list=record_list, seed=seed, window=LAB_WINDOW_HOURS,
+            version="" if generator_version == 1 else f", generator version {generator_version}"))
     return TwinSummary(out=Path(out), patients=int(frame["subject_id"].nunique()),
                        ecgs=len(frame), admissions=int(frame["hadm_id"].nunique()),
                        lab_events=len(tables.labs), seconds=time.perf_counter() - started,

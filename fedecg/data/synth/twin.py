@@ -17,6 +17,7 @@ from fedecg.data.leads import MIMIC_LEADS
 from fedecg.data.synth.assemble import CONDITIONS, LAB_NAMES, build_world
 from fedecg.data.synth.hosp_writer import write_hosp
 from fedecg.data.synth.lab_filler import MIMIC_LABEVENT_ROWS
+from fedecg.data.synth.literature_effects import LITERATURE_COLUMNS
 from fedecg.data.synth.mimic_writer import (
     RECORD_LIST_COLUMNS,
     machine_measurements,
@@ -30,8 +31,12 @@ from fedecg.data.synth.waveform import FS, synthesize_record
 from fedecg.errors import ConfigError
 from fedecg.io import OutputKind, atomic_directory, atomic_write_text, claim_output
 
-SYNTH_VERSION = 1
-"""Bumped whenever the same seed would give different data; part of any twin cache key."""
+SYNTH_VERSION = 2
+"""The newest generator; bumped whenever the same seed would give different data. Part of any
+twin cache key. Version 1: no ECG sign of nine conditions; 2: their literature effects
+(``literature_effects``)."""
+GENERATOR_VERSIONS = (1, 2)
+"""Versions ``generate_twin`` can still write, each byte for byte as it first did."""
 TABLES_STREAM = 1
 WAVEFORM_STREAM = 3
 RECORDS_PER_TASK = 256
@@ -77,6 +82,19 @@ class TwinSummary:
     tables_only: bool = False
 
 
+def check_generator_version(version: int) -> None:
+    """A clear error for a generator version this fedecg cannot write."""
+    if version not in GENERATOR_VERSIONS:
+        raise ConfigError(f"synth: generator version {version}; expected one of "
+                          f"{', '.join(map(str, GENERATOR_VERSIONS))} (1: the twin before the "
+                          f"literature ECG effects, {SYNTH_VERSION}: the newest)")
+
+
+def ecg_parameter_columns(ecgs: pd.DataFrame) -> list[str]:
+    """The morphology columns of ``ecgs``: version 1's, and the literature's where drawn."""
+    return [*MORPHOLOGY_COLUMNS, *(c for c in LITERATURE_COLUMNS if c in ecgs)]
+
+
 def _record_job(args: tuple[Path, int, int, pd.DataFrame, list[SiteProfile]]) -> list[int]:
     """Synthesize and write one block of records, the first being record ``first`` of the
     twin; returns their NaN-run counts."""
@@ -110,7 +128,8 @@ def write_waveforms(staging: Path, ecgs: pd.DataFrame, sites: Sequence[SiteProfi
     (``record_pool``). Tasks are blocks of ``RECORDS_PER_TASK`` rows of the few columns a
     record needs.
     """
-    table = ecgs[[*MORPHOLOGY_COLUMNS, "precordial_gain", "hospital", "path", "ecg_time"]]
+    table = ecgs[[*ecg_parameter_columns(ecgs), "precordial_gain", "hospital", "path",
+                  "ecg_time"]]
     tasks = ((staging, seed, first, table.iloc[first:first + RECORDS_PER_TASK], list(sites))
              for first in range(0, len(table), RECORDS_PER_TASK))
     parts = list(map(_record_job, tasks) if pool is None else pool.map(_record_job, tasks))
@@ -136,7 +155,7 @@ def truth_table(ecgs: pd.DataFrame, sites: Sequence[SiteProfile], coded: pd.Data
         truth[f"coded_{name}"] = pd.array(coded_rows[name].to_numpy(), dtype="boolean")
     for name in LAB_NAMES:
         truth[f"latent_{name}"] = e[name].to_numpy()
-    for name in MORPHOLOGY_COLUMNS:
+    for name in ecg_parameter_columns(e):
         truth[name] = e[name].to_numpy()
     if nan_runs is not None:
         truth["nan_runs"] = nan_runs
@@ -144,7 +163,8 @@ def truth_table(ecgs: pd.DataFrame, sites: Sequence[SiteProfile], coded: pd.Data
 
 
 def _check(patients: int, sites: int, workers: int, tables_only: bool,
-           lab_fraction: float | None) -> None:
+           lab_fraction: float | None, generator_version: int) -> None:
+    check_generator_version(generator_version)
     if patients < 1 or sites < 1 or workers < 1:
         raise ConfigError(f"synth: patients={patients}, sites={sites}, workers={workers}; "
                           "expected each to be at least 1")
@@ -171,10 +191,10 @@ def _write_ecg_tables(staging: Path, ecgs: pd.DataFrame, profiles: Sequence[Site
 
 
 def _readme(profiles: Sequence[SiteProfile], seed: int, patients: int, tables_only: bool,
-            lab_rows: int) -> str:
+            lab_rows: int, version: int) -> str:
     site_lines = "; ".join(f"{s.hospital}={s.name} ({s.bandwidth}, carts "
                            f"{', '.join(map(str, s.cart_ids))})" for s in profiles)
-    text = README.format(version=SYNTH_VERSION, seed=seed, patients=patients,
+    text = README.format(version=version, seed=seed, patients=patients,
                          n_sites=len(profiles), site_lines=site_lines)
     if tables_only:
         text += TABLES_ONLY_NOTE.format(lab_rows=lab_rows, mimic_rows=MIMIC_LABEVENT_ROWS,
@@ -184,19 +204,22 @@ def _readme(profiles: Sequence[SiteProfile], seed: int, patients: int, tables_on
 
 def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0,
                   overwrite: bool = False, workers: int = 1, tables_only: bool = False,
-                  lab_fraction: float | None = None) -> TwinSummary:
+                  lab_fraction: float | None = None,
+                  generator_version: int = SYNTH_VERSION) -> TwinSummary:
     """Write a synthetic MIMIC-IV-ECG v1.0 + MIMIC-IV ``hosp`` dataset into ``out`` atomically.
 
     ``tables_only`` writes every table but no waveform file; ``lab_fraction`` (tables only)
     pads ``labevents`` to that fraction of MIMIC-IV's rows with non-panel filler rows.
+    ``generator_version`` (``GENERATOR_VERSIONS``) picks the generator; an older one gives
+    exactly the bytes it gave.
     """
-    _check(patients, sites, workers, tables_only, lab_fraction)
+    _check(patients, sites, workers, tables_only, lab_fraction, generator_version)
     claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite)
     started = time.perf_counter()
     with (record_pool(1 if tables_only else workers) as pool,
           atomic_directory(Path(out), OutputKind.TWIN, overwrite=overwrite) as staging):
         profiles = make_sites(sites, seed)
-        world = build_world(patients, profiles, seed)
+        world = build_world(patients, profiles, seed, generator_version)
         ecgs = world.ecgs
         ecgs["path"] = [v10_path(s, t) for s, t in zip(ecgs["subject_id"], ecgs["study_id"],
                                                         strict=True)]
@@ -206,7 +229,8 @@ def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0
         nan_runs = None if tables_only else write_waveforms(staging, ecgs, profiles, seed, pool)
         _write_ecg_tables(staging, ecgs, profiles, coded, nan_runs)
         atomic_write_text(staging / "README.txt",
-                          _readme(profiles, seed, patients, tables_only, lab_rows))
+                          _readme(profiles, seed, patients, tables_only, lab_rows,
+                                  generator_version))
     return TwinSummary(out=Path(out), patients=patients, ecgs=len(ecgs),
                        admissions=int(world.episodes["admitted"].sum()), lab_events=lab_rows,
                        seconds=time.perf_counter() - started, sites=[s.name for s in profiles],

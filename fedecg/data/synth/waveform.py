@@ -25,6 +25,10 @@ _INJURY = {"anterior": np.array([0.1, -0.1, 1.0]), "inferior": np.array([0.05, 1
            "none": np.zeros(3)}
 _P_VEC = np.array([np.cos(0.95), np.sin(0.95), 0.2])
 _F_VEC = np.array([-0.2, 0.55, 0.8])
+_LATERAL = np.array([1.0, -0.25, 0.3])  # I, aVL, V5-V6 (generator v2's ST-T changes)
+_RIGHT_PRECORDIAL = np.array([-0.5, 0.1, 0.85])  # V1-V3 (and III)
+_LEAD_III = np.array([-0.5, np.sqrt(3) / 2, 0.0])
+_RIGHTWARD = np.array([-1.0, 0.0, 0.0])
 
 
 def _lead_matrix(precordial_gain: float) -> np.ndarray:
@@ -70,6 +74,27 @@ def _vectors(m: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return vec
 
 
+def _literature_waves(m: Mapping[str, Any], d: float, t_peak: np.ndarray, s_t: float
+                      ) -> list[tuple]:
+    """Generator v2's waves (zero amplitude, so skipped, for a version 1 row): lateral and
+    right precordial T inversion, and S1Q3T3 (S in I, Q and inverted T in III)."""
+    s1q3t3 = float(m.get("s1q3t3", False))
+    qs, ta = m["qrs_scale"], m["t_amp_mv"]
+    return [
+        (t_peak, 0.9 * s_t, m.get("lateral_stt_mv", 0.0), _LATERAL),
+        (t_peak, 0.8 * s_t, m.get("rv_strain_mv", 0.0), _RIGHT_PRECORDIAL),
+        (0.7 * d, 0.1 * d, 0.5 * qs * s1q3t3, _RIGHTWARD),
+        (0.12 * d, 0.08 * d, 0.3 * qs * s1q3t3, -_LEAD_III),
+        (t_peak, 0.75 * s_t, 0.6 * ta * s1q3t3, -_LEAD_III),
+    ]
+
+
+def _st_window(t: np.ndarray, j_point: np.ndarray, st_end: np.ndarray) -> np.ndarray:
+    """1 over each beat's ST segment (J point to T end), 0 elsewhere, smooth edges."""
+    return (special.expit((t[None] - j_point[:, None]) / 0.008)
+            * special.expit((st_end[:, None] - t[None]) / 0.03)).sum(0)
+
+
 def _components(m: Mapping[str, Any], onsets: np.ndarray) -> tuple[np.ndarray, ...]:
     """Centers, widths, amplitudes (beats x waves) and the waves' dipole vectors."""
     v = _vectors(m)
@@ -93,6 +118,7 @@ def _components(m: Mapping[str, Any], onsets: np.ndarray) -> tuple[np.ndarray, .
         (t_peak, 0.75 * s_t, 0.8 * ta, v["t"]),
         (t_peak, 1.2 * s_t, 0.6 * m["st_mv"], inj),
         (t_peak + 2.6 * s_t + 0.05, 0.035, m["u_amp_mv"], v["t"]),
+        *_literature_waves(m, d, t_peak, s_t),
     ]
     centers = np.stack([onsets + np.broadcast_to(w[0], onsets.shape) for w in waves], 1)
     sigmas = np.array([w[1] for w in waves], dtype=float)
@@ -125,9 +151,9 @@ def _dipole(m: Mapping[str, Any], rng: np.random.Generator, t: np.ndarray) -> np
         amps[0] = 0.0
     dip = _gaussians(centers, sigmas, amps, vecs, t.size)
     if m["st_mv"] != 0:
-        window = (special.expit((t[None] - j_point[:, None]) / 0.008)
-                  * special.expit((st_end[:, None] - t[None]) / 0.03)).sum(0)
-        dip += np.outer(_INJURY[m["st_territory"]] * m["st_mv"], window)
+        dip += np.outer(_INJURY[m["st_territory"]] * m["st_mv"], _st_window(t, j_point, st_end))
+    if m.get("lateral_stt_mv", 0.0) != 0:
+        dip += np.outer(_LATERAL * 0.4 * m["lateral_stt_mv"], _st_window(t, j_point, st_end))
     if m["f_wave_mv"] > 0:
         freqs = rng.uniform(4.5, 7.5, 3)
         walk = np.cumsum(rng.normal(0, 0.02, (3, t.size)), axis=1)
@@ -182,7 +208,8 @@ def synthesize_record(m: Mapping[str, Any], site: SiteProfile, rng: np.random.Ge
                       nan_runs: bool = True) -> tuple[np.ndarray, int]:
     """A 12 x 5000 signal (mV, MIMIC lead order) for morphology row ``m``, and its NaN-run count.
 
-    ``m`` holds the ``MORPHOLOGY_COLUMNS`` plus ``precordial_gain``.
+    ``m`` holds the ``MORPHOLOGY_COLUMNS`` plus ``precordial_gain``, and from generator
+    version 2 the ``LITERATURE_COLUMNS``.
     """
     t = np.arange(N_SAMPLES) / FS
     dip = _dipole(m, rng, t)
