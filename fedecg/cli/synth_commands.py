@@ -44,7 +44,8 @@ def synth(
                               "pass both, or neither for a fully synthetic twin")
         summary = generate_twin(out, patients=patients, sites=sites, seed=seed,
                                 overwrite=overwrite, workers=workers, tables_only=tables_only,
-                                lab_fraction=lab_fraction, generator_version=generator_version)
+                                lab_fraction=lab_fraction, generator_version=generator_version,
+                                console=console)
         wrote = "wrote the tables (no waveforms) of" if summary.tables_only else "wrote"
         console.print(f"{wrote} {summary.ecgs} ECGs of "
                       f"{summary.patients} patients ({summary.admissions} admissions, "
@@ -59,7 +60,7 @@ def synth(
                           "MIMIC-IV-ECG record_list.csv)")
     summary = synthesize_from_clinical(clinical_from, record_list, out, seed=seed,
                                        overwrite=overwrite, workers=workers,
-                                       generator_version=generator_version)
+                                       generator_version=generator_version, console=console)
     console.print(f"wrote {summary.ecgs} synthetic waveforms for the real records of "
                   f"{summary.patients} patients to {summary.out} in {summary.seconds:.1f} s")
 

@@ -40,7 +40,7 @@ from fedecg.data.ecg_windows import EcgWindows
 from fedecg.data.generic import read_site_ecgs, read_site_tables, with_site_declaration
 from fedecg.data.labs import panel_label_names
 from fedecg.data.mimic import read_mimic_tables, read_record_list
-from fedecg.data.progress import CountProgress, format_duration
+from fedecg.data.progress import CountProgress, format_duration, say
 from fedecg.data.resumable import ResumableStoreWriter, digest, file_stats, frame_digest
 from fedecg.data.store import StoreManifest, label_prevalence
 from fedecg.data.tables import LINE, Rejects, find_table
@@ -263,13 +263,13 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
     claim_output(Path(out), OutputKind.STORE, inputs=sources, overwrite=overwrite)
     start = time.perf_counter()
     rejects = Rejects(config.on_error)
-    _say(console, "prepare: reading the record list and clinical tables of "
+    say(console, "prepare: reading the record list and clinical tables of "
                   + " and ".join(dict.fromkeys(str(path) for path in sources)))
     loaded = load_input(inputs, config, rejects)
     config = loaded.config
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
-    _say(console, f"prepare: {len(cohort):,} ECGs of {cohort['subject_id'].nunique():,} "
+    say(console, f"prepare: {len(cohort):,} ECGs of {cohort['subject_id'].nunique():,} "
                   f"patients in the cohort ({loaded.tables.lab_rows:,} lab rows read) after "
                   f"{format_duration(time.perf_counter() - start)}; writing their waveforms "
                   f"with {config.workers} worker(s)")
@@ -279,7 +279,7 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
             checkpoint_records=config.checkpoint_records, inputs=sources,
             resume=resume) as writer:
         if writer.resumed:
-            _say(console, f"resuming {out}: {writer.resumed:,} of {len(cohort):,} records "
+            say(console, f"resuming {out}: {writer.resumed:,} of {len(cohort):,} records "
                           "already written")
         keep, source_fs = _write_waveforms(writer, cohort, config, rejects, console)
         if not keep.any():
@@ -294,9 +294,3 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
                          n_rejected_rows=rejected_rows, seconds=time.perf_counter() - start,
                          resumed=writer.resumed)
 
-
-def _say(console: Console | None, text: str) -> None:
-    """Log ``text``, and print it on ``console`` when there is one."""
-    log.info(text)
-    if console is not None:
-        console.print(text, highlight=False, soft_wrap=True)

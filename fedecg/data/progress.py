@@ -6,6 +6,7 @@ the work, so a log of a long run shows how far it got, its rate and the time lef
 
 from __future__ import annotations
 
+import logging
 import time
 from types import TracebackType
 
@@ -13,6 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 LOG_LINES = 10
+log = logging.getLogger(__name__)
+
+
+def say(console: Console | None, text: str) -> None:
+    """Log ``text``, and print it on ``console`` when there is one."""
+    log.info(text)
+    if console is not None:
+        console.print(text, highlight=False, soft_wrap=True)
 
 
 def format_duration(seconds: float) -> str:
@@ -59,11 +68,10 @@ class CountProgress:
         return (done - self.first) / max(time.perf_counter() - self.start, 1e-9)
 
     def update(self, done: int) -> None:
-        """``done`` items of ``total`` are finished (call often: it draws at most every 64)."""
+        """``done`` items of ``total`` are finished (a log gets a line per tenth)."""
         if self.bar is not None:
-            if done % 64 == 0 or done == self.total:
-                self.bar.update(self.task, completed=done, rate=f"{self.rate(done):.0f} "
-                                                                f"{self.rate_unit}")
+            self.bar.update(self.task, completed=done,
+                            rate=f"{self.rate(done):.0f} {self.rate_unit}")
         elif self.console is not None and (done >= self.next_line or done == self.total):
             self.next_line = done + self._step()
             rate = self.rate(done)

@@ -270,6 +270,10 @@ def test_cli_writes_twin_and_refuses_to_overwrite(tmp_path: Path):
     result = runner.invoke(app, ["synth", "--out", str(out), "--patients", "4", "--sites", "2"])
     assert result.exit_code == 0, result.output
     assert "ECGs of 4 patients" in result.output
+    lines = result.output.splitlines()  # off a terminal: the phases, then the ECGs written
+    assert lines[0] == "synth: 4 patients at 2 hospitals (generator version 2, seed 0)"
+    assert lines[1].startswith("synth: hosp/ written (") and lines[1].endswith(" ECGs")
+    assert any(line.startswith("synth: ") and "(100%)" in line for line in lines)
     assert (out / "README.txt").read_text().startswith("fedecg synthetic twin")
     again = runner.invoke(app, ["synth", "--out", str(out), "--patients", "4"])
     assert again.exit_code == 1 and "already holds a fedecg synthetic dataset" in again.output

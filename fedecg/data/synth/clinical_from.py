@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
 from fedecg.data.cohort import (
     ClinicalTables,
@@ -156,9 +157,10 @@ def _copy_clinical(mimic_root: Path, staging: Path) -> None:
 
 def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, seed: int = 0,
                              overwrite: bool = False, workers: int = 1,
-                             generator_version: int = SYNTH_VERSION) -> TwinSummary:
+                             generator_version: int = SYNTH_VERSION,
+                             console: Console | None = None) -> TwinSummary:
     """Write ``out``: the real ``hosp/`` tables and record list plus synthetic WFDB records
-    (``generator_version`` as ``generate_twin``'s)."""
+    (``generator_version`` as ``generate_twin``'s; with ``console`` the progress is shown)."""
     check_generator_version(generator_version)
     sources = (mimic_root, record_list)
     claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite, inputs=sources)
@@ -186,7 +188,7 @@ def synthesize_from_clinical(mimic_root: Path, record_list: Path, out: Path, see
         _copy_clinical(Path(mimic_root), staging)
         shutil.copyfile(record_list, staging / "record_list.csv")
         with record_pool(workers) as pool:
-            nan_runs = write_waveforms(staging, frame, [site], seed, pool)
+            nan_runs = write_waveforms(staging, frame, [site], seed, pool, console)
         write_csv(machine_measurements(frame, [site.bandwidth] * len(frame),
                                        [site.filtering] * len(frame)),
                   staging / "machine_measurements.csv")

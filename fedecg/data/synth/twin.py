@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
 from fedecg.data.leads import MIMIC_LEADS
+from fedecg.data.progress import CountProgress, format_duration, say
 from fedecg.data.synth.assemble import CONDITIONS, LAB_NAMES, build_world
 from fedecg.data.synth.hosp_writer import write_hosp
 from fedecg.data.synth.lab_filler import MIMIC_LABEVENT_ROWS
@@ -121,19 +123,23 @@ def record_pool(workers: int) -> Iterator[Executor | None]:
 
 
 def write_waveforms(staging: Path, ecgs: pd.DataFrame, sites: Sequence[SiteProfile], seed: int,
-                    pool: Executor | None = None) -> np.ndarray:
+                    pool: Executor | None = None, console: Console | None = None) -> np.ndarray:
     """Synthesize and write every ECG's WFDB record; returns each record's NaN-run count.
 
     Each record has its own random stream, so the output does not depend on the ``pool``
     (``record_pool``). Tasks are blocks of ``RECORDS_PER_TASK`` rows of the few columns a
-    record needs.
+    record needs. With ``console`` the progress is shown there.
     """
     table = ecgs[[*ecg_parameter_columns(ecgs), "precordial_gain", "hospital", "path",
                   "ecg_time"]]
     tasks = ((staging, seed, first, table.iloc[first:first + RECORDS_PER_TASK], list(sites))
              for first in range(0, len(table), RECORDS_PER_TASK))
-    parts = list(map(_record_job, tasks) if pool is None else pool.map(_record_job, tasks))
-    return np.array([count for part in parts for count in part], dtype=int)
+    counts: list[int] = []
+    with CountProgress(console, "synth", len(table), unit="ECGs") as progress:
+        for part in map(_record_job, tasks) if pool is None else pool.map(_record_job, tasks):
+            counts.extend(part)
+            progress.update(len(counts))
+    return np.array(counts, dtype=int)
 
 
 def truth_table(ecgs: pd.DataFrame, sites: Sequence[SiteProfile], coded: pd.DataFrame,
@@ -205,13 +211,14 @@ def _readme(profiles: Sequence[SiteProfile], seed: int, patients: int, tables_on
 def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0,
                   overwrite: bool = False, workers: int = 1, tables_only: bool = False,
                   lab_fraction: float | None = None,
-                  generator_version: int = SYNTH_VERSION) -> TwinSummary:
+                  generator_version: int = SYNTH_VERSION,
+                  console: Console | None = None) -> TwinSummary:
     """Write a synthetic MIMIC-IV-ECG v1.0 + MIMIC-IV ``hosp`` dataset into ``out`` atomically.
 
     ``tables_only`` writes every table but no waveform file; ``lab_fraction`` (tables only)
     pads ``labevents`` to that fraction of MIMIC-IV's rows with non-panel filler rows.
     ``generator_version`` (``GENERATOR_VERSIONS``) picks the generator; an older one gives
-    exactly the bytes it gave.
+    exactly the bytes it gave. With ``console`` the phases and progress are shown there.
     """
     _check(patients, sites, workers, tables_only, lab_fraction, generator_version)
     claim_output(Path(out), OutputKind.TWIN, overwrite=overwrite)
@@ -219,6 +226,8 @@ def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0
     with (record_pool(1 if tables_only else workers) as pool,
           atomic_directory(Path(out), OutputKind.TWIN, overwrite=overwrite) as staging):
         profiles = make_sites(sites, seed)
+        say(console, f"synth: {patients:,} patients at {sites} hospitals (generator version "
+                     f"{generator_version}, seed {seed})")
         world = build_world(patients, profiles, seed, generator_version)
         ecgs = world.ecgs
         ecgs["path"] = [v10_path(s, t) for s, t in zip(ecgs["subject_id"], ecgs["study_id"],
@@ -226,7 +235,11 @@ def generate_twin(out: Path, patients: int = 1000, sites: int = 3, seed: int = 0
         ecgs["ecg_time_text"] = ecgs["ecg_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
         lab_rows, coded = write_hosp(staging / "hosp", world, np.random.default_rng(
             [seed, TABLES_STREAM]), seed, lab_fraction)
-        nan_runs = None if tables_only else write_waveforms(staging, ecgs, profiles, seed, pool)
+        say(console, f"synth: hosp/ written ({lab_rows:,} lab events) after "
+                     f"{format_duration(time.perf_counter() - started)}"
+                     + ("" if tables_only else f"; writing {len(ecgs):,} ECGs"))
+        nan_runs = None if tables_only else write_waveforms(staging, ecgs, profiles, seed, pool,
+                                                            console)
         _write_ecg_tables(staging, ecgs, profiles, coded, nan_runs)
         atomic_write_text(staging / "README.txt",
                           _readme(profiles, seed, patients, tables_only, lab_rows,
