@@ -1,6 +1,9 @@
 """fedecg's own Ray session for a simulation, stopped by PID however the run ends; or an
 existing Ray cluster (``federation.ray_address``, else ``$RAY_ADDRESS``), left running.
 
+``cluster_address`` picks the cluster and refuses, in one line, a ``host:port`` where nothing
+answers (Ray itself would retry its GCS for minutes, printing warnings).
+
 Flower's simulation engine calls ``ray.init``. ``ray_session`` hands it a private temporary
 folder and starts a *reaper*: a small process of its own (``python -m
 fedecg.federated.ray_session``, in a new session so a terminal's Ctrl-C does not reach it) that
@@ -25,6 +28,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,8 +40,32 @@ from typing import IO, Any
 
 import psutil
 
+from fedecg.errors import ConfigError
+
 GRACE_SECONDS = 3.0
 POLL_SECONDS = 0.5
+CONNECT_SECONDS = 10.0
+
+
+def cluster_address(configured: str | None) -> str | None:
+    """The Ray cluster a simulation joins: ``configured`` (``federation.ray_address``), else
+    ``$RAY_ADDRESS``, else None (a private session). A ``host:port`` must accept a connection
+    (``auto`` and ``ray://`` addresses are left to Ray)."""
+    source, address = "federation.ray_address", configured
+    if not address:
+        source, address = "$RAY_ADDRESS", os.environ.get("RAY_ADDRESS")
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit() and "://" not in address:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), CONNECT_SECONDS).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"{source} {address!r}: no Ray cluster answers there ({exc.strerror or exc}); "
+                f"start its head there (`ray start --head --port={port}`) or give the head's "
+                "host:port") from None
+    return address
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ partition's sites; ``without_unlabelled_rounds`` and ``warn_small_sites`` check 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from fedecg.federated.checkpoint import load_checkpoint
 from fedecg.federated.flower_env import use_flower_env
 from fedecg.federated.orchestration import RunPlan, read_result
 from fedecg.federated.partition import load_partition, site_view
-from fedecg.federated.ray_session import ray_session
+from fedecg.federated.ray_session import cluster_address, ray_session
 from fedecg.training.data import TrainingData
 from fedecg.training.outputs import budget_warnings, has_known
 
@@ -45,11 +44,11 @@ def run_in_simulation(plan: RunPlan, server_app: ServerApp, client_app: ClientAp
 
     use_flower_env(Path(plan.out) / ".flwr")
     federation = plan.config.federation
+    address = cluster_address(federation.ray_address)
     flower_log = logging.getLogger("flwr")
     level = flower_log.level
     # fedecg reports progress itself, and site failures from their replies (strategies.py)
     flower_log.setLevel(logging.ERROR)
-    address = federation.ray_address or os.environ.get("RAY_ADDRESS") or None
     with ray_session(address) as ray_args:
         backend = {"client_resources": {"num_cpus": federation.client_cpus, "num_gpus": 0.0},
                    "init_args": {"include_dashboard": False, "log_to_driver": False,

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -335,3 +336,17 @@ def test_a_fraction_of_a_cpu_per_site_is_refused_in_one_line(store, tmp_path):
                                  str(tmp_path / "run"), "--set", "federation.client_cpus=0.5"])
     assert result.exit_code == 1 and "client_cpus" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_ray_address_where_no_cluster_answers_is_refused_in_one_line(store, tmp_path):
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    started = time.monotonic()
+    result = runner.invoke(app, ["simulate", "--config",
+                                 str(_study(tmp_path, store, baselines=False)), "--out",
+                                 str(tmp_path / "run"), "--set",
+                                 f"federation.ray_address={address}"])
+    assert result.exit_code == 1, result.output
+    assert f"federation.ray_address '{address}': no Ray cluster answers there" in result.output
+    assert "Traceback" not in result.output and time.monotonic() - started < 60

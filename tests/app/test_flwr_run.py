@@ -9,35 +9,19 @@ ServerApp wrote, and stops the SuperLink and everything it started by PID, pass 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from builders.flower_processes import started_by, stop
+from builders.flower_processes import flwr, flwr_env, started_by, stop, wait_for_result
 from builders.tiny import TINY_TRAIN
 
 from fedecg.federated.checkpoint import load_checkpoint
-from fedecg.federated.flower_env import FLOWER_ENV
-from fedecg.federated.orchestration import read_result
 from fedecg.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_WAIT_S = 180  # the run takes about a minute on 2 shared cores; room for a loaded machine
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["flwr", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
 
 
 def _tiny_study(folder: Path) -> Path:
@@ -51,34 +35,19 @@ def _tiny_study(folder: Path) -> Path:
     return path
 
 
-def _wait_for_result(out: Path, home: Path) -> dict:
-    """``result.json`` once the ServerApp has finished (ok or failed), or a clear failure."""
-    deadline = time.monotonic() + RUN_WAIT_S
-    while time.monotonic() < deadline:
-        result = read_result(out)
-        if result["status"] in ("ok", "failed"):
-            return result
-        time.sleep(1.0)
-    log = home / "local-superlink" / "superlink.log"
-    tail = log.read_text()[-3000:] if log.is_file() else "(no SuperLink log)"
-    pytest.fail(f"the run did not finish within {RUN_WAIT_S} s; SuperLink log:\n{tail}")
-
-
 @pytest.mark.slow
 def test_flwr_run_trains_the_app_and_writes_its_checkpoint(tmp_path: Path):
     home, out = tmp_path / "flwr-home", tmp_path / "out"
-    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
+    env = flwr_env(home)
     run_config = f'config="{_tiny_study(tmp_path)}" out="{out}" model="transfer"'
     pyproject = (ROOT / "pyproject.toml").read_bytes()
     try:
-        started = _flwr(["run", str(ROOT), "--run-config", run_config, "--federation-config",
+        started = flwr(["run", str(ROOT), "--run-config", run_config, "--federation-config",
                          "num-supernodes=2 client-resources-num-cpus=1", "--format", "json"],
                         env, tmp_path)
         assert started.returncode == 0, started.stdout + started.stderr
         run_id = json.loads(started.stdout)["run-id"]
-        result = _wait_for_result(out, home)
+        result = wait_for_result(out, home, RUN_WAIT_S)
         assert result["status"] == "ok", result
         checkpoint = load_checkpoint(RunFolder(out).federated_run(0, "transfer").path)
         assert checkpoint is not None and checkpoint.position.done
@@ -87,13 +56,13 @@ def test_flwr_run_trains_the_app_and_writes_its_checkpoint(tmp_path: Path):
             (s, f"site{i}") for s in ("pretrain", "lab", "diagnosis") for i in (0, 1)}
         deadline = time.monotonic() + 30
         while True:  # the SuperLink marks the run finished shortly after the ServerApp returns
-            runs = json.loads(_flwr(["ls", "--format", "json"], env, tmp_path).stdout)["runs"]
+            runs = json.loads(flwr(["ls", "--format", "json"], env, tmp_path).stdout)["runs"]
             status = next(r["status"] for r in runs if r["run-id"] == run_id)
             if status.startswith("finished") or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         assert status == "finished:completed"
-        shown = _flwr(["log", str(run_id), "--show"], env, tmp_path).stdout
+        shown = flwr(["log", str(run_id), "--show"], env, tmp_path).stdout
         starts = [line for line in shown.splitlines() if "Starting StageRounds strategy" in line]
         assert len(starts) == 3, shown  # one per stage, each printed once
         configs = [line for line in shown.splitlines() if "ConfigRecord (train)" in line]

@@ -1,4 +1,5 @@
-"""Find and stop, by PID, the processes that a ``flwr run`` started (Linux ``/proc``).
+"""Run Flower's CLI with a private ``FLWR_HOME`` and wait for a run's result; find and stop, by
+PID, the processes that a ``flwr run`` started (Linux ``/proc``).
 
 ``flwr run .`` starts a detached local SuperLink that outlives it; the SuperLink starts a
 SuperExec, which starts the simulation and its Ray actors (re-parented to init, but still in the
@@ -11,10 +12,50 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from fedecg.federated.flower_env import FLOWER_ENV
+from fedecg.federated.orchestration import read_result
+
 PROC = Path("/proc")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flwr_env(home: Path) -> dict[str, str]:
+    """This process's environment for ``flwr``, with a private ``FLWR_HOME`` and free ports for
+    the local SuperLink that ``flwr run`` starts there (which inherits this environment)."""
+    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
+
+
+def flwr(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """``flwr ARGS`` (bounded to a minute; ``flwr run`` returns once the run is submitted)."""
+    return subprocess.run(["flwr", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def wait_for_result(out: Path, home: Path, wait_s: float) -> dict:
+    """``result.json`` once the ServerApp has finished (ok or failed), or a clear failure."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        result = read_result(out)
+        if result["status"] in ("ok", "failed"):
+            return result
+        time.sleep(1.0)
+    log = home / "local-superlink" / "superlink.log"
+    tail = log.read_text()[-3000:] if log.is_file() else "(no SuperLink log)"
+    pytest.fail(f"the run did not finish within {wait_s} s; SuperLink log:\n{tail}")
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
