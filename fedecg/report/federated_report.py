@@ -254,6 +254,7 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
               else f"mean ± sd over {len(results)} seeds, per-seed CIs below")
     n_test = dig(summary, "federated", study_models(summary)[0], "n_test")
     naive = summary.get("naive") or {}
+    run = settings_run(summary)
     for key, task in TABLE_METRICS:
         page.heading(task, level=3)
         metric = task.split(" ", 1)[1]
@@ -264,38 +265,54 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
         rows.append(["naive (training prevalence)",
                      *[format_with_ci(naive.get(key), naive.get(f"{key}_ci"))] * 2,
                      "—", "—", "—"])
-        page.table(headers, rows, caption=f"{task} on the pooled test split of {n_test or '—'} "
-                   f"ECGs (seeds {seeds}; {spread}). local-only (mean): the site-alone models "
-                   "scored on the pooled test split, with their range; own site: each "
-                   "scored on its site's test split. naive scores every ECG with the training "
+        keep = columns_run(run, RESULT_COLUMN_SETTINGS)
+        local = (" local-only (mean): the site-alone models scored on the pooled test split, "
+                 "with their range; own site: each scored on its site's test split."
+                 if "local-only" in run else "")
+        page.table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows],
+                   caption=f"{task} on the pooled test split of {n_test or '—'} ECGs (seeds "
+                   f"{seeds}; {spread}).{local} naive scores every ECG with the training "
                    "prevalence.")
     if len(results) > 1:
-        per_seed_table(page, results, models)
+        per_seed_table(page, results, models, run)
     for key, task in TASKS:
         values, errors = bar_data(results, {m: settings(m) for m in models}, key)
         values = {s: v for s, v in values.items() if s in settings_run(summary)}
         page.figure(plot_grouped_bars(values, errors, title=f"{task} macro AUROC, pooled test",
                                       colors=SETTING_COLORS),
-                    caption=f"{task} macro AUROC of each model, federated, pooled and "
-                            f"local-only (mean over the site-alone models); whiskers: "
-                            f"{_whisker_words(results)}"
+                    caption=f"{task} macro AUROC of each model, "
+                            + " and ".join(run).replace("local-only", "local-only (mean over "
+                                                        "the site-alone models)")
+                            + f"; whiskers: {_whisker_words(results)}"
                             + (" (none for local-only: its spread over sites is in the table)"
-                               if len(results) == 1 else "")
+                               if len(results) == 1 and "local-only" in run else "")
                             + f"; dashed line: chance. {COLOUR_NOTE}")
 
 
-def per_seed_table(page: HtmlPage, results: Mapping[str, Result],
-                   models: Sequence[str]) -> None:
-    """Each seed's macro AUROCs with their bootstrap CIs."""
+RESULT_COLUMN_SETTINGS = (None, "federated", "pooled", "local-only", "local-only", "pooled")
+PER_SEED_COLUMN_SETTINGS = (None, "federated", "pooled", "local-only", "federated", "pooled",
+                            "local-only")
+
+
+def columns_run(run: Sequence[str], column_settings: Sequence[str | None]) -> list[int]:
+    """Indices of the columns whose setting (None: always shown) the study ``run``."""
+    return [i for i, setting in enumerate(column_settings) if setting is None or setting in run]
+
+
+def per_seed_table(page: HtmlPage, results: Mapping[str, Result], models: Sequence[str],
+                   run: Sequence[str]) -> None:
+    """Each seed's macro AUROCs with their bootstrap CIs (the settings ``run`` only)."""
     page.heading("Each seed", level=3)
     per_seed = []
     for seed, result in results.items():
         dx, lab = (results_rows({seed: result}, models, key) for key, _ in TASKS)
         per_seed += [[f"{d[0]} · seed {seed}", *d[1:4], *b[1:4]]
                      for d, b in zip(dx, lab, strict=True)]
-    page.table(["model · seed", "federated dx AUROC", "pooled dx AUROC",
-                "local-only dx AUROC (mean)", "federated lab AUROC", "pooled lab AUROC",
-                "local-only lab AUROC (mean)"], per_seed,
+    headers = ["model · seed", "federated dx AUROC", "pooled dx AUROC",
+               "local-only dx AUROC (mean)", "federated lab AUROC", "pooled lab AUROC",
+               "local-only lab AUROC (mean)"]
+    keep = columns_run(run, PER_SEED_COLUMN_SETTINGS)
+    page.table([headers[i] for i in keep], [[row[i] for i in keep] for row in per_seed],
                caption="Each seed: macro AUROC on the pooled test split with its "
                        "bootstrap 95% CI.")
 
