@@ -279,6 +279,7 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
     config = loaded.config
     rejected_rows = len(rejects)
     cohort = build_cohort(loaded.ecgs, loaded.tables, config.cohort)
+    loaded.tables.drop_labs()  # linked: the waveform stage need not hold them
     with ResumableStoreWriter(
             Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
             fingerprint=prepare_fingerprint(config, loaded, cohort), overwrite=overwrite,

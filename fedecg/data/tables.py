@@ -242,7 +242,7 @@ class _KeptRows:
     def __init__(self, path: Path, convert: LabRows | None, parsed: bool) -> None:
         self.path, self.convert, self.parsed = path, convert, parsed
         self.found = Rejects("skip")
-        self.parts: list[pd.DataFrame] = []
+        self.parts: list[dict[str, pd.Series]] = []
         self.pending: list[pa.Table] = []
         self.lines: list[np.ndarray] = []
 
@@ -276,11 +276,16 @@ class _KeptRows:
     def _convert(self) -> None:
         rows, lines = pa.concat_tables(self.pending), np.concatenate(self.lines)
         self.pending, self.lines = [], []
-        self.parts.append(_labevent_rows(rows, lines, self.path, self.found, self.convert))
+        part = _labevent_rows(rows, lines, self.path, self.found, self.convert)
+        self.parts.append({name: column.copy() for name, column in part.items()})  # unshared
 
     def frame(self) -> pd.DataFrame:
-        """Every kept row, converted, in file order."""
-        return pd.concat(self.parts, ignore_index=True)
+        """Every kept row, converted, in file order: joined one column at a time, each part's
+        column freed once joined, so memory holds the rows about once, not twice."""
+        joined = {name: pd.concat([part.pop(name) for part in self.parts], ignore_index=True)
+                  for name in list(self.parts[0])}
+        self.parts = []
+        return pd.DataFrame(joined, copy=False)
 
 
 def _read_kept(path: Path, columns: list[str], wanted: dict[str, pa.Array], chunk_rows: int,
