@@ -62,10 +62,10 @@ from torch.utils.data import DataLoader
 
 from fedecg.config.data import PrepareConfig
 from fedecg.config.train import EncoderConfig
-from fedecg.data.labs import DEFAULT_LAB_PANEL, itemid_to_lab
-from fedecg.data.mimic import read_mimic_labs, read_record_list
 from fedecg.data import store_rows
 from fedecg.data.cohort import build_cohort
+from fedecg.data.labs import DEFAULT_LAB_PANEL, itemid_to_lab
+from fedecg.data.mimic import read_mimic_labs, read_record_list
 from fedecg.data.prepare import (
     MimicInput,
     load_input,
