@@ -26,9 +26,11 @@ Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 lay
   ``cohort.parquet`` written) at ``--table-fractions`` of its patients, each in its own
   subprocess on one core: ``table_phase`` gives the peak resident set above the start per
   size, its growth per 1,000 ECGs between the smallest and the largest, and the ratio
-  largest/smallest; with ``--baseline-src DIR`` (another fedecg source tree, e.g. ``git archive
-  BASE fedecg | tar -x -C DIR``) the same and the ``labevents`` speeds are measured with it too,
-  in the same run, as ``before``.
+  largest/smallest; and the ``labevents`` speeds on its own ``labevents`` table
+  (``labevents_tables_twin``: its every patient's subject id asked for, as at MIMIC's size);
+* with ``--baseline-src DIR`` (another fedecg source tree, e.g. ``git archive BASE fedecg | tar
+  -x -C DIR``) the table phase and the ``labevents`` speeds are measured with it too, in the
+  same run (``..._before``; speeds also as ratios after/before).
 
 Speeds depend on the machine and its load (``load_average`` is recorded at the start and the
 end); read them as ratios measured in one run. Example:
@@ -343,6 +345,14 @@ def _run_child(*args: str, source: Path | None = None) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def _measure(report: dict, key: str, baseline: Path | None, *child: str) -> None:
+    """``report[key]``: the child's result; with ``baseline`` also ``report[key + '_before']``,
+    the same child run with fedecg from that source tree."""
+    report[key] = _run_child(*child)
+    if baseline is not None:
+        report[f"{key}_before"] = _run_child(*child, source=baseline)
+
+
 def read_versus_step(store_path: Path, batch: int = 64, batches: int = 20) -> dict:
     """Seconds per random batch read from the store vs. per training step of the encoder."""
     torch.set_num_threads(1)
@@ -415,11 +425,11 @@ def main() -> None:
         report["record_speed"] = _run_child("records", str(twin), str(args.ratio_records))
         report["workers"] = _run_child("workers", str(twin))
         labevents = repeated_labevents(twin, Path(tmp) / "labevents.csv.gz", args.lab_rows)
-        report["labevents"] = _run_child("labevents", str(labevents), str(twin))
-        if args.baseline_src:
-            report["labevents_before"] = _run_child("labevents", str(labevents), str(twin),
-                                                    source=args.baseline_src)
+        _measure(report, "labevents", args.baseline_src, "labevents", str(labevents), str(twin))
         if args.tables_twin:
+            _measure(report, "labevents_tables_twin", args.baseline_src, "labevents",
+                     str(find_table(args.tables_twin / "hosp", "labevents")),
+                     str(args.tables_twin))
             report["table_phase"] = table_phase(args.tables_twin, args.table_fractions,
                                                 Path(tmp), None)
             if args.baseline_src:
@@ -435,10 +445,11 @@ def main() -> None:
     reads = ("cohort_subjects", "no_subjects", "read_labevents_cohort_subjects")
     report["labevents_rows_per_s"] = {kept: report["labevents"][kept]["rows_per_s"]
                                       for kept in reads}
-    if "labevents_before" in report:
-        report["labevents_cpu_rows_per_s_after_over_before"] = {
-            kept: (report["labevents"][kept]["cpu_rows_per_s"]
-                   / report["labevents_before"][kept]["cpu_rows_per_s"]) for kept in reads}
+    for name in ("labevents", "labevents_tables_twin"):
+        if f"{name}_before" in report:
+            report[f"{name}_cpu_rows_per_s_after_over_before"] = {
+                kept: (report[name][kept]["cpu_rows_per_s"]
+                       / report[f"{name}_before"][kept]["cpu_rows_per_s"]) for kept in reads}
     report["speed_ratios"] = {
         "fedecg_record_path_over_wfdb_rdrecord": report["record_speed"]["fedecg_over_wfdb"],
         "workers_2_over_1": report["workers"]["speedup_2_over_1"],

@@ -329,7 +329,8 @@ def _read_kept(path: Path, columns: list[str], wanted: dict[str, IdSet], chunk_r
                 keep = np.logical_and.reduce([ids.holds(batch[c].to_numpy())
                                               for c, ids in wanted.items()])
                 if keep.any():
-                    rows = pa.Table.from_batches([batch if keep.all() else batch.filter(pa.array(keep))])
+                    kept_rows = batch if keep.all() else batch.filter(pa.array(keep))
+                    rows = pa.Table.from_batches([kept_rows])
                     kept.add(rows, line + np.flatnonzero(keep))
                 line += batch.num_rows
             kept.finish(reader.schema.empty_table())
