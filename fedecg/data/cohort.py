@@ -25,6 +25,7 @@ from fedecg.data.diagnoses import (
     recorded_labels,
 )
 from fedecg.data.labs import DEFAULT_LAB_PANEL, LabDefinition
+from fedecg.data.memory import release_freed_memory
 from fedecg.data.store import DIAGNOSIS_PREFIX, LAB_FEATURE_PREFIX, LAB_LABEL_PREFIX
 from fedecg.errors import ConfigError, TableError
 
@@ -74,6 +75,7 @@ class ClinicalTables:
         """Free the lab rows (once the cohort is linked); ``lab_rows`` still counts them."""
         self.lab_rows_read = self.lab_rows
         self.labs = self.labs.iloc[:0].copy()
+        release_freed_memory()
 
 
 def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:
@@ -165,6 +167,7 @@ def rows_of_each_lab(labs: pd.DataFrame, panel: Sequence[LabDefinition]
     copy beside ``labs``, not the whole panel's."""
     positions = labs.groupby("lab", sort=False, observed=True).indices
     for lab in panel:
+        release_freed_memory()  # what linking the previous lab freed
         yield lab, labs.take(positions.pop(lab.name, np.arange(0)))
 
 
@@ -284,6 +287,7 @@ def _measurements(ecgs: pd.DataFrame, measurements: pd.DataFrame,
                   else pd.Timedelta(hours=config.vitals_window_hours))
         events = groups.get(name, measurements.iloc[:0])
         out[name] = nearest_events(ecgs, events, window, ["value"])["value"].astype("float32")
+        release_freed_memory()
     frame = pd.DataFrame(out, index=ecgs.index)
     derived = frame["weight_kg"] / (frame["height_cm"] / 100) ** 2
     frame["bmi"] = frame["bmi"].fillna(derived.astype("float32"))

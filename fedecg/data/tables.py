@@ -19,6 +19,7 @@ import pyarrow.csv as pa_csv
 from isal import igzip
 
 from fedecg.config.data import OnError
+from fedecg.data.memory import release_freed_memory
 from fedecg.errors import FedecgError, InputFileError, TableError
 
 LINE = "_line"
@@ -97,7 +98,10 @@ def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str
                 parts.append(block[keep(block)])
     except (ValueError, pd.errors.ParserError) as exc:
         raise TableError(f"{path}: cannot be read as CSV: {exc}") from None
-    return pd.concat(parts, ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True)
+    del parts
+    release_freed_memory()  # the blocks' text
+    return frame
 
 
 def _header(path: Path) -> list[str]:
@@ -279,12 +283,16 @@ class _KeptRows:
         self.pending, self.lines = [], []
         part = _labevent_rows(rows, lines, self.path, self.found, self.convert)
         self.parts.append({name: column.copy() for name, column in part.items()})  # unshared
+        del rows, part
+        release_freed_memory()
 
     def frame(self) -> pd.DataFrame:
         """Every kept row, converted, in file order: joined one column at a time, each part's
         column freed once joined, so memory holds the rows about once, not twice."""
-        joined = {name: pd.concat([part.pop(name) for part in self.parts], ignore_index=True)
-                  for name in list(self.parts[0])}
+        joined = {}
+        for name in list(self.parts[0]):
+            joined[name] = pd.concat([part.pop(name) for part in self.parts], ignore_index=True)
+            release_freed_memory()
         self.parts = []
         return pd.DataFrame(joined, copy=False)
 
