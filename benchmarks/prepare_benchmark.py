@@ -33,8 +33,12 @@ Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 lay
   same run (``..._before``; speeds also as ratios after/before).
 
 Speeds depend on the machine and its load (``load_average`` is recorded at the start and the
-end); read them as ratios measured in one run. Example:
+end); read them as ratios measured in one run. Examples (the second as committed in
+``prepare_benchmark.json``, with ``fedecg synth --tables-only --patients 160000 --out TWIN``
+and the tree before the change in ``BASE``):
     python benchmarks/prepare_benchmark.py --patients 60 240 --out benchmarks/prepare.json
+    python benchmarks/prepare_benchmark.py --patients 600 2400 --tables-twin TWIN
+        --table-fractions 0.1 1.0 --baseline-src BASE    (one command line)
 """
 
 from __future__ import annotations
