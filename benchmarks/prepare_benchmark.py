@@ -20,11 +20,25 @@ Measures, on synthetic-twin data (500 Hz, 10 s, format 16, MIMIC-IV-ECG v1.0 lay
   prepare calls) and for ``read_labevents`` alone (no conversion to the labs frame), best of
   two rounds taken in turns;
 * store read throughput for random training batches versus one training step of the default
-  ECG encoder (``EncoderConfig`` defaults) with a linear head, as a ratio.
+  ECG encoder (``EncoderConfig`` defaults) with a linear head, as a ratio;
+* with ``--tables-twin DIR`` (a tables-only twin, ``fedecg synth --tables-only``): peak memory
+  of prepare's table phase (tables read, cohort linked and fingerprinted, lab rows freed,
+  ``cohort.parquet`` written) at ``--table-fractions`` of its patients, each in its own
+  subprocess on one core: ``table_phase`` gives the peak resident set above the start per
+  size, its growth per 1,000 ECGs between the smallest and the largest, and the ratio
+  largest/smallest; and the ``labevents`` speeds on its own ``labevents`` table
+  (``labevents_tables_twin``: its every patient's subject id asked for, as at MIMIC's size);
+* with ``--baseline-src DIR`` (another fedecg source tree, e.g. ``git archive BASE fedecg | tar
+  -x -C DIR``) the table phase and the ``labevents`` speeds are measured with it too, in the
+  same run (``..._before``; speeds also as ratios after/before).
 
 Speeds depend on the machine and its load (``load_average`` is recorded at the start and the
-end); read them as ratios measured in one run. Example:
+end); read them as ratios measured in one run. Examples (the second as committed in
+``prepare_benchmark.json``, with ``fedecg synth --tables-only --patients 160000 --out TWIN``
+and the tree before the change in ``BASE``):
     python benchmarks/prepare_benchmark.py --patients 60 240 --out benchmarks/prepare.json
+    python benchmarks/prepare_benchmark.py --patients 600 2400 --tables-twin TWIN
+        --table-fractions 0.1 1.0 --baseline-src BASE    (one command line)
 """
 
 from __future__ import annotations
@@ -54,9 +68,17 @@ from torch.utils.data import DataLoader
 
 from fedecg.config.data import PrepareConfig
 from fedecg.config.train import EncoderConfig
+from fedecg.data import store_rows
+from fedecg.data.cohort import build_cohort
 from fedecg.data.labs import DEFAULT_LAB_PANEL, itemid_to_lab
 from fedecg.data.mimic import read_mimic_labs, read_record_list
-from fedecg.data.prepare import MimicInput, load_input, prepare_store, stream_records
+from fedecg.data.prepare import (
+    MimicInput,
+    load_input,
+    prepare_fingerprint,
+    prepare_store,
+    stream_records,
+)
 from fedecg.data.store import EcgDataset, SiteStore, StoreWriter
 from fedecg.data.synth import generate_twin
 from fedecg.data.tables import Rejects, find_table, read_labevents
@@ -140,6 +162,74 @@ def child_waveforms(twin: Path, out: Path) -> dict:
     anon.join()
     return {"records": len(paths), "seconds": seconds, "ecg_per_s": len(paths) / seconds,
             "anon_growth_mib": anon.peak - anon_before}
+
+
+def child_tables(twin: Path, out: Path) -> dict:
+    """Prepare's table phase on ``twin`` (its tables only: no waveform is read) on one core, as
+    ``prepare_store`` runs it before and after the waveforms: seconds, peak resident set above
+    the start after reading the tables and at the end, ECGs and lab rows kept.
+
+    A source tree older than the freeing of lab rows and the grouped cohort writer runs its
+    own steps (``drop_labs`` skipped, ``to_parquet``)."""
+    pyarrow.set_cpu_count(1)
+    pyarrow.set_io_thread_count(1)
+    config = PrepareConfig(on_error="skip", workers=1)
+    _reset_peak()
+    baseline = _status_mib("VmRSS")
+    start = time.perf_counter()
+    loaded = load_input(MimicInput(twin, twin), config, Rejects("skip"))
+    read_peak, lab_rows = _status_mib("VmHWM"), len(loaded.tables.labs)
+    cohort = build_cohort(loaded.ecgs, loaded.tables, loaded.config.cohort)
+    prepare_fingerprint(loaded.config, loaded, cohort)
+    if hasattr(loaded.tables, "drop_labs"):
+        loaded.tables.drop_labs()
+    write = getattr(store_rows, "write_cohort", None)
+    if write is None:
+        cohort.reset_index(drop=True).to_parquet(out, index=False)
+    else:
+        write(cohort, out)
+    peak = _status_mib("VmHWM")
+    return {"ecgs": len(cohort), "lab_rows_kept": lab_rows,
+            "seconds": time.perf_counter() - start, "rss_before_mib": baseline,
+            "rss_peak_mib": peak, "rss_growth_mib": peak - baseline,
+            "rss_growth_reading_mib": read_peak - baseline,
+            "cohort_mib": cohort.memory_usage(deep=True).sum() / 2**20}
+
+
+def subset_twin(twin: Path, out: Path, fraction: float) -> Path:
+    """``twin`` cut to the first ``fraction`` of its patients (record-list order): its record
+    list and machine measurements hold only theirs, ``hosp/`` is linked (prepare reads only
+    their rows of it)."""
+    if fraction >= 1 or out.exists():
+        return twin if fraction >= 1 else out
+    out.mkdir(parents=True)
+    records = pd.read_csv(find_table(twin, "record_list"), dtype="str", keep_default_na=False)
+    subjects = records["subject_id"].drop_duplicates()
+    chosen = set(subjects.iloc[:max(1, round(len(subjects) * fraction))])
+    for name in ("record_list", "machine_measurements"):
+        table = (records if name == "record_list" else
+                 pd.read_csv(find_table(twin, name), dtype="str", keep_default_na=False))
+        table[table["subject_id"].isin(chosen)].to_csv(out / f"{name}.csv", index=False)
+    (out / "hosp").symlink_to((twin / "hosp").resolve())
+    return out
+
+
+def table_phase(twin: Path, fractions: list[float], tmp: Path, source: Path | None) -> dict:
+    """``child_tables`` at each of ``fractions`` of ``twin``'s patients (with fedecg from
+    ``source`` when given), and the peak's growth per 1,000 ECGs and ratio largest/smallest."""
+    sizes = {}
+    for fraction in fractions:
+        cut = subset_twin(twin, tmp / f"cut{fraction:g}", fraction)
+        sizes[f"{fraction:g}"] = _run_child("tables", str(cut), str(tmp / "cohort.parquet"),
+                                            source=source)
+    small, large = sizes[f"{min(fractions):g}"], sizes[f"{max(fractions):g}"]
+    per_1000 = ((large["rss_growth_mib"] - small["rss_growth_mib"])
+                / (large["ecgs"] - small["ecgs"]) * 1000)
+    return {"sizes": sizes, "growth_mib_per_1000_ecgs": per_1000,
+            "ratio_large_to_small": large["rss_growth_mib"] / small["rss_growth_mib"],
+            "ecg_ratio_large_to_small": large["ecgs"] / small["ecgs"],
+            "extrapolated_rss_peak_mib_at_800k_ecgs": (
+                large["rss_peak_mib"] + per_1000 * (800 - large["ecgs"] / 1000))}
 
 
 def child_labevents(path: Path, twin: Path) -> dict:
@@ -248,10 +338,23 @@ def repeated_labevents(twin: Path, out: Path, rows: int) -> Path:
     return out
 
 
-def _run_child(*args: str) -> dict:
+def _run_child(*args: str, source: Path | None = None) -> dict:
+    """Run ``--child ARGS`` in a subprocess (importing fedecg from ``source`` when given)."""
     command = [sys.executable, __file__, "--child", *args]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
+    output = subprocess.run(command, check=True, capture_output=True, text=True,
+                            env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def _measure(report: dict, key: str, baseline: Path | None, *child: str) -> None:
+    """``report[key]``: the child's result; with ``baseline`` also ``report[key + '_before']``,
+    the same child run with fedecg from that source tree."""
+    report[key] = _run_child(*child)
+    if baseline is not None:
+        report[f"{key}_before"] = _run_child(*child, source=baseline)
 
 
 def read_versus_step(store_path: Path, batch: int = 64, batches: int = 20) -> dict:
@@ -296,6 +399,12 @@ def main() -> None:
     parser.add_argument("--ratio-records", type=int, default=500,
                         help="records of the larger twin read against wfdb.rdrecord")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/prepare_benchmark.json"))
+    parser.add_argument("--tables-twin", type=Path,
+                        help="a tables-only twin whose table phase is measured")
+    parser.add_argument("--table-fractions", type=float, nargs="+", default=[0.1, 0.35, 1.0],
+                        help="fractions of the tables twin's patients measured")
+    parser.add_argument("--baseline-src", type=Path,
+                        help="a fedecg source tree measured beside (table phase, labevents)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -304,6 +413,7 @@ def main() -> None:
                   child_labevents(Path(rest[0]), Path(rest[1])) if kind == "labevents" else
                   child_record_speed(Path(rest[0]), int(rest[1])) if kind == "records" else
                   child_workers(Path(rest[0])) if kind == "workers" else
+                  child_tables(Path(rest[0]), Path(rest[1])) if kind == "tables" else
                   child_prepare(Path(rest[0]), Path(rest[1]), trace=kind == "trace"))
         print(json.dumps(result))
         return
@@ -319,7 +429,16 @@ def main() -> None:
         report["record_speed"] = _run_child("records", str(twin), str(args.ratio_records))
         report["workers"] = _run_child("workers", str(twin))
         labevents = repeated_labevents(twin, Path(tmp) / "labevents.csv.gz", args.lab_rows)
-        report["labevents"] = _run_child("labevents", str(labevents), str(twin))
+        _measure(report, "labevents", args.baseline_src, "labevents", str(labevents), str(twin))
+        if args.tables_twin:
+            _measure(report, "labevents_tables_twin", args.baseline_src, "labevents",
+                     str(find_table(args.tables_twin / "hosp", "labevents")),
+                     str(args.tables_twin))
+            report["table_phase"] = table_phase(args.tables_twin, args.table_fractions,
+                                                Path(tmp), None)
+            if args.baseline_src:
+                report["table_phase_before"] = table_phase(
+                    args.tables_twin, args.table_fractions, Path(tmp), args.baseline_src)
         report["store_read"] = read_versus_step(Path(tmp) / f"store{args.patients[-1]}")
     small, large = (report["sizes"][str(p)] for p in args.patients)
     report["peak_memory"] = {
@@ -330,6 +449,11 @@ def main() -> None:
     reads = ("cohort_subjects", "no_subjects", "read_labevents_cohort_subjects")
     report["labevents_rows_per_s"] = {kept: report["labevents"][kept]["rows_per_s"]
                                       for kept in reads}
+    for name in ("labevents", "labevents_tables_twin"):
+        if f"{name}_before" in report:
+            report[f"{name}_cpu_rows_per_s_after_over_before"] = {
+                kept: (report[name][kept]["cpu_rows_per_s"]
+                       / report[f"{name}_before"][kept]["cpu_rows_per_s"]) for kept in reads}
     report["speed_ratios"] = {
         "fedecg_record_path_over_wfdb_rdrecord": report["record_speed"]["fedecg_over_wfdb"],
         "workers_2_over_1": report["workers"]["speedup_2_over_1"],

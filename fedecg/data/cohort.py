@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,7 @@ from fedecg.data.diagnoses import (
     recorded_labels,
 )
 from fedecg.data.labs import DEFAULT_LAB_PANEL, LabDefinition
+from fedecg.data.memory import release_freed_memory
 from fedecg.data.store import DIAGNOSIS_PREFIX, LAB_FEATURE_PREFIX, LAB_LABEL_PREFIX
 from fedecg.errors import ConfigError, TableError
 
@@ -69,6 +70,12 @@ class ClinicalTables:
     def lab_rows(self) -> int:
         """Panel lab rows of the cohort's patients in the input."""
         return len(self.labs) if self.lab_rows_read is None else self.lab_rows_read
+
+    def drop_labs(self) -> None:
+        """Free the lab rows (once the cohort is linked); ``lab_rows`` still counts them."""
+        self.lab_rows_read = self.lab_rows
+        self.labs = self.labs.iloc[:0].copy()
+        release_freed_memory()
 
 
 def resolve_panel(config: CohortConfig) -> tuple[LabDefinition, ...]:
@@ -149,10 +156,19 @@ def nearest_lab_values(ecgs: pd.DataFrame, labs: pd.DataFrame,
     synthetic waveforms on each ECG's nearest real labs.
     """
     window = pd.Timedelta(hours=window_hours)
-    groups = dict(tuple(labs.groupby("lab", sort=False, observed=True)))
-    empty = labs.iloc[:0]
-    return {lab.name: nearest_events(ecgs, groups.get(lab.name, empty), window, columns)
-            for lab in panel}
+    return {lab.name: nearest_events(ecgs, rows, window, columns)
+            for lab, rows in rows_of_each_lab(labs, panel)}
+
+
+def rows_of_each_lab(labs: pd.DataFrame, panel: Sequence[LabDefinition]
+                     ) -> Iterator[tuple[LabDefinition, pd.DataFrame]]:
+    """Each panel lab and the rows of ``labs`` holding it (none: an empty frame), in panel
+    order; each lab's rows are copied only when its turn comes, so memory holds one lab's
+    copy beside ``labs``, not the whole panel's."""
+    positions = labs.groupby("lab", sort=False, observed=True).indices
+    for lab in panel:
+        release_freed_memory()  # what linking the previous lab freed
+        yield lab, labs.take(positions.pop(lab.name, np.arange(0)))
 
 
 def abnormality_labels(nearest: pd.DataFrame, lab: LabDefinition) -> pd.DataFrame:
@@ -271,6 +287,7 @@ def _measurements(ecgs: pd.DataFrame, measurements: pd.DataFrame,
                   else pd.Timedelta(hours=config.vitals_window_hours))
         events = groups.get(name, measurements.iloc[:0])
         out[name] = nearest_events(ecgs, events, window, ["value"])["value"].astype("float32")
+        release_freed_memory()
     frame = pd.DataFrame(out, index=ecgs.index)
     derived = frame["weight_kg"] / (frame["height_cm"] / 100) ** 2
     frame["bmi"] = frame["bmi"].fillna(derived.astype("float32"))
@@ -284,12 +301,10 @@ def _labs(ecgs: pd.DataFrame, labs: pd.DataFrame, panel: Sequence[LabDefinition]
     # only its float32 columns: memory holds one lab's nearest rows, not the panel's.
     feature, label = config.feature_window_hours, config.label_window_hours
     window = pd.Timedelta(hours=max(feature, label))
-    groups = dict(tuple(labs.groupby("lab", sort=False, observed=True)))
     values, labels = {}, []
     nearest_hours = np.full(len(ecgs), np.nan)
-    for lab in panel:
-        near = nearest_events(ecgs, groups.pop(lab.name, labs.iloc[:0]), window,
-                              ("value", "ref_low", "ref_high", "flag"))
+    for lab, rows in rows_of_each_lab(labs, panel):
+        near = nearest_events(ecgs, rows, window, ("value", "ref_low", "ref_high", "flag"))
         hours = near["offset_hours"].abs()
         values[LAB_FEATURE_PREFIX + lab.name] = near["value"].where(hours <= feature) \
             .astype("float32")

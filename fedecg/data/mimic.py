@@ -249,12 +249,23 @@ def _lab_rows(frame: pd.DataFrame, rejects: Rejects, path: Path, lab_of: dict[in
     if near is not None:
         frame = frame[near.contains(frame["subject_id"], frame["charttime"])]
     flag = frame["flag"] if "flag" in frame else pd.Series(pd.NA, index=frame.index)
-    names = pd.CategoricalDtype(sorted(set(lab_of.values())))
     return pd.DataFrame({
         "subject_id": frame["subject_id"].astype("int64"), "time": frame["charttime"],
-        "lab": frame["itemid"].map(lab_of).astype(names), "value": frame["valuenum"],
+        "lab": lab_names(frame["itemid"], lab_of), "value": frame["valuenum"],
         "ref_low": frame["ref_range_lower"], "ref_high": frame["ref_range_upper"],
         "flag": np.where(flag.str.strip().str.lower() == "abnormal", 1.0, np.nan)})
+
+
+def lab_names(itemids: pd.Series, lab_of: dict[int, str]) -> pd.Categorical:
+    """The lab name of each of ``itemids`` (NaN for an itemid not in ``lab_of``), a category of
+    every name of ``lab_of``, found by binary search (no Python string per row)."""
+    names = pd.CategoricalDtype(sorted(set(lab_of.values())))
+    known = np.array(sorted(lab_of), dtype=np.int64)
+    code_of = names.categories.get_indexer([lab_of[i] for i in known])
+    ids = itemids.to_numpy(dtype=np.int64)
+    at = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
+    found = known[at] == ids if len(known) else np.zeros(len(ids), dtype=bool)
+    return pd.Categorical.from_codes(np.where(found, code_of[at], -1), dtype=names)
 
 
 def read_ed(ed: Path, rejects: Rejects) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

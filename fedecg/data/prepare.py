@@ -273,6 +273,7 @@ def prepare_store(inputs: PrepareInput, out: Path, config: PrepareConfig,
                   f"patients in the cohort ({loaded.tables.lab_rows:,} lab rows read) after "
                   f"{format_duration(time.perf_counter() - start)}; writing their waveforms "
                   f"with {config.workers} worker(s)")
+    loaded.tables.drop_labs()  # linked: the waveform stage need not hold them
     with ResumableStoreWriter(
             Path(out), len(cohort), config.waveform.n_samples, config.waveform.dtype,
             fingerprint=prepare_fingerprint(config, loaded, cohort), overwrite=overwrite,

@@ -35,7 +35,7 @@ from fedecg.config.base import StrictModel
 from fedecg.data.diagnoses import DiagnosisLabel
 from fedecg.data.labs import LabDefinition
 from fedecg.data.leads import CANONICAL_LEADS
-from fedecg.data.store_rows import RowView, checked_rows, read_cohort_rows
+from fedecg.data.store_rows import RowView, checked_rows, read_cohort_rows, write_cohort
 from fedecg.errors import StoreError
 from fedecg.io import OutputKind, atomic_directory, atomic_write_json
 
@@ -207,7 +207,7 @@ class StoreWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        cohort.reset_index(drop=True).to_parquet(self.staging / COHORT_FILE, index=False)
+        write_cohort(cohort, self.staging / COHORT_FILE)
         if rejects is not None and len(rejects):
             rejects.to_csv(self.staging / REJECTS_FILE, index=False)
         atomic_write_json(self.staging / MANIFEST_FILE, manifest.model_dump(mode="json"))

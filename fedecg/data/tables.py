@@ -19,6 +19,7 @@ import pyarrow.csv as pa_csv
 from isal import igzip
 
 from fedecg.config.data import OnError
+from fedecg.data.memory import release_freed_memory
 from fedecg.errors import FedecgError, InputFileError, TableError
 
 LINE = "_line"
@@ -97,7 +98,10 @@ def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str
                 parts.append(block[keep(block)])
     except (ValueError, pd.errors.ParserError) as exc:
         raise TableError(f"{path}: cannot be read as CSV: {exc}") from None
-    return pd.concat(parts, ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True)
+    del parts
+    release_freed_memory()  # the blocks' text
+    return frame
 
 
 def _header(path: Path) -> list[str]:
@@ -193,6 +197,8 @@ LABEVENT_OPTIONAL = ("ref_range_lower", "ref_range_upper", "flag")  # what the l
 LABEVENT_NUMBERS = ("valuenum", "ref_range_lower", "ref_range_upper")
 LABEVENT_TYPES = {"charttime": pa.timestamp("ns")} | {c: pa.float64() for c in LABEVENT_NUMBERS}
 """Types pyarrow parses while reading (ISO 8601 times within the nanosecond range, as pandas)."""
+ID_TABLE_BYTES = 1 << 27
+"""Ids a set spans at most to be looked up in a table (MIMIC's subject ids span 10M)."""
 LABEVENT_ROW_BYTES = 128
 """About the bytes of one MIMIC-IV ``labevents`` row: ``chunk_rows`` rows make one read block."""
 LABEVENT_CONVERT_ROWS = 1 << 18
@@ -220,8 +226,7 @@ def read_labevents(path: Path, itemids: Collection[int], subjects: Collection[in
     header = _header(path)
     _check_columns(path, header, LABEVENT_COLUMNS)
     columns = list(LABEVENT_COLUMNS) + [c for c in LABEVENT_OPTIONAL if c in header]
-    wanted = {"itemid": pa.array(sorted(itemids), pa.int64()),
-              "subject_id": pa.array(sorted(subjects), pa.int64())}
+    wanted = {"itemid": IdSet(itemids), "subject_id": IdSet(subjects)}
     try:
         kept = _read_kept(path, columns, wanted, chunk_rows, _KeptRows(path, convert, True))
     except _TextNeeded:
@@ -242,7 +247,7 @@ class _KeptRows:
     def __init__(self, path: Path, convert: LabRows | None, parsed: bool) -> None:
         self.path, self.convert, self.parsed = path, convert, parsed
         self.found = Rejects("skip")
-        self.parts: list[pd.DataFrame] = []
+        self.parts: list[dict[str, pd.Series]] = []
         self.pending: list[pa.Table] = []
         self.lines: list[np.ndarray] = []
 
@@ -276,14 +281,44 @@ class _KeptRows:
     def _convert(self) -> None:
         rows, lines = pa.concat_tables(self.pending), np.concatenate(self.lines)
         self.pending, self.lines = [], []
-        self.parts.append(_labevent_rows(rows, lines, self.path, self.found, self.convert))
+        part = _labevent_rows(rows, lines, self.path, self.found, self.convert)
+        self.parts.append({name: column.copy() for name, column in part.items()})  # unshared
+        del rows, part
+        release_freed_memory()
 
     def frame(self) -> pd.DataFrame:
-        """Every kept row, converted, in file order."""
-        return pd.concat(self.parts, ignore_index=True)
+        """Every kept row, converted, in file order: joined one column at a time, each part's
+        column freed once joined, so memory holds the rows about once, not twice."""
+        joined = {}
+        for name in list(self.parts[0]):
+            joined[name] = pd.concat([part.pop(name) for part in self.parts], ignore_index=True)
+            release_freed_memory()
+        self.parts = []
+        return pd.DataFrame(joined, copy=False)
 
 
-def _read_kept(path: Path, columns: list[str], wanted: dict[str, pa.Array], chunk_rows: int,
+class IdSet:
+    """A set of integer ids asked about many at a time: by a table of one byte per id between
+    the least and the greatest (when at most ``ID_TABLE_BYTES``), else by binary search."""
+
+    def __init__(self, ids: Collection[int]) -> None:
+        self.ids = np.unique(np.fromiter(ids, dtype=np.int64))
+        self.low = int(self.ids[0]) if len(self.ids) else 0
+        span = int(self.ids[-1]) - self.low + 1 if len(self.ids) else 0
+        self.table = np.zeros(span if span <= ID_TABLE_BYTES else 0, dtype=bool)
+        if len(self.table):
+            self.table[self.ids - self.low] = True
+
+    def holds(self, values: np.ndarray) -> np.ndarray:
+        """Whether each of ``values`` (int64) is in the set."""
+        if not len(self.table):
+            return np.isin(values, self.ids)
+        offset = values - self.low
+        inside = (offset >= 0) & (offset < len(self.table))
+        return self.table[np.where(inside, offset, 0)] & inside
+
+
+def _read_kept(path: Path, columns: list[str], wanted: dict[str, IdSet], chunk_rows: int,
                kept: _KeptRows) -> _KeptRows:
     """Stream ``columns`` of ``path`` in blocks of ``chunk_rows`` rows into ``kept``: the rows
     whose ``wanted`` columns hold wanted values. Raises ``_TextNeeded`` (parsed read only)."""
@@ -299,10 +334,11 @@ def _read_kept(path: Path, columns: list[str], wanted: dict[str, pa.Array], chun
                 ) as reader:
             for batch in reader:
                 _check_integers(batch, wanted, path, line)
-                mask = pc.and_(*(pc.is_in(batch[c], value_set=v) for c, v in wanted.items()))
-                keep = mask.to_numpy(zero_copy_only=False)
+                keep = np.logical_and.reduce([ids.holds(batch[c].to_numpy())
+                                              for c, ids in wanted.items()])
                 if keep.any():
-                    rows = pa.Table.from_batches([batch if keep.all() else batch.filter(mask)])
+                    kept_rows = batch if keep.all() else batch.filter(pa.array(keep))
+                    rows = pa.Table.from_batches([kept_rows])
                     kept.add(rows, line + np.flatnonzero(keep))
                 line += batch.num_rows
             kept.finish(reader.schema.empty_table())

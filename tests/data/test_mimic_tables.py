@@ -70,6 +70,8 @@ def test_labs_far_from_every_ecg_and_other_patients_are_left_out_alike(tmp_path:
     config = CohortConfig()
     pd.testing.assert_frame_equal(build_cohort(ecgs, everything, config),
                                   build_cohort(ecgs, near, config))
+    near.drop_labs()  # what prepare does once linked: the count stays
+    assert near.labs.empty and list(near.labs) == list(everything.labs) and near.lab_rows == 5
 
 
 @pytest.mark.parametrize(("table", "row", "message"), [

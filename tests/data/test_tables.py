@@ -12,6 +12,7 @@ from conftest import MIMIC_DEMO
 
 from fedecg.data.labs import DEFAULT_LAB_PANEL, itemid_to_lab
 from fedecg.data.tables import (
+    IdSet,
     Rejects,
     drop_duplicates,
     find_table,
@@ -179,3 +180,11 @@ def test_labevents_truncated_gzip_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(TableError, match=r"labevents\.csv\.gz: cannot be read near line \d+: "
                                          r".*expected a complete, readable \.csv or \.csv\.gz"):
         read_labevents(path, {50971}, {1}, Rejects("skip"))
+
+
+@pytest.mark.parametrize("ids", [[7, 5, 5, 12], [5, 7, 1 << 40], [-3, 0], []])
+def test_id_sets_by_table_or_binary_search_hold_exactly_their_ids(ids: list[int]) -> None:
+    values = np.array([-4, -3, 0, 4, 5, 6, 7, 12, 13, 1 << 40, (1 << 40) + 1, -(1 << 62)])
+    found = IdSet(ids)
+    assert len(found.table) == (0 if not ids or max(ids) > 1 << 30 else max(ids) - min(ids) + 1)
+    np.testing.assert_array_equal(found.holds(values), np.isin(values, ids))
