@@ -185,6 +185,10 @@ def main() -> None:
         print("\n".join(difference_rows(found["iid"], found["iid"], [
             ("transfer − signal-only", "transfer", "signal-only"),
             ("multimodal − transfer", "multimodal", "transfer")])) + "\n")
+    if found["natural"]:
+        print("## Model against model (natural sites)\n")
+        print("\n".join(difference_rows(found["natural"], found["natural"], [
+            ("transfer − signal-only", "transfer", "signal-only")])) + "\n")
     if found["iid"] and found["no-pretraining"]:
         print("## Pretraining ablation: transfer − transfer without pretraining (4 IID sites)\n")
         print("\n".join(difference_rows(found["iid"], found["no-pretraining"], [
