@@ -50,7 +50,7 @@ def filler_per_row(plan_rows: int, lab_fraction: float) -> float:
         raise ConfigError(
             f"synth: --lab-fraction {lab_fraction:g} asks for {target:,.0f} labevents rows, but "
             f"the twin's own lab panel already makes {plan_rows:,}; expected a fraction of at "
-            f"least {plan_rows / MIMIC_LABEVENT_ROWS:.4f} (or leave --lab-fraction out)")
+            f"least {plan_rows / MIMIC_LABEVENT_ROWS:.2g} (or leave --lab-fraction out)")
     return target / max(plan_rows, 1) - 1.0
 
 
