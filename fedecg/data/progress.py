@@ -1,7 +1,8 @@
-"""Progress of a long data command (``prepare``) on a terminal and in a log.
+"""Progress of a long data command (``prepare``, ``synth``) on a terminal and in a log.
 
 On a terminal a transient bar; off a terminal (output piped to a log) a line at every tenth of
-the work, so a log of a long run shows how far it got, its rate and the time left.
+the work that comes ``LOG_EVERY_SECONDS`` or more after the last line, and one at the end, so
+a log of a long run shows how far it got, its rate and the time left, and a short run one line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 LOG_LINES = 10
+LOG_EVERY_SECONDS = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -38,10 +40,11 @@ class CountProgress:
     """Progress of ``total`` items counted from ``first`` (items an interrupted run did)."""
 
     def __init__(self, console: Console | None, label: str, total: int, first: int = 0,
-                 unit: str = "records", rate_unit: str = "ECG/s") -> None:
+                 unit: str = "records", rate_unit: str = "ECG/s",
+                 every_seconds: float = LOG_EVERY_SECONDS) -> None:
         self.console, self.label, self.total, self.first = console, label, total, first
-        self.unit, self.rate_unit = unit, rate_unit
-        self.start = time.perf_counter()
+        self.unit, self.rate_unit, self.every_seconds = unit, rate_unit, every_seconds
+        self.start = self.last_line = time.perf_counter()
         self.bar: Progress | None = None
         self.next_line = first + self._step()
 
@@ -68,15 +71,23 @@ class CountProgress:
         return (done - self.first) / max(time.perf_counter() - self.start, 1e-9)
 
     def update(self, done: int) -> None:
-        """``done`` items of ``total`` are finished (a log gets a line per tenth)."""
+        """``done`` items of ``total`` are finished (a log gets a line per tenth, at most one
+        per ``every_seconds``, and the last)."""
         if self.bar is not None:
             self.bar.update(self.task, completed=done,
                             rate=f"{self.rate(done):.0f} {self.rate_unit}")
-        elif self.console is not None and (done >= self.next_line or done == self.total):
-            self.next_line = done + self._step()
-            rate = self.rate(done)
-            left = format_duration((self.total - done) / rate) if rate > 0 else "?"
-            self.console.print(
-                f"{self.label}: {done:,} of {self.total:,} {self.unit} "
-                f"({100 * done / max(self.total, 1):.0f}%) · {rate:,.0f} {self.rate_unit} · "
-                f"{left} left", highlight=False, soft_wrap=True)
+            return
+        if self.console is None or (done < self.total and done < self.next_line):
+            return
+        self.next_line = done + self._step()
+        now = time.perf_counter()
+        if done == self.total or now - self.last_line >= self.every_seconds:
+            self.last_line = now
+            self._print_line(self.console, done)
+
+    def _print_line(self, console: Console, done: int) -> None:
+        rate = self.rate(done)
+        left = format_duration((self.total - done) / rate) if rate > 0 else "?"
+        console.print(f"{self.label}: {done:,} of {self.total:,} {self.unit} "
+                      f"({100 * done / max(self.total, 1):.0f}%) · {rate:,.0f} {self.rate_unit}"
+                      f" · {left} left", highlight=False, soft_wrap=True)
