@@ -146,6 +146,11 @@ class RunFolder:
         return self.path / "run.json"
 
     @property
+    def unfinished(self) -> bool:
+        """A centralized run began here and did not finish: the same command resumes it."""
+        return self.run_info.is_file() and not self.summary.is_file()
+
+    @property
     def result(self) -> Path:
         """``result.json``: a federated run's or deployed study's status (and reason)."""
         return self.path / "result.json"

@@ -131,8 +131,7 @@ def train(
     Prints one line per epoch with the validation loss and AUROC and an ETA.
     """
     started = time.time()
-    folder = RunFolder(out)  # an unfinished run there is resumed (unless --overwrite)
-    resumed = not overwrite and folder.run_info.is_file() and not folder.summary.is_file()
+    resumed = not overwrite and RunFolder(out).unfinished
     settings = load_config(TrainConfig, config, build_overrides(models, seed, overrides))
     progress = RunProgress(epoch_plan(settings)[1], "epoch", output_mode(quiet, log_json),
                            console)

@@ -299,7 +299,7 @@ class _KeptRows:
 
 class IdSet:
     """A set of integer ids asked about many at a time: by a table of one byte per id between
-    the least and the greatest (when at most ``ID_TABLE_BYTES``), else by binary search."""
+    the least and the greatest (when at most ``ID_TABLE_BYTES``), else by ``np.isin``."""
 
     def __init__(self, ids: Collection[int]) -> None:
         self.ids = np.unique(np.fromiter(ids, dtype=np.int64))

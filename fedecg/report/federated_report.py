@@ -59,6 +59,10 @@ def settings_run(summary: Result) -> list[str]:
 
 BASELINE_WORDS = {1: "no baselines", 2: "the pooled baseline (no local-only)",
                   3: "pooled and local-only baselines"}
+RESULT_COLUMN_SETTINGS = (None, "federated", "pooled", "local-only", "local-only", "pooled")
+"""The setting each column of a results table needs (None: always shown)."""
+PER_SEED_COLUMN_SETTINGS = (None, "federated", "pooled", "local-only", "federated", "pooled",
+                            "local-only")
 
 
 def study_facts(summary: Result) -> list[tuple[str, object]]:
@@ -277,7 +281,7 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
         per_seed_table(page, results, models, run)
     for key, task in TASKS:
         values, errors = bar_data(results, {m: settings(m) for m in models}, key)
-        values = {s: v for s, v in values.items() if s in settings_run(summary)}
+        values = {s: v for s, v in values.items() if s in run}
         page.figure(plot_grouped_bars(values, errors, title=f"{task} macro AUROC, pooled test",
                                       colors=SETTING_COLORS),
                     caption=f"{task} macro AUROC of each model, "
@@ -287,11 +291,6 @@ def results_section(page: HtmlPage, summary: Result, results: Mapping[str, Resul
                             + (" (none for local-only: its spread over sites is in the table)"
                                if len(results) == 1 and "local-only" in run else "")
                             + f"; dashed line: chance. {COLOUR_NOTE}")
-
-
-RESULT_COLUMN_SETTINGS = (None, "federated", "pooled", "local-only", "local-only", "pooled")
-PER_SEED_COLUMN_SETTINGS = (None, "federated", "pooled", "local-only", "federated", "pooled",
-                            "local-only")
 
 
 def columns_run(run: Sequence[str], column_settings: Sequence[str | None]) -> list[int]:
